@@ -1,0 +1,1 @@
+from .propagation.context import GrayContext, gray, current, bind

@@ -1,0 +1,139 @@
+"""The discovery contract: watch a service name, publish immutable snapshots of its instances.
+
+After grpc-go's resolver: a :class:`Discovery` owns the I/O, a :class:`ServiceWatch` holds the
+latest :class:`Snapshot` for one service, and readers (the balancer, on every call) only read an
+attribute — they never wait, never take a lock. Writers build a whole new snapshot and swap the
+reference, then tell listeners.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from ..instance import Health, Instance
+
+__all__ = ["Snapshot", "ServiceWatch", "Discovery", "Listener"]
+
+log = logging.getLogger("graylb.discovery")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every known instance of ``service`` at one moment (unhealthy ones included, marked).
+
+    ``revision`` grows by one per published change; ``fetched_at`` is the wall-clock time of the
+    fetch that confirmed this content (stale-if-error keeps it while the registry is down);
+    ``source`` says where it came from (``static``, ``consul``, ``nacos``, ``disk``).
+    """
+
+    service: str
+    instances: tuple[Instance, ...]
+    revision: int = 0
+    fetched_at: float = 0.0
+    source: str = "static"
+
+    @property
+    def healthy(self) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.health is not Health.CRITICAL)
+
+    @property
+    def age(self) -> float:
+        """Seconds since the registry last confirmed this content."""
+        return max(0.0, time.time() - self.fetched_at)
+
+
+Listener = Callable[[Snapshot], None]
+
+
+class ServiceWatch:
+    """The live view of one service. ``snapshot`` is always the latest one (or None before the
+    first answer). Listeners are called after each change, on the publishing thread."""
+
+    def __init__(self, discovery: Discovery, service: str) -> None:
+        self.discovery = discovery
+        self.service = service
+        self.snapshot: Snapshot | None = None
+        self.last_used = time.monotonic()
+        self._listeners: list[Listener] = []
+        self._ready = threading.Event()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners = [*self._listeners, listener]
+        if self.snapshot is not None:
+            listener(self.snapshot)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = [x for x in self._listeners if x is not listener]
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first snapshot arrives (used once, on the first call to a service)."""
+        return self._ready.wait(timeout)
+
+    def publish(self, instances: Iterable[Instance], *, source: str, fetched_at: float | None = None) -> Snapshot:
+        """Swap in a new snapshot if the instance set changed; otherwise only refresh its age."""
+        instances = tuple(sorted(instances, key=lambda i: i.id))
+        now = time.time() if fetched_at is None else fetched_at
+        old = self.snapshot
+        if old is not None and old.instances == instances:
+            self.snapshot = dataclasses.replace(old, fetched_at=now, source=source)
+            self._ready.set()
+            return self.snapshot
+        snap = Snapshot(self.service, instances, (old.revision + 1) if old else 1, now, source)
+        self.snapshot = snap
+        self._ready.set()
+        for listener in self._listeners:
+            try:
+                listener(snap)
+            except Exception:  # a listener's bug must not stop discovery
+                log.exception("graylb: snapshot listener failed for service '%s'", self.service)
+        return snap
+
+
+class Discovery:
+    """Base class for registries. Subclasses start their I/O in :meth:`_start_watch`.
+
+    ``watch(service)`` is idempotent and cheap after the first call; the first call for a name
+    starts watching it (lazily), later calls return the same :class:`ServiceWatch`.
+    """
+
+    name = "discovery"
+
+    def __init__(self) -> None:
+        self._watches: dict[str, ServiceWatch] = {}
+        self._lock = threading.Lock()  # only taken when a new service is first watched
+
+    def watch(self, service: str) -> ServiceWatch:
+        w = self._watches.get(service)
+        if w is not None:
+            return w
+        with self._lock:
+            w = self._watches.get(service)
+            if w is None:
+                w = ServiceWatch(self, service)
+                self._watches = {**self._watches, service: w}
+                self._start_watch(w)
+        return w
+
+    def snapshot(self, service: str) -> Snapshot | None:
+        """The latest snapshot of ``service`` if it is watched, without starting a watch."""
+        w = self._watches.get(service)
+        return w.snapshot if w else None
+
+    def services(self) -> list[str]:
+        return sorted(self._watches)
+
+    def _start_watch(self, watch: ServiceWatch) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop all background work. Snapshots already handed out stay valid."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,37 @@
+"""Exceptions graylb raises. Every message names the service, subset, rule or field at fault."""
+
+from __future__ import annotations
+
+
+class GraylbError(Exception):
+    """Base class for every error graylb raises on purpose."""
+
+
+class NoInstanceAvailable(GraylbError):
+    """No instance can serve this call: the service, and the subset the call was routed to, are named."""
+
+    def __init__(self, service: str, subset: str | None = None, reason: str = "") -> None:
+        self.service = service
+        self.subset = subset
+        self.reason = reason
+        where = f"service '{service}'" + (f" subset '{subset}'" if subset else "")
+        super().__init__(f"no instance available for {where}" + (f": {reason}" if reason else ""))
+
+
+class RuleError(GraylbError, ValueError):
+    """A rules document is invalid. ``errors`` lists ``(location, message)`` pairs.
+
+    ``str()`` gives one line per problem, each starting with its dotted location, e.g.
+    ``services.orders.routes[1].to[0].subset: unknown subset 'canery'``.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "") -> None:
+        self.errors = list(errors)
+        self.source = source
+        head = f"invalid rules{f' in {source}' if source else ''}"
+        body = "\n".join(f"  {loc}: {msg}" if loc else f"  {msg}" for loc, msg in self.errors)
+        super().__init__(f"{head}:\n{body}")
+
+
+class InvalidVersion(GraylbError, ValueError):
+    """A version range could not be parsed."""

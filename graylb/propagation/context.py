@@ -1,0 +1,132 @@
+"""The gray context: which lane a call chain is in, which versions it pins, and free-form gray
+values (``user-group=beta``). Immutable; lives in a :class:`contextvars.ContextVar`, so it
+follows asyncio tasks automatically and threads when you hand it over (see :func:`bind`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+__all__ = ["GrayContext", "EMPTY", "current", "gray", "attach", "detach", "bind"]
+
+_NO_ENTRIES: Mapping[str, str] = types.MappingProxyType({})
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=True)
+class GrayContext:
+    """``lane``: full-link gray lane; ``lane_forced``: never leave the lane (fail instead of
+    falling back to the default subset); ``pins``: service -> version selector, winning over
+    rules; ``values``: other gray keys that rules can match (``context:`` matchers)."""
+
+    lane: str | None = None
+    lane_forced: bool = False
+    pins: Mapping[str, str] = dataclasses.field(default_factory=lambda: _NO_ENTRIES)
+    values: Mapping[str, str] = dataclasses.field(default_factory=lambda: _NO_ENTRIES)
+    # Serialised headers, filled lazily by the codec that injects this context (one per codec
+    # configuration). Not part of equality; the context itself never changes after creation.
+    _wire_cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("pins", "values"):
+            value = getattr(self, name)
+            if not isinstance(value, types.MappingProxyType):
+                object.__setattr__(self, name, types.MappingProxyType({str(k): str(v) for k, v in dict(value).items()}))
+        if self.lane == "":
+            object.__setattr__(self, "lane", None)
+
+    def __hash__(self) -> int:
+        return hash((self.lane, self.lane_forced, tuple(sorted(self.pins.items())), tuple(sorted(self.values.items()))))
+
+    @property
+    def is_empty(self) -> bool:
+        return self.lane is None and not self.pins and not self.values
+
+    def value(self, name: str) -> str | None:
+        """A gray value by name; ``lane`` answers the lane."""
+        if name == "lane":
+            return self.lane
+        return self.values.get(name)
+
+    def merged(
+        self,
+        *,
+        lane: str | None = None,
+        lane_forced: bool | None = None,
+        pins: Mapping[str, str] | None = None,
+        values: Mapping[str, str] | None = None,
+    ) -> GrayContext:
+        """A copy with ``lane`` replaced (when given) and ``pins``/``values`` added on top."""
+        return GrayContext(
+            lane=lane if lane is not None else self.lane,
+            lane_forced=self.lane_forced if lane_forced is None else lane_forced,
+            pins={**self.pins, **(pins or {})},
+            values={**self.values, **(values or {})},
+        )
+
+
+EMPTY = GrayContext()
+_CURRENT: contextvars.ContextVar[GrayContext] = contextvars.ContextVar("graylb.gray", default=EMPTY)
+
+
+def current() -> GrayContext:
+    """The gray context of the running task or thread (``EMPTY`` when none was set)."""
+    return _CURRENT.get()
+
+
+def attach(ctx: GrayContext) -> contextvars.Token[GrayContext]:
+    """Make ``ctx`` current; pair with :func:`detach` (middleware uses this)."""
+    return _CURRENT.set(ctx)
+
+
+def detach(token: contextvars.Token[GrayContext]) -> None:
+    _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def gray(
+    lane: str | None = None,
+    pins: Mapping[str, str] | None = None,
+    values: Mapping[str, str] | None = None,
+    *,
+    force_lane: bool | None = None,
+    replace: bool = False,
+) -> Iterator[GrayContext]:
+    """Set gray context for the block: ``with graylb.gray(lane="beta", pins={"orders": "2.0.0"}):``
+
+    Adds to the context already in force (an outer lane or pin stays unless overridden);
+    ``replace=True`` starts from an empty context instead.
+    """
+    base = EMPTY if replace else _CURRENT.get()
+    ctx = base.merged(lane=lane, lane_forced=force_lane, pins=pins, values=values)
+    token = _CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CURRENT.reset(token)
+
+
+def bind(fn: F) -> F:
+    """Wrap ``fn`` so it runs with the gray context current *now*, wherever it is called.
+
+    ``executor.submit(graylb.bind(work), item)`` and
+    ``loop.run_in_executor(None, graylb.bind(work))`` carry the context into a thread pool,
+    which, unlike asyncio tasks, does not copy contextvars by itself.
+    """
+    captured = _CURRENT.get()
+
+    @functools.wraps(fn)
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        token = _CURRENT.set(captured)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CURRENT.reset(token)
+
+    return bound  # type: ignore[return-value]

@@ -1,0 +1,144 @@
+"""Rules after compilation: plain frozen structures the router reads on every call.
+
+Produced by :func:`graylb.rules.compile.compile_rules` from the validated pydantic model; nothing
+here validates or allocates per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+
+from ..instance import Instance
+from ..propagation.context import GrayContext
+from ..routing.request import RequestInfo
+from ..versioning import VersionSelector
+
+__all__ = [
+    "Matcher",
+    "SubsetSpec",
+    "WeightedTarget",
+    "HashKey",
+    "CompiledRoute",
+    "RetryPolicy",
+    "OutlierPolicy",
+    "CompiledService",
+    "CompiledRules",
+    "DEFAULT_RETRY",
+    "NO_RULES",
+]
+
+#: ``matcher(request, gray_context) -> bool``; compiled from a route's ``match`` list.
+Matcher = Callable[[RequestInfo, GrayContext], bool]
+
+_EMPTY: Mapping[str, str] = types.MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubsetSpec:
+    """A named group of instances: version selector and/or exact label values (``lane`` too)."""
+
+    name: str
+    version: VersionSelector | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY)
+
+    def matches(self, instance: Instance) -> bool:
+        if self.version is not None and not self.version.matches(instance.version, instance.semver):
+            return False
+        for key, want in self.labels.items():
+            if instance.label(key) != want:
+                return False
+        return True
+
+    @property
+    def selects_lane(self) -> bool:
+        """True when the subset asks for a lane explicitly (so lane instances may join it)."""
+        return "lane" in self.labels
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WeightedTarget:
+    subset: str
+    weight: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HashKey:
+    """Where a sticky / ring-hash key comes from: a header, a query parameter or a gray value."""
+
+    header: str | None = None  # lower-case
+    query: str | None = None
+    context: str | None = None
+
+    def extract(self, request: RequestInfo, ctx: GrayContext) -> str | None:
+        if self.header is not None:
+            return request.header(self.header)
+        if self.query is not None:
+            return request.query(self.query)
+        if self.context is not None:
+            return ctx.value(self.context)
+        return None
+
+    def describe(self) -> str:
+        if self.header is not None:
+            return f"header {self.header}"
+        if self.query is not None:
+            return f"query {self.query}"
+        return f"context {self.context}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    match: Matcher | None  # None: matches every call
+    to: tuple[WeightedTarget, ...]
+    sticky: HashKey | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``attempts`` retries after the first try. ``on`` holds ``connect-failure``, ``reset``,
+    ``timeout`` and/or HTTP status codes. Connect failures are retried for every method (the
+    request never left); the rest only for idempotent methods unless ``idempotent_only`` is off."""
+
+    attempts: int = 2
+    on_connect_failure: bool = True
+    on_reset: bool = True
+    on_timeout: bool = False
+    statuses: frozenset[int] = frozenset()
+    idempotent_only: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    consecutive_errors: int = 5
+    base_ejection_time: float = 30.0  # seconds
+    max_ejection_percent: int = 50
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompiledService:
+    name: str
+    subsets: Mapping[str, SubsetSpec] = dataclasses.field(default_factory=lambda: _EMPTY)
+    default: str | None = None  # None: every instance outside a lane
+    routes: tuple[CompiledRoute, ...] = ()
+    fallback: str = "default"  # default | any | fail
+    load_balancer: str = "weighted_random"  # weighted_random | round_robin | least_request | ring_hash
+    hash_key: HashKey | None = None  # ring_hash key
+    retries: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    outlier: OutlierPolicy | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompiledRules:
+    services: Mapping[str, CompiledService] = dataclasses.field(default_factory=lambda: _EMPTY)
+    revision: str = ""  # e.g. a content hash or registry index, for logs and `explain`
+    source: str = ""
+
+    def service(self, name: str) -> CompiledService | None:
+        return self.services.get(name)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RULES = CompiledRules()
