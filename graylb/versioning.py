@@ -18,6 +18,9 @@ from .errors import InvalidVersion
 __all__ = ["parse_version", "VersionSelector"]
 
 _RANGE_CHARS = re.compile(r"[\^~<>=*,xX| ]")
+# "1" or "1.4": a partial version means every version it prefixes (1.4 -> 1.4.x), not the
+# literal string, which would never match an instance "1.4.2".
+_PARTIAL = re.compile(r"^[vV]?\d+(\.\d+)?$")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -39,6 +42,7 @@ class VersionSelector:
     ``">=1.2,<2"``, ``"*"`` or a non-semver exact string such as ``"commit-abc123"``.
 
     - An exact semver (with or without ``v``) matches that version, whatever its spelling.
+    - A partial version (``1``, ``v1.4``) matches every version it prefixes.
     - A range matches semver versions inside it; non-semver versions never match a range.
     - Anything else is compared as an exact string.
     """
@@ -52,7 +56,7 @@ class VersionSelector:
         self.text = text
         self._exact = parse_version(text)
         self._spec: semantic_version.SimpleSpec | None = None
-        if self._exact is None and _RANGE_CHARS.search(text):
+        if self._exact is None and (_RANGE_CHARS.search(text) or _PARTIAL.match(text)):
             spec_text = text.replace(" ", "")
             # Accept a leading v inside ranges too: "^v1.4" / ">=v1.2,<v2".
             spec_text = re.sub(r"(?<=[\^~<>=,])v(?=\d)|^v(?=\d)", "", spec_text)

@@ -1,0 +1,214 @@
+"""Compile a route's ``match`` clauses into plain closures ``matcher(request, gray_context) -> bool``.
+
+Contract:
+
+- ``match`` is a list of clauses: the route matches when *any* clause matches (OR); inside one
+  clause every condition must hold (AND). No clauses, or an empty clause, matches every call and
+  compiles to ``None`` (the router skips the call entirely).
+- Header names are lower-cased here, once, because :meth:`RequestInfo.header` takes lower-case
+  names. Query parameter and gray-context names are case-sensitive.
+- ``regex`` is a *full* match, compiled once. ``method`` compares case-insensitively.
+- A missing value (header/query parameter/gray value not present) never matches ``exact``,
+  ``prefix`` or ``regex``; with ``invert: true`` it therefore matches. ``present: true`` matches
+  any value, even an empty one.
+
+Everything that can be decided at compile time is: each closure does one lookup and one
+comparison, with the comparison operands bound as closure cells. A single condition compiles to
+that condition's closure itself, with no loop around it. Each matcher carries a ``description``
+attribute (``header user-group == 'beta'``) for logs and ``graylb rules explain``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..propagation.context import GrayContext
+from .request import RequestInfo
+
+if TYPE_CHECKING:  # only attribute access at run time: keeps routing importable without rules
+    from ..rules.model import MatchClause, StringMatch
+
+__all__ = ["Matcher", "compile_match", "compile_clause", "compile_condition", "describe"]
+
+#: Same alias as :data:`graylb.rules.compiled.Matcher` (not imported, to avoid an import cycle).
+Matcher = Callable[[RequestInfo, GrayContext], bool]
+Getter = Callable[[RequestInfo, GrayContext], "str | None"]
+
+
+def describe(matcher: Matcher | None) -> str:
+    """A human-readable form of a compiled matcher (``"*"`` for None: matches everything)."""
+    if matcher is None:
+        return "*"
+    return getattr(matcher, "description", repr(matcher))
+
+
+def _named(fn: Matcher, description: str) -> Matcher:
+    fn.description = description  # type: ignore[attr-defined]
+    fn.__qualname__ = f"matcher<{description}>"
+    return fn
+
+
+# --------------------------------------------------------------------------- value getters
+
+
+def _header(name: str) -> Getter:
+    def get(request: RequestInfo, ctx: GrayContext) -> str | None:
+        return request.header(name)
+
+    return get
+
+
+def _query(name: str) -> Getter:
+    def get(request: RequestInfo, ctx: GrayContext) -> str | None:
+        return request.query(name)
+
+    return get
+
+
+def _context(name: str) -> Getter:
+    def get(request: RequestInfo, ctx: GrayContext) -> str | None:
+        return ctx.value(name)
+
+    return get
+
+
+def _path(request: RequestInfo, ctx: GrayContext) -> str | None:
+    return request.path
+
+
+def _method(request: RequestInfo, ctx: GrayContext) -> str | None:
+    return request.method
+
+
+# --------------------------------------------------------------------------- one condition
+
+
+def compile_condition(get: Getter, spec: StringMatch, subject: str, *, ignore_case: bool = False) -> Matcher:
+    """A matcher testing ``get(request, ctx)`` against ``spec``; ``subject`` names the value
+    in the description. ``ignore_case`` expects upper-case values (used for the method)."""
+    invert = bool(spec.invert)
+    neg = "not " if invert else ""
+    kind = spec.kind
+
+    if kind == "present":
+        want_present = bool(spec.present) is not invert
+
+        def present(request: RequestInfo, ctx: GrayContext) -> bool:
+            return (get(request, ctx) is not None) is want_present
+
+        return _named(present, f"{subject} {'present' if want_present else 'absent'}")
+
+    if kind == "regex":
+        pattern = re.compile(spec.regex or "", re.IGNORECASE if ignore_case else 0)
+        fullmatch = pattern.fullmatch
+
+        def regex(request: RequestInfo, ctx: GrayContext) -> bool:
+            value = get(request, ctx)
+            return (value is not None and fullmatch(value) is not None) is not invert
+
+        return _named(regex, f"{subject} {neg}~ /{pattern.pattern}/")
+
+    if kind == "prefix":
+        prefix = spec.prefix or ""
+        if ignore_case:
+            prefix = prefix.upper()
+
+            def prefix_ci(request: RequestInfo, ctx: GrayContext) -> bool:
+                value = get(request, ctx)
+                return (value is not None and value.upper().startswith(prefix)) is not invert
+
+            return _named(prefix_ci, f"{subject} {neg}starts with {prefix!r}")
+
+        def prefix_cs(request: RequestInfo, ctx: GrayContext) -> bool:
+            value = get(request, ctx)
+            return (value is not None and value.startswith(prefix)) is not invert
+
+        return _named(prefix_cs, f"{subject} {neg}starts with {prefix!r}")
+
+    want = spec.exact if spec.exact is not None else ""
+    if ignore_case:
+        want = want.upper()
+
+        def exact_ci(request: RequestInfo, ctx: GrayContext) -> bool:
+            value = get(request, ctx)
+            # Transports already send upper-case methods: upper() only runs on a mismatch.
+            return (value == want or (value is not None and value.upper() == want)) is not invert
+
+        return _named(exact_ci, f"{subject} {'!=' if invert else '=='} {want!r}")
+
+    def exact(request: RequestInfo, ctx: GrayContext) -> bool:
+        return (get(request, ctx) == want) is not invert
+
+    return _named(exact, f"{subject} {'!=' if invert else '=='} {want!r}")
+
+
+# --------------------------------------------------------------------------- combinations
+
+
+def _all_of(matchers: Sequence[Matcher]) -> Matcher:
+    if len(matchers) == 1:
+        return matchers[0]
+    description = " and ".join(describe(m) for m in matchers)
+    if len(matchers) == 2:
+        a, b = matchers
+
+        def both(request: RequestInfo, ctx: GrayContext) -> bool:
+            return a(request, ctx) and b(request, ctx)
+
+        return _named(both, description)
+    ms = tuple(matchers)
+
+    def every(request: RequestInfo, ctx: GrayContext) -> bool:
+        for m in ms:
+            if not m(request, ctx):
+                return False
+        return True
+
+    return _named(every, description)
+
+
+def _any_of(matchers: Sequence[Matcher]) -> Matcher:
+    if len(matchers) == 1:
+        return matchers[0]
+    description = " or ".join(f"({describe(m)})" for m in matchers)
+    ms = tuple(matchers)
+
+    def some(request: RequestInfo, ctx: GrayContext) -> bool:
+        for m in ms:
+            if m(request, ctx):
+                return True
+        return False
+
+    return _named(some, description)
+
+
+def compile_clause(clause: MatchClause) -> Matcher | None:
+    """AND of every condition in one clause; None when the clause is empty (matches all)."""
+    conditions: list[Matcher] = []
+    for name, spec in clause.headers.items():
+        lower = name.lower()
+        conditions.append(compile_condition(_header(lower), spec, f"header {lower}"))
+    for name, spec in clause.query.items():
+        conditions.append(compile_condition(_query(name), spec, f"query {name}"))
+    for name, spec in clause.context.items():
+        conditions.append(compile_condition(_context(name), spec, f"context {name}"))
+    if clause.path is not None:
+        conditions.append(compile_condition(_path, clause.path, "path"))
+    if clause.method is not None:
+        conditions.append(compile_condition(_method, clause.method, "method", ignore_case=True))
+    return _all_of(conditions) if conditions else None
+
+
+def compile_match(clauses: Sequence[MatchClause] | None) -> Matcher | None:
+    """OR of the clauses; None (matches every call) when there are none or one is empty."""
+    if not clauses:
+        return None
+    compiled: list[Matcher] = []
+    for clause in clauses:
+        matcher = compile_clause(clause)
+        if matcher is None:
+            return None  # an empty clause matches everything, so the OR does too
+        compiled.append(matcher)
+    return _any_of(compiled)

@@ -1,0 +1,126 @@
+"""Validated model -> the frozen structures the router reads per call (:mod:`graylb.rules.compiled`).
+
+Contract: :func:`compile_rules` takes a :class:`RulesDocument` (normally from
+:func:`graylb.rules.load.validate_rules`) and returns :class:`CompiledRules`; it raises
+:class:`RuleError` only when cross-references are broken (a model built in code skips
+``validate_rules``). All the expensive work — version selectors, regexes, lower-cased names,
+matcher closures — happens here, once per rules change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+from typing import Any
+
+from ..errors import RuleError
+from ..routing.matchers import compile_match
+from ..versioning import VersionSelector
+from .compiled import (
+    DEFAULT_RETRY,
+    CompiledRoute,
+    CompiledRules,
+    CompiledService,
+    HashKey,
+    OutlierPolicy,
+    RetryPolicy,
+    SubsetSpec,
+    WeightedTarget,
+)
+from .model import HashOn, Retries, RulesDocument, Service, check_references
+
+__all__ = ["compile_rules", "compile_service", "to_document", "document_revision"]
+
+# When `retries` is given without `on`: the failures where retrying is always safe to consider.
+_DEFAULT_ON = ("connect-failure", "reset")
+
+
+def to_document(model: RulesDocument) -> dict[str, Any]:
+    """The document as plain JSON-able data, keeping only what was written (shorthands stay
+    shorthands, defaults stay implicit), so it can be edited and written back as YAML/JSON."""
+    return model.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def document_revision(model: RulesDocument) -> str:
+    """A short content hash: the same rules give the same revision whatever the formatting."""
+    canonical = json.dumps(to_document(model), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def _hash_key(spec: HashOn | None) -> HashKey | None:
+    if spec is None:
+        return None
+    return HashKey(
+        header=spec.header.lower() if spec.header is not None else None,
+        query=spec.query,
+        context=spec.context,
+    )
+
+
+def _retry_policy(spec: Retries | None) -> RetryPolicy:
+    if spec is None:
+        return DEFAULT_RETRY
+    on = _DEFAULT_ON if spec.on is None else spec.on
+    return RetryPolicy(
+        attempts=spec.attempts,
+        on_connect_failure="connect-failure" in on,
+        on_reset="reset" in on,
+        on_timeout="timeout" in on,
+        statuses=frozenset(c for c in on if isinstance(c, int)),
+        idempotent_only=spec.idempotent_only,
+    )
+
+
+def compile_service(name: str, svc: Service) -> CompiledService:
+    """One service's rules; assumes references were checked."""
+    subsets: dict[str, SubsetSpec] = {}
+    for subset_name, subset in svc.subsets.items():
+        labels = dict(subset.labels)
+        if subset.lane is not None:
+            labels["lane"] = subset.lane
+        subsets[subset_name] = SubsetSpec(
+            name=subset_name,
+            version=VersionSelector(subset.version) if subset.version is not None else None,
+            labels=types.MappingProxyType(labels),
+        )
+    routes = tuple(
+        CompiledRoute(
+            name=route.name or f"routes[{i}]",
+            match=compile_match(route.match),
+            to=tuple(WeightedTarget(t.subset, t.weight) for t in route.to),
+            sticky=_hash_key(route.sticky),
+        )
+        for i, route in enumerate(svc.routes)
+    )
+    od = svc.outlier_detection
+    return CompiledService(
+        name=name,
+        subsets=types.MappingProxyType(subsets),
+        default=svc.default,
+        routes=routes,
+        fallback=svc.fallback,
+        load_balancer=svc.load_balancer.policy,
+        hash_key=_hash_key(svc.load_balancer.hash_on),
+        retries=_retry_policy(svc.retries),
+        outlier=None
+        if od is None
+        else OutlierPolicy(
+            consecutive_errors=od.consecutive_errors,
+            base_ejection_time=od.base_ejection_time,
+            max_ejection_percent=od.max_ejection_percent,
+        ),
+    )
+
+
+def compile_rules(model: RulesDocument, revision: str = "", source: str = "") -> CompiledRules:
+    """Compile every service. ``revision`` defaults to :func:`document_revision`."""
+    problems = check_references(to_document(model))
+    if problems:
+        raise RuleError(problems, source)
+    services = {name: compile_service(name, svc) for name, svc in model.services.items()}
+    return CompiledRules(
+        services=types.MappingProxyType(services),
+        revision=revision or document_revision(model),
+        source=source,
+    )

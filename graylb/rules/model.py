@@ -1,0 +1,451 @@
+"""The rules document as pydantic v2 models (see the "Rule document" section of the design).
+
+Contract:
+
+- Every model forbids unknown keys, so a typo (``waight``) is an error naming the field.
+- Checks that need one value or one object (regex compiles, version range parses, exactly one
+  of ``exact``/``prefix``/``regex``/``present``, weights not all 0, ``ring_hash`` has
+  ``hash_on``) live here, so pydantic reports them with their exact location.
+- Checks that look across a service (subset names used by ``to`` and ``default``, route names
+  unique) live in :func:`check_references`, which works on the *plain* document so it can run
+  even when model validation failed and every problem is reported at once.
+- Shorthands (a plain string for ``{exact: ...}``, a policy name for ``load_balancer``) are
+  remembered and dumped back in the form the user wrote, so :func:`graylb.rules.compile.to_document`
+  round-trips a document without rewriting it.
+
+Nothing here runs per call: :mod:`graylb.rules.compile` turns these models into the frozen
+structures of :mod:`graylb.rules.compiled`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ..errors import InvalidVersion
+from ..versioning import VersionSelector
+
+__all__ = [
+    "StringMatch",
+    "MatchClause",
+    "Target",
+    "HashOn",
+    "Route",
+    "Subset",
+    "LoadBalancer",
+    "Retries",
+    "OutlierDetection",
+    "Service",
+    "RulesDocument",
+    "LB_POLICIES",
+    "RETRY_WORDS",
+    "parse_duration",
+    "format_duration",
+    "format_loc",
+    "check_references",
+]
+
+LB_POLICIES = ("weighted_random", "round_robin", "least_request", "ring_hash")
+RETRY_WORDS = ("connect-failure", "reset", "timeout")
+MAX_TARGET_WEIGHT = 10000
+
+
+def _error(message: str, **ctx: Any) -> PydanticCustomError:
+    # A custom error type keeps pydantic from prefixing "Value error, " to our messages.
+    return PydanticCustomError("graylb", message, ctx or None)
+
+
+def _text(value: Any) -> str:
+    """A string field that also takes YAML integers (``zone: 1``) but not floats or booleans:
+    YAML reads ``1.10`` as the float 1.1, so silently converting would change the value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _error("expected a string, got {got} (quote it in YAML)", got=repr(value))
+
+
+def _name(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise _error("must not be empty")
+    return text
+
+
+Text = Annotated[str, PlainValidator(_text)]
+Name = Annotated[str, PlainValidator(_name)]  # a non-empty Text
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- matchers
+
+
+class StringMatch(_Model):
+    """Exactly one of ``exact``, ``prefix``, ``regex`` (full match), ``present``; plus ``invert``.
+
+    A plain string is shorthand for ``{exact: ...}`` and is written back as a plain string.
+    """
+
+    exact: Optional[Text] = None
+    prefix: Optional[Text] = None
+    regex: Optional[Text] = None
+    present: Optional[bool] = None
+    invert: bool = False
+
+    _shorthand: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accept_plain_string(cls, data: Any, handler: Any) -> StringMatch:
+        if isinstance(data, (str, int)) and not isinstance(data, bool):
+            model = handler({"exact": data})
+            model._shorthand = True
+            return model
+        return handler(data)
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise _error("invalid regex {pattern}: {reason}", pattern=repr(value), reason=str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StringMatch:
+        given = [k for k in ("exact", "prefix", "regex", "present") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f"got {', '.join(given)}" if given else "got none"
+            raise _error("needs exactly one of exact, prefix, regex, present ({got})", got=got)
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in ("exact", "prefix", "regex", "present"):
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("validated StringMatch without a kind")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        if self._shorthand and not self.invert:
+            return self.exact
+        return handler(self)
+
+
+class MatchClause(_Model):
+    """One item of a route's ``match`` list: every key given must match (AND)."""
+
+    headers: dict[str, StringMatch] = Field(default_factory=dict)
+    query: dict[str, StringMatch] = Field(default_factory=dict)
+    context: dict[str, StringMatch] = Field(default_factory=dict)
+    path: Optional[StringMatch] = None
+    method: Optional[StringMatch] = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.headers or self.query or self.context or self.path or self.method)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+class Target(_Model):
+    subset: Name
+    weight: int = Field(100, ge=0, le=MAX_TARGET_WEIGHT)
+
+
+class HashOn(_Model):
+    """Where a sticky or ring-hash key comes from: exactly one of header / query / context."""
+
+    header: Optional[Name] = None
+    query: Optional[Name] = None
+    context: Optional[Name] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashOn:
+        given = [k for k in ("header", "query", "context") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f"got {', '.join(given)}" if given else "got none"
+            raise _error("needs exactly one of header, query, context ({got})", got=got)
+        return self
+
+
+class Route(_Model):
+    name: Optional[Name] = None
+    match: Optional[list[MatchClause]] = None
+    to: list[Target]
+    sticky: Optional[HashOn] = None
+
+    @field_validator("to")
+    @classmethod
+    def _targets(cls, value: list[Target]) -> list[Target]:
+        if not value:
+            raise _error("needs at least one target")
+        if not any(t.weight for t in value):
+            raise _error("weights are all 0")
+        return value
+
+
+# --------------------------------------------------------------------------- service
+
+
+class Subset(_Model):
+    """Instances whose version matches ``version`` and whose metadata equals every label;
+    ``lane: X`` is shorthand for the label ``lane: X``."""
+
+    version: Optional[Name] = None
+    labels: dict[str, Text] = Field(default_factory=dict)
+    lane: Optional[Name] = None
+
+    @field_validator("version")
+    @classmethod
+    def _version_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                VersionSelector(value)
+            except InvalidVersion as exc:
+                raise _error("{reason}", reason=str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> Subset:
+        if self.version is None and not self.labels and self.lane is None:
+            raise _error("needs at least one of version, labels, lane")
+        if self.lane is not None and self.labels.get("lane", self.lane) != self.lane:
+            raise _error("lane {a} conflicts with labels.lane {b}", a=repr(self.lane), b=repr(self.labels["lane"]))
+        return self
+
+
+class LoadBalancer(_Model):
+    """``load_balancer: round_robin`` or ``{policy: ring_hash, hash_on: {header: x-user-id}}``."""
+
+    policy: Literal["weighted_random", "round_robin", "least_request", "ring_hash"] = "weighted_random"
+    hash_on: Optional[HashOn] = None
+
+    _shorthand: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accept_policy_name(cls, data: Any, handler: Any) -> LoadBalancer:
+        if isinstance(data, str):
+            model = handler({"policy": data})
+            model._shorthand = True
+            return model
+        return handler(data)
+
+    @model_validator(mode="after")
+    def _hash_on_iff_ring_hash(self) -> LoadBalancer:
+        if self.policy == "ring_hash" and self.hash_on is None:
+            raise _error("ring_hash needs hash_on, e.g. {example}", example="{policy: ring_hash, hash_on: {header: x-user-id}}")
+        if self.policy != "ring_hash" and self.hash_on is not None:
+            raise _error("hash_on only applies to policy ring_hash (policy is {p})", p=repr(self.policy))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        if self._shorthand:
+            return self.policy
+        return handler(self)
+
+
+def _retry_condition(value: Any) -> str | int:
+    """``connect-failure`` / ``reset`` / ``timeout`` or an HTTP status (int, or its digits)."""
+    if isinstance(value, str) and value.strip().lower() in RETRY_WORDS:
+        return value.strip().lower()
+    status: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        status = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        status = int(value.strip())
+    if status is None:
+        raise _error(
+            "unknown retry condition {got} (known: connect-failure, reset, timeout, or an HTTP status 100..599)",
+            got=repr(value),
+        )
+    if not 100 <= status <= 599:
+        raise _error("HTTP status {got} outside 100..599", got=status)
+    return status
+
+
+RetryOn = Annotated[Any, PlainValidator(_retry_condition)]
+
+
+class Retries(_Model):
+    attempts: int = Field(2, ge=0, le=10)
+    on: Optional[list[RetryOn]] = None  # None: connect-failure + reset
+    idempotent_only: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml11_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 loaders (plain yaml.safe_load) read the key `on` as the boolean True. Our own
+        # loader does not, but documents parsed elsewhere (a dict handed to parse_rules) may.
+        if isinstance(data, Mapping) and any(k is True for k in data) and "on" not in data:
+            return {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"500ms"``, ``"30s"``, ``"1m"``, ``"1h"``, ``"1m30s"`` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "")
+        pos, seconds = 0, 0.0
+        for part in _DURATION_PART.finditer(text):
+            if part.start() != pos:
+                break
+            seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+            pos = part.end()
+        if pos != len(text) or pos == 0:
+            try:
+                seconds = float(text)  # "30" written as a string
+            except ValueError:
+                raise _error(
+                    "invalid duration {got} (use e.g. 500ms, 30s, 1m, 1h, or a number of seconds)", got=repr(value)
+                ) from None
+    else:
+        raise _error("invalid duration {got} (use e.g. 500ms, 30s, 1m, 1h, or a number of seconds)", got=repr(value))
+    if not seconds > 0:  # also rejects NaN
+        raise _error("duration must be positive, got {got}", got=repr(value))
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest spelling :func:`parse_duration` reads back as ``seconds``."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    ms = seconds * 1000
+    return f"{int(ms)}ms" if float(ms).is_integer() else f"{seconds:g}s"
+
+
+Duration = Annotated[float, PlainValidator(parse_duration)]
+
+
+class OutlierDetection(_Model):
+    consecutive_errors: int = Field(5, ge=1)
+    base_ejection_time: Duration = 30.0
+    max_ejection_percent: int = Field(50, ge=0, le=100)
+
+    @field_serializer("base_ejection_time")
+    def _dump_duration(self, value: float) -> str:
+        return format_duration(value)
+
+
+class Service(_Model):
+    subsets: dict[str, Subset] = Field(default_factory=dict)
+    default: Optional[Text] = None
+    routes: list[Route] = Field(default_factory=list)
+    fallback: Literal["default", "any", "fail"] = "default"
+    load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
+    retries: Optional[Retries] = None
+    outlier_detection: Optional[OutlierDetection] = None
+
+
+class RulesDocument(_Model):
+    version: int = 1
+    services: dict[str, Service] = Field(default_factory=dict)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _supported(cls, value: Any) -> int:
+        if value in (1, "1") and not isinstance(value, bool):
+            return 1
+        raise _error("unsupported rules version {got} (this graylb reads version 1)", got=repr(value))
+
+
+# --------------------------------------------------------------------------- locations & references
+
+_PLAIN_KEY = re.compile(r"[^.\[\]\s\"]+")
+
+
+def format_loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    """``("services", "orders", "routes", 1, "to", 0)`` -> ``services.orders.routes[1].to[0]``.
+
+    Keys that would make the path ambiguous (dots, brackets, spaces, empty) are quoted:
+    ``headers["x.trace"]``.
+    """
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out.append(f"[{part}]")
+            continue
+        key = str(part)
+        if _PLAIN_KEY.fullmatch(key):
+            out.append(f".{key}" if out else key)
+        else:
+            out.append(f'["{key}"]')
+    return "".join(out)
+
+
+def _known(names: list[str]) -> str:
+    return f"known: {', '.join(sorted(names))}" if names else "no subsets defined"
+
+
+def check_references(doc: Any) -> list[tuple[str, str]]:
+    """Cross-checks on a plain document: subset names in ``to`` and ``default`` exist, route
+    names are unique within a service. Tolerates malformed shapes (model validation reports
+    those), so it can run alongside model validation and every problem is reported together.
+    """
+    errors: list[tuple[str, str]] = []
+    services = doc.get("services") if isinstance(doc, Mapping) else None
+    if not isinstance(services, Mapping):
+        return errors
+    for svc_name, svc in services.items():
+        if not isinstance(svc, Mapping):
+            continue
+        base = ("services", str(svc_name))
+        subsets = svc.get("subsets")
+        known = [str(k) for k in subsets] if isinstance(subsets, Mapping) else []
+        default = svc.get("default")
+        if isinstance(default, str) and default not in known:
+            errors.append((format_loc((*base, "default")), f"unknown subset {default!r} ({_known(known)})"))
+        routes = svc.get("routes")
+        if not isinstance(routes, list):
+            continue
+        seen: dict[str, int] = {}
+        for i, route in enumerate(routes):
+            if not isinstance(route, Mapping):
+                continue
+            name = route.get("name")
+            name = name if isinstance(name, str) and name else f"routes[{i}]"
+            if name in seen:
+                errors.append(
+                    (format_loc((*base, "routes", i, "name")), f"duplicate route name {name!r} (also routes[{seen[name]}])")
+                )
+            else:
+                seen[name] = i
+            targets = route.get("to")
+            if not isinstance(targets, list):
+                continue
+            for j, target in enumerate(targets):
+                subset = target.get("subset") if isinstance(target, Mapping) else None
+                if isinstance(subset, str) and subset and subset not in known:
+                    loc = format_loc((*base, "routes", i, "to", j, "subset"))
+                    errors.append((loc, f"unknown subset {subset!r} ({_known(known)})"))
+    return errors
