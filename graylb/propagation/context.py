@@ -31,13 +31,15 @@ class GrayContext:
     values: Mapping[str, str] = dataclasses.field(default_factory=lambda: _NO_ENTRIES)
     # Serialised headers, filled lazily by the codec that injects this context (one per codec
     # configuration). Not part of equality; the context itself never changes after creation.
-    _wire_cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, hash=False)
+    _wire_cache: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         for name in ("pins", "values"):
             value = getattr(self, name)
-            if not isinstance(value, types.MappingProxyType):
-                object.__setattr__(self, name, types.MappingProxyType({str(k): str(v) for k, v in dict(value).items()}))
+            # Always copy (a caller's mapping, even a read-only view, may change under us and
+            # would make the wire cache stale); the shared empty mapping needs no copy.
+            if value is not _NO_ENTRIES:
+                object.__setattr__(self, name, types.MappingProxyType({str(k): str(v) for k, v in value.items()}) if value else _NO_ENTRIES)
         if self.lane == "":
             object.__setattr__(self, "lane", None)
 

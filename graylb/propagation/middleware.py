@@ -1,0 +1,242 @@
+"""Inbound gray context for ASGI and WSGI applications.
+
+Wrap the app once; every request then runs with the gray context its caller sent::
+
+    app = GrayASGIMiddleware(app)                          # inside the mesh: trust callers
+    app = GrayWSGIMiddleware(app, trust=trust_networks("10.0.0.0/8", "127.0.0.1/8"))
+
+and outbound graylb transports forward it, so a lane or pin set at the edge holds on every hop.
+
+**Trust.** Gray headers steer traffic to unreleased versions, so who may set them matters.
+``trust`` is ``True`` (every caller may), ``False`` (nobody may) or a predicate over the ASGI
+scope / WSGI environ, such as :func:`trust_networks`. For an untrusted caller the middleware
+removes the plain gray headers and the gray members of ``baggage`` -- the app and anything it
+forwards never see them -- and runs the app with an empty gray context.
+
+**At the gateway** (the first hop that faces the internet) use ``trust=False``, or a predicate
+that accepts only your own networks or authenticated staff, and set gray context from what you
+*do* trust, after this middleware::
+
+    app = GrayASGIMiddleware(gateway_app, trust=False)
+    # in gateway_app, per request:
+    with graylb.gray(values={"user-group": group_from_verified_token}):
+        await forward(request)                             # graylb transport injects it
+
+Services behind the gateway then use the default ``trust=True`` (or :func:`trust_networks`
+for the cluster's ranges). :func:`trust_networks` checks the direct peer address: behind a
+proxy that is the proxy, which must then strip gray headers itself (run it with ``trust=False``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import Any, Union
+
+from .codec import MAX_HEADER_LENGTH, HeaderCodec
+from .context import EMPTY, attach, detach
+
+__all__ = ["GrayASGIMiddleware", "GrayWSGIMiddleware", "trust_networks"]
+
+_logger = logging.getLogger("graylb.propagation")
+
+Trust = Union[bool, Callable[[Any], bool]]
+_ASGI_GRAY_SCOPES = frozenset({"http", "websocket"})
+
+
+def _trust_check(trust: Trust) -> Callable[[Any], bool] | None:
+    """``None`` for "always trusted" (skips a call per request); otherwise a predicate that
+    fails closed: a predicate that raises means "untrusted"."""
+    if trust is True:
+        return None
+    if trust is False:
+        return lambda carrier: False
+    if not callable(trust):
+        raise TypeError(f"trust must be a bool or a callable(scope_or_environ) -> bool, not {trust!r}")
+
+    def check(carrier: Any) -> bool:
+        try:
+            return bool(trust(carrier))
+        except Exception:
+            _logger.warning("graylb: trust check failed; treating the caller as untrusted", exc_info=True)
+            return False
+
+    return check
+
+
+def trust_networks(*cidrs: str) -> Callable[[Any], bool]:
+    """A ``trust`` predicate: the caller is trusted iff its peer address -- ASGI
+    ``scope["client"][0]`` or WSGI ``environ["REMOTE_ADDR"]`` -- lies in one of ``cidrs``.
+
+    Host bits are allowed (``"127.0.0.1/8"``), IPv4-mapped IPv6 peers count as IPv4, and a
+    missing or unparsable peer (unix sockets, for instance) is untrusted. A malformed CIDR raises
+    ``ValueError`` here, at configuration time.
+    """
+    networks = tuple(ipaddress.ip_network(str(c).strip(), strict=False) for c in cidrs)
+
+    @functools.lru_cache(maxsize=1024)  # few distinct peers; parsing an address costs ~1 µs
+    def address_trusted(host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in networks)
+
+    def trusted(carrier: Any) -> bool:
+        if "REMOTE_ADDR" in carrier:  # WSGI environ
+            host = carrier.get("REMOTE_ADDR")
+        else:  # ASGI scope: client is (host, port) or None
+            client = carrier.get("client")
+            host = client[0] if client else None
+        return isinstance(host, str) and address_trusted(host)
+
+    trusted.networks = networks  # type: ignore[attr-defined]  # for introspection and repr in logs
+    return trusted
+
+
+def _asgi_gray_headers(headers: Iterable[Any], wanted: frozenset[bytes]) -> dict[str, str]:
+    """The gray-relevant ASGI headers, as ``{lower-case name: value}`` for the codec's ``get``.
+
+    Repeated fields are joined with "," (RFC 9110, and what WSGI servers do), so both twins
+    read the same thing: two pin or baggage headers combine, two lane headers make an invalid
+    lane that is ignored. A malformed header list counts as no gray headers.
+    """
+    found: dict[str, str] = {}
+    try:
+        for raw_name, raw_value in headers:
+            # ASGI servers send lower-case names; lower() anyway, only when the name is unknown.
+            if raw_name in wanted or (raw_name := raw_name.lower()) in wanted:
+                name = raw_name.decode("latin-1")
+                value = raw_value.decode("latin-1")
+                previous = found.get(name)
+                if previous is None:
+                    found[name] = value
+                elif len(previous) <= MAX_HEADER_LENGTH:  # the codec reads no further anyway
+                    found[name] = f"{previous},{value}"
+    except Exception:
+        _logger.warning("graylb: malformed ASGI headers; reading no gray context from them")
+        return {}
+    return found
+
+
+class GrayASGIMiddleware:
+    """ASGI middleware: each ``http`` and ``websocket`` connection runs with the gray context
+    from its headers (``scope["headers"]``); other scopes (``lifespan``) pass through untouched.
+
+    Trusted caller: the context is extracted and attached for the whole app call (tasks the app
+    starts inherit it). Untrusted caller: the app gets a *copy* of the scope without gray
+    headers and gray baggage members, and an empty context. See the module docstring for
+    gateways.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
+        self.app = app
+        self.codec = codec if codec is not None else HeaderCodec()
+        self._untrusted_check = _trust_check(trust)
+        self._wanted = frozenset(n.encode("latin-1") for n in self.codec._extract_names)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope.get("type") not in _ASGI_GRAY_SCOPES:
+            return await self.app(scope, receive, send)
+        check = self._untrusted_check
+        if check is None or check(scope):
+            ctx = self.codec.extract(_asgi_gray_headers(scope.get("headers") or (), self._wanted).get)
+        else:
+            scope = dict(scope)  # the server's scope stays as it was; the app sees the stripped copy
+            scope["headers"] = self.codec.strip_headers(list(scope.get("headers") or ()))
+            ctx = EMPTY
+        # Same task throughout, so attach/detach pair up even if the app raises.
+        token = attach(ctx)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            detach(token)
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+class GrayWSGIMiddleware:
+    """WSGI middleware: each request runs with the gray context from its ``HTTP_*`` environ
+    keys (``HTTP_X_GRAY_LANE``, ``HTTP_X_GRAY_PIN``, ``HTTP_BAGGAGE``).
+
+    Untrusted caller: those keys are deleted from ``environ`` (gray members only, for
+    ``HTTP_BAGGAGE``) and the app runs with an empty context.
+
+    The context holds for the app call *and* while the response iterable is consumed, because
+    WSGI bodies are often generated lazily. Rather than attaching to the server thread's context
+    until the body is closed, the request gets a private :class:`contextvars.Context`: the app
+    call, every ``next()`` on the body and ``close()`` run inside it. So the body sees the context
+    (and a ``with graylb.gray(...)`` that spans a ``yield`` keeps working), the server thread is
+    never left with a stale context even if ``close()`` is forgotten, and servers that iterate
+    from another thread work too. Lists, tuples and ``wsgi.file_wrapper`` bodies run no app code
+    while being sent, so they are returned as they are (keeping server optimisations such as
+    ``Content-Length`` for a one-item list, or sendfile).
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], *, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
+        self.app = app
+        self.codec = codec if codec is not None else HeaderCodec()
+        self._untrusted_check = _trust_check(trust)
+        self._environ_keys = {name: _environ_key(name) for name in self.codec._extract_names}
+        self._plain_keys = tuple(_environ_key(name) for name in self.codec.header_names)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        check = self._untrusted_check
+        if check is None or check(environ):
+            keys = self._environ_keys
+            gray_ctx = self.codec.extract(lambda name: environ.get(keys.get(name, "")))
+        else:
+            self._strip(environ)
+            gray_ctx = EMPTY
+        request_context = contextvars.copy_context()
+        request_context.run(attach, gray_ctx)  # private to this request: never detached, just dropped
+        result = request_context.run(self.app, environ, start_response)
+        if isinstance(result, (list, tuple)):
+            return result
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            return result
+        return _ContextBody(result, request_context)
+
+    def _strip(self, environ: dict[str, Any]) -> None:
+        for key in self._plain_keys:
+            environ.pop(key, None)
+        baggage = environ.get("HTTP_BAGGAGE")
+        if baggage is not None:
+            stripped = self.codec.strip_baggage(str(baggage))
+            if stripped is None:
+                del environ["HTTP_BAGGAGE"]
+            else:
+                environ["HTTP_BAGGAGE"] = stripped
+
+
+class _ContextBody:
+    """A WSGI response iterable that runs the app's body code inside the request's Context and
+    passes ``close()`` through (PEP 3333: the server calls it once the response is done)."""
+
+    __slots__ = ("_body", "_iterator", "_context")
+
+    def __init__(self, body: Iterable[bytes], context: contextvars.Context) -> None:
+        self._body = body
+        self._iterator: Iterator[bytes] | None = None
+        self._context = context
+
+    def __iter__(self) -> _ContextBody:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = self._context.run(iter, self._body)  # __iter__ may run app code too
+        return self._context.run(next, self._iterator)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            self._context.run(close)
