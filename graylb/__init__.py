@@ -1,1 +1,52 @@
-from .propagation.context import GrayContext, gray, current, bind
+"""graylb: gray-release load balancing inside your httpx and grpcio clients.
+
+    balancer = graylb.Balancer(graylb.StaticDiscovery({...}), "rules.yaml")
+    client = httpx.Client(transport=graylb.GrayTransport(balancer))
+    with graylb.gray(lane="beta"):
+        client.get("http://orders/api/v1/orders/42")
+"""
+
+from .balancer import Balancer
+from .call import Served
+from .discovery import Discovery, Snapshot, StaticDiscovery
+from .errors import GraylbError, InvalidVersion, NoInstanceAvailable, RuleError
+from .instance import Health, Instance
+from .propagation.codec import HeaderCodec
+from .propagation.context import EMPTY, GrayContext, bind, current, gray
+from .propagation.middleware import GrayASGIMiddleware, GrayWSGIMiddleware, trust_networks
+from .routing.request import RequestInfo
+from .rules.load import parse_rules
+from .rules.sources import FileRuleSource, RuleSource, StaticRules
+from .transports.httpx import AsyncGrayTransport, GrayTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncGrayTransport",
+    "Balancer",
+    "Discovery",
+    "EMPTY",
+    "FileRuleSource",
+    "GrayASGIMiddleware",
+    "GrayContext",
+    "GrayTransport",
+    "GrayWSGIMiddleware",
+    "GraylbError",
+    "HeaderCodec",
+    "Health",
+    "Instance",
+    "InvalidVersion",
+    "NoInstanceAvailable",
+    "RequestInfo",
+    "RuleError",
+    "RuleSource",
+    "Served",
+    "Snapshot",
+    "StaticDiscovery",
+    "StaticRules",
+    "bind",
+    "current",
+    "gray",
+    "parse_rules",
+    "trust_networks",
+]

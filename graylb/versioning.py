@@ -17,10 +17,13 @@ from .errors import InvalidVersion
 
 __all__ = ["parse_version", "VersionSelector"]
 
-_RANGE_CHARS = re.compile(r"[\^~<>=*,xX| ]")
+# Operator characters only: letters and spaces are not range syntax, so image tags and build
+# names such as "nginx-1.25", "sha-xyz" or "linux-amd64" stay exact strings.
+_RANGE_CHARS = re.compile(r"[\^~<>=*,|]")
 # "1" or "1.4": a partial version means every version it prefixes (1.4 -> 1.4.x), not the
-# literal string, which would never match an instance "1.4.2".
-_PARTIAL = re.compile(r"^[vV]?\d+(\.\d+)?$")
+# literal string, which would never match an instance "1.4.2". "1.x" / "1.4.X" are the same
+# thing spelled as a wildcard.
+_PARTIAL = re.compile(r"^[vV]?\d+(\.\d+)?(\.[xX*])?$")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -42,7 +45,7 @@ class VersionSelector:
     ``">=1.2,<2"``, ``"*"`` or a non-semver exact string such as ``"commit-abc123"``.
 
     - An exact semver (with or without ``v``) matches that version, whatever its spelling.
-    - A partial version (``1``, ``v1.4``) matches every version it prefixes.
+    - A partial version (``1``, ``v1.4``, ``1.4.x``) matches every version it prefixes.
     - A range matches semver versions inside it; non-semver versions never match a range.
     - Anything else is compared as an exact string.
     """
@@ -59,7 +62,8 @@ class VersionSelector:
         if self._exact is None and (_RANGE_CHARS.search(text) or _PARTIAL.match(text)):
             spec_text = text.replace(" ", "")
             # Accept a leading v inside ranges too: "^v1.4" / ">=v1.2,<v2".
-            spec_text = re.sub(r"(?<=[\^~<>=,])v(?=\d)|^v(?=\d)", "", spec_text)
+            spec_text = re.sub(r"(?<=[\^~<>=,])[vV](?=\d)|^[vV](?=\d)", "", spec_text)
+            spec_text = re.sub(r"\.[xX]$", ".*", spec_text)  # "1.4.x" -> "1.4.*"
             try:
                 self._spec = semantic_version.SimpleSpec(spec_text)
             except ValueError as exc:

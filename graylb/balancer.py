@@ -1,0 +1,204 @@
+"""The :class:`Balancer`: discovery + rules + router + pickers + outlier detection for many services.
+
+Transports (httpx, grpc) hold one Balancer and ask it, per call, for a :class:`~graylb.call.Call`.
+Everything expensive happens when something changes (a snapshot, the rules, an ejection); a call
+only reads the current :class:`~graylb.routing.router.ServiceState` of its service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .call import Call
+from .discovery.base import Discovery, Snapshot
+from .errors import NoInstanceAvailable
+from .picking.outlier import OutlierDetector
+from .picking.pickers import LoadStats
+from .propagation.codec import HeaderCodec
+from .propagation.context import GrayContext, current
+from .routing.request import RequestInfo
+from .routing.router import Decision, ServiceState, build_state, route
+from .rules.compiled import CompiledRules, OutlierPolicy
+from .rules.sources import FileRuleSource, RuleSource, StaticRules
+
+__all__ = ["Balancer"]
+
+log = logging.getLogger("graylb")
+DEFAULT_OUTLIER = OutlierPolicy()
+
+
+class _Service:
+    """One routed service: its watch, its outlier state and its current routing state."""
+
+    __slots__ = ("name", "watch", "detector", "state", "lock")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.watch: Any = None
+        self.detector: OutlierDetector | None = None
+        self.state: ServiceState | None = None
+        self.lock = threading.Lock()  # serialises rebuilds only; calls never take it
+
+
+class Balancer:
+    """Routes calls to instances of registry services by gray-release rules.
+
+    ``discovery`` is a registry (:class:`~graylb.discovery.StaticDiscovery`, Consul, Nacos);
+    ``rules`` a :class:`~graylb.rules.sources.RuleSource`, a rules document (mapping or YAML/JSON
+    text), a path to a rules file, or None (every service routes to all its instances).
+
+    Which hosts are services is explicit, never a registry lookup per unknown host: the services
+    named in the rules, plus ``services``, plus any host ending in ``host_suffix``.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        rules: RuleSource | CompiledRules | Mapping[str, Any] | str | Path | None = None,
+        *,
+        services: Iterable[str] = (),
+        host_suffix: str | None = None,
+        codec: HeaderCodec | None = None,
+        first_snapshot_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.discovery = discovery
+        self.rule_source = _as_rule_source(rules)
+        self.codec = codec or HeaderCodec()
+        self.stats = LoadStats()
+        self.first_snapshot_timeout = first_snapshot_timeout
+        self._clock = clock  # outlier ejection times; injectable so tests need not sleep
+        self._extra_services = frozenset(services)
+        self._host_suffix = host_suffix
+        self._services: dict[str, _Service] = {}
+        self._create_lock = threading.Lock()
+        self._known: frozenset[str] = self._extra_services
+        self.rule_source.add_listener(self._on_rules)
+
+    # -- which hosts are ours -------------------------------------------------------------
+    def is_service(self, host: str) -> bool:
+        if host in self._known:
+            return True
+        suffix = self._host_suffix
+        return suffix is not None and host.endswith(suffix)
+
+    def service_name(self, host: str) -> str:
+        """The registry name for a URL host (``orders.svc`` -> ``orders`` with suffix ``.svc``)."""
+        suffix = self._host_suffix
+        if suffix and host.endswith(suffix) and host not in self._known:
+            return host[: -len(suffix)]
+        return host
+
+    @property
+    def rules(self) -> CompiledRules:
+        return self.rule_source.current
+
+    # -- the per-call path ------------------------------------------------------------------
+    def start(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Call:
+        """Route one call: returns a :class:`Call` that hands out instances (first try, retries)
+        and takes the outcome of each attempt. Raises :class:`NoInstanceAvailable`."""
+        entry = self._services.get(service) or self._open(service)
+        state = entry.state
+        if state is None or (state.release_at is not None and self._clock() >= state.release_at):
+            state = self._rebuild(entry)
+        if ctx is None:
+            ctx = current()
+        return Call(self, entry, state, route(state, request, ctx), request)
+
+    def decide(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Decision:
+        """The routing decision alone (no instance picked): what ``explain`` builds on."""
+        return self.start(service, request, ctx).decision
+
+    def state(self, service: str) -> ServiceState:
+        entry = self._services.get(service) or self._open(service)
+        return entry.state or self._rebuild(entry)
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _record(self, entry: _Service, instance_id: str, ok: bool) -> None:
+        detector = entry.detector
+        if detector is None:
+            return
+        if ok:
+            detector.record_success(instance_id)
+        elif detector.record_failure(instance_id):
+            log.warning("graylb: ejected instance %s of service '%s' after consecutive errors", instance_id, entry.name)
+            self._rebuild(entry)
+
+    # -- change handling (off the hot path) ---------------------------------------------------
+    def _open(self, service: str) -> _Service:
+        with self._create_lock:
+            entry = self._services.get(service)
+            if entry is not None:
+                return entry
+            entry = _Service(service)
+            self._services = {**self._services, service: entry}
+        watch = self.discovery.watch(service)
+        entry.watch = watch
+        if watch.snapshot is None and not watch.wait_ready(self.first_snapshot_timeout):
+            log.warning("graylb: no snapshot of service '%s' after %.1fs", service, self.first_snapshot_timeout)
+        watch.add_listener(lambda snap, e=entry: self._rebuild(e))
+        if entry.state is None:
+            self._rebuild(entry)
+        return entry
+
+    def _on_rules(self, rules: CompiledRules) -> None:
+        self._known = self._extra_services | frozenset(rules.services)
+        for entry in list(self._services.values()):
+            self._rebuild(entry)
+
+    def _rebuild(self, entry: _Service) -> ServiceState:
+        with entry.lock:
+            rules = self.rule_source.current.service(entry.name)
+            policy = (rules.outlier if rules else None) or DEFAULT_OUTLIER
+            if entry.detector is None:
+                entry.detector = OutlierDetector(policy, clock=self._clock)
+            elif entry.detector.policy != policy:
+                entry.detector.policy = policy  # keeps current ejections and streaks
+            detector = entry.detector
+            snapshot: Snapshot | None = entry.watch.snapshot if entry.watch is not None else None
+            ejected = detector.ejected()
+            state = build_state(
+                entry.name,
+                snapshot,
+                rules,
+                ejected=ejected,
+                release_at=detector.next_release,
+                stats=self.stats,
+            )
+            detector.set_groups(state.groups)
+            entry.state = state
+            return state
+
+    def close(self) -> None:
+        self.rule_source.close()
+        self.discovery.close()
+
+    def __enter__(self) -> Balancer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_rule_source(rules: Any) -> RuleSource:
+    if isinstance(rules, RuleSource):
+        return rules
+    if rules is None or isinstance(rules, Mapping):
+        return StaticRules(rules)
+    if isinstance(rules, CompiledRules):
+        src = StaticRules(None)
+        src.current = rules
+        return src
+    if isinstance(rules, Path) or (isinstance(rules, str) and "\n" not in rules and Path(rules).exists()):
+        return FileRuleSource(rules)
+    if isinstance(rules, str):
+        return StaticRules(rules)
+    raise TypeError(f"rules: expected a RuleSource, a document or a path, not {type(rules).__name__}")
+
+
+__all__ += ["NoInstanceAvailable"]

@@ -1,0 +1,121 @@
+"""``explain()``: the routing decision for a request, with the reasons, for humans and tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import NoInstanceAvailable
+from ..instance import Instance
+from ..propagation.context import EMPTY, GrayContext
+from .hashing import unit_interval
+from .request import RequestInfo
+from ..rules.compiled import CompiledService
+from .router import ServiceState, route
+
+__all__ = ["Explanation", "explain_state", "explain_rules"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    service: str
+    route: str | None
+    subset: str | None
+    candidates: tuple[Instance, ...]
+    reasons: tuple[str, ...]
+    error: str | None = None
+
+    def __str__(self) -> str:
+        lines = [f"service {self.service}"]
+        lines += [f"  - {r}" for r in self.reasons]
+        if self.error:
+            lines.append(f"  => FAILS: {self.error}")
+        else:
+            lines.append(f"  => route '{self.route}', subset '{self.subset}', {len(self.candidates)} candidate(s)")
+            for inst in self.candidates:
+                lane = f" lane={inst.lane}" if inst.lane else ""
+                lines.append(f"       {inst.address:<22} version={inst.version or '-'} weight={inst.weight}{lane}")
+        return "\n".join(lines)
+
+
+def explain_state(state: ServiceState, request: RequestInfo, ctx: GrayContext = EMPTY) -> Explanation:
+    """Run the router on ``state`` and say why it decided what it did."""
+    service = state.service
+    reasons: list[str] = []
+    if state.rules is None:
+        reasons.append("no rules for this service: every instance outside a lane is a candidate")
+    lane_picker = state.lanes.get(ctx.lane) if ctx.lane is not None else None
+    routes = [(rs.route, list(zip(rs.names, _weights(rs.cumulative)))) for rs in state.routes]
+    if _context_reasons(service, ctx, lane_picker is not None and len(lane_picker) > 0, len(lane_picker or ()), reasons):
+        _route_reasons(routes, request, ctx, state.default_name, reasons)
+    try:
+        d = route(state, request, ctx)
+    except NoInstanceAvailable as exc:
+        return Explanation(service, None, exc.subset, (), tuple(reasons), str(exc))
+    if d.fallback_from is not None:
+        reasons.append(f"subset '{d.fallback_from}' is empty: fallback '{state.fallback}' -> '{d.subset}'")
+    return Explanation(service, d.route, d.subset, d.picker.instances, tuple(reasons))
+
+
+def explain_rules(service: str, rules: CompiledService | None, request: RequestInfo, ctx: GrayContext = EMPTY) -> Explanation:
+    """What the rules alone decide, with no registry at hand (so no candidates, no fallback)."""
+    reasons: list[str] = ["no registry: subsets are taken as populated, candidates unknown"]
+    if rules is None:
+        reasons.append("no rules for this service: every instance outside a lane is a candidate")
+        return Explanation(service, "default", "*", (), tuple(reasons))
+    if not _context_reasons(service, ctx, ctx.lane is not None, 0, reasons):
+        kind = "pin" if service in ctx.pins else "lane"
+        return Explanation(service, kind, f"{kind}:{ctx.pins.get(service) or ctx.lane}", (), tuple(reasons))
+    routes = [(r, [(t.subset, float(t.weight)) for t in r.to if t.weight > 0]) for r in rules.routes]
+    chosen = _route_reasons(routes, request, ctx, rules.default or "*", reasons)
+    return Explanation(service, chosen[0], chosen[1], (), tuple(reasons))
+
+
+def _context_reasons(service: str, ctx: GrayContext, lane_live: bool, lane_size: int, reasons: list[str]) -> bool:
+    """Explain pins and lanes; True when routing goes on to the rules' routes."""
+    pin = ctx.pins.get(service)
+    if pin is not None:
+        reasons.append(f"the gray context pins {service}={pin}: pins win over rules")
+        return False
+    if ctx.lane is None:
+        return True
+    if lane_live:
+        reasons.append(f"lane '{ctx.lane}': " + (f"{lane_size} instance(s) carry it" if lane_size else "instances carrying it win where the service has some; else the default subset"))
+        return False
+    forced = " and the lane is forced" if ctx.lane_forced else ", so the call leaves the lane for the default subset"
+    reasons.append(f"lane '{ctx.lane}': no instance carries it{forced}")
+    return False
+
+
+def _route_reasons(routes, request: RequestInfo, ctx: GrayContext, default: str, reasons: list[str]) -> tuple[str, str]:
+    for r, targets in routes:
+        if r.match is not None and not r.match(request, ctx):
+            reasons.append(f"route '{r.name}' does not match")
+            continue
+        reasons.append(f"route '{r.name}' matches" + (" (no match conditions)" if r.match is None else ""))
+        dropped = [t.subset for t in r.to if t.subset not in {n for n, _ in targets}]
+        if dropped:
+            reasons.append(f"subset(s) {', '.join(dropped)} have no routable instance: dropped from the split")
+        if len(targets) <= 1:
+            return r.name, targets[0][0] if targets else (r.to[0].subset if r.to else default)
+        split = ", ".join(f"{n} {w:g}" for n, w in targets)
+        key = r.sticky.extract(request, ctx) if r.sticky else None
+        if not key:
+            reasons.append(f"weights {split}; random draw" + (f" ({r.sticky.describe()} absent)" if r.sticky else ""))
+            return r.name, "/".join(n for n, _ in targets)
+        point = unit_interval(key) * sum(w for _, w in targets)
+        reasons.append(f"weights {split}; sticky on {r.sticky.describe()}={key!r} -> point {point:g}")
+        for name, w in targets:
+            if point < w:
+                return r.name, name
+            point -= w
+        return r.name, targets[-1][0]
+    reasons.append(f"no route matches: default subset '{default}'")
+    return "default", default
+
+
+def _weights(cumulative: tuple[float, ...]) -> list[float]:
+    prev, out = 0.0, []
+    for c in cumulative:
+        out.append(c - prev)
+        prev = c
+    return out

@@ -1,0 +1,163 @@
+"""httpx transports that route requests for registry services to a version-picked instance.
+
+``GrayTransport`` / ``AsyncGrayTransport`` wrap any inner httpx transport (the default is
+``httpx.HTTPTransport()``, TLS verification on). A request whose host is a service name
+(``http://orders/api``) is routed by the balancer; any other host goes straight to the inner
+transport untouched. The sync and async twins share everything but the awaits.
+
+Per routed request: route + pick, inject the gray context headers, send to ``host:port`` of the
+instance (the ``Host`` header keeps the service name), retry by the service's policy on another
+instance, report each attempt to outlier detection, and put a :class:`~graylb.call.Served` in
+``response.extensions["graylb"]`` and on the current span.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from .. import telemetry
+from ..balancer import Balancer
+from ..call import CONNECT_FAILURE, RESET, TIMEOUT, Call
+from ..errors import NoInstanceAvailable
+from ..instance import Instance
+from ..propagation.context import current
+from ..routing.request import RequestInfo
+
+__all__ = ["GrayTransport", "AsyncGrayTransport"]
+
+
+def _start(balancer: Balancer, request: httpx.Request) -> Call:
+    service = balancer.service_name(request.url.host)
+    ctx = current()
+    info = RequestInfo(request.method, request.url.path, request.headers.get, request.url.query.decode("ascii", "replace"))
+    try:
+        call = balancer.start(service, info, ctx)
+    except NoInstanceAvailable as exc:
+        telemetry.record_no_instance(exc.service, exc.subset)
+        raise
+    headers = request.headers
+    codec = balancer.codec
+    if "baggage" in headers:
+        # Also with an empty context: stale gray.* members (say, copied on by OpenTelemetry
+        # from an untrusted caller) must not reach the next hop.
+        merged = codec.merge_baggage(headers["baggage"], ctx)
+        if merged:
+            headers["baggage"] = merged
+        else:
+            del headers["baggage"]
+        for name, value in codec.inject(ctx):
+            if name != "baggage":
+                headers[name] = value
+    elif not ctx.is_empty:
+        for name, value in codec.inject(ctx):
+            headers[name] = value
+    return call
+
+
+def _failure_kind(exc: Exception) -> str | None:
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return CONNECT_FAILURE
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
+        return RESET
+    if isinstance(exc, httpx.TimeoutException):
+        return TIMEOUT
+    return None
+
+
+def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
+    return url.copy_with(host=instance.host, port=instance.port)
+
+
+def _finish(call: Call, instance: Instance, response: httpx.Response, started: float) -> httpx.Response:
+    served = call.served(instance)
+    response.extensions["graylb"] = served
+    telemetry.annotate_span(served)
+    telemetry.record(served, "ok" if response.status_code < 500 else "http_5xx", time.perf_counter() - started)
+    return response
+
+
+def _failed(call: Call, instance: Instance, started: float) -> None:
+    telemetry.record(call.served(instance), "error", time.perf_counter() - started)
+
+
+class GrayTransport(httpx.BaseTransport):
+    """Sync transport: ``httpx.Client(transport=GrayTransport(balancer))``."""
+
+    def __init__(self, balancer: Balancer, transport: httpx.BaseTransport | None = None) -> None:
+        self.balancer = balancer
+        self.transport = transport if transport is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.balancer.is_service(request.url.host):
+            return self.transport.handle_request(request)
+        started = time.perf_counter()
+        call = _start(self.balancer, request)
+        url = request.url
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        try:
+            while True:
+                instance = call.next_instance()
+                request.url = _target(url, instance)
+                try:
+                    response = self.transport.handle_request(request)
+                except httpx.TransportError as exc:
+                    call.done(instance, ok=False)
+                    kind = _failure_kind(exc)
+                    if kind is not None and call.can_retry(kind, request.method, replayable):
+                        continue
+                    _failed(call, instance, started)
+                    raise
+                ok = response.status_code < 500
+                call.done(instance, ok)
+                if not ok and call.can_retry(response.status_code, request.method, replayable):
+                    response.close()
+                    continue
+                return _finish(call, instance, response, started)
+        finally:
+            # The client joins redirects against request.url: give it back the service URL.
+            request.url = url
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class AsyncGrayTransport(httpx.AsyncBaseTransport):
+    """Async twin: ``httpx.AsyncClient(transport=AsyncGrayTransport(balancer))``."""
+
+    def __init__(self, balancer: Balancer, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.balancer = balancer
+        self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.balancer.is_service(request.url.host):
+            return await self.transport.handle_async_request(request)
+        started = time.perf_counter()
+        call = _start(self.balancer, request)
+        url = request.url
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        try:
+            while True:
+                instance = call.next_instance()
+                request.url = _target(url, instance)
+                try:
+                    response = await self.transport.handle_async_request(request)
+                except httpx.TransportError as exc:
+                    call.done(instance, ok=False)
+                    kind = _failure_kind(exc)
+                    if kind is not None and call.can_retry(kind, request.method, replayable):
+                        continue
+                    _failed(call, instance, started)
+                    raise
+                ok = response.status_code < 500
+                call.done(instance, ok)
+                if not ok and call.can_retry(response.status_code, request.method, replayable):
+                    await response.aclose()
+                    continue
+                return _finish(call, instance, response, started)
+        finally:
+            request.url = url
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
