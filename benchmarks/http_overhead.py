@@ -1,0 +1,94 @@
+"""GrayTransport vs plain httpx to the same loopback server, sync and async, in one run
+(target: >= 90% of plain httpx throughput).
+
+    python benchmarks/http_overhead.py [--quick]
+
+One server on 127.0.0.1 (graylb.testing's keep-alive HTTP/1.1 server). "plain" sends to
+http://127.0.0.1:PORT/, "graylb" to http://orders/ routed by a rules document with a sticky
+95/5 split (both subsets on the same server, so the network part is identical). Rounds
+alternate plain/graylb so drift hits both equally; the figure is the median round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import machine, median, table  # noqa: E402
+
+import httpx  # noqa: E402
+
+import graylb  # noqa: E402
+from graylb.testing.http_server import serve_wsgi  # noqa: E402
+
+RULES = {
+    "services": {
+        "orders": {
+            "subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}},
+            "default": "stable",
+            "routes": [{"name": "split", "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}], "sticky": {"header": "x-user-id"}}],
+        }
+    }
+}
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def sync_round(client: httpx.Client, url: str, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        client.get(url, headers={"x-user-id": f"u{i}"})
+    return n / (time.perf_counter() - t0)
+
+
+async def async_round(client: httpx.AsyncClient, url: str, n: int, concurrency: int = 8) -> float:
+    async def worker(count: int) -> None:
+        for i in range(count):
+            await client.get(url, headers={"x-user-id": f"u{i}"})
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+    return (n // concurrency * concurrency) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    n, rounds = (300, 3) if quick else (2000, 7)
+    with serve_wsgi(app) as server:
+        registry = graylb.StaticDiscovery({"orders": [
+            {"host": server.host, "port": server.port, "version": "1.0.0", "id": "v1"},
+            {"host": server.host, "port": server.port, "version": "2.0.0", "id": "v2"},
+        ]})
+        balancer = graylb.Balancer(registry, RULES)
+        plain_url, gray_url = f"{server.url}/", "http://orders/"
+        rows = []
+
+        with httpx.Client() as plain, httpx.Client(transport=graylb.GrayTransport(balancer)) as gray:
+            sync_round(plain, plain_url, 100), sync_round(gray, gray_url, 100)
+            p, g = [], []
+            for _ in range(rounds):
+                p.append(sync_round(plain, plain_url, n))
+                g.append(sync_round(gray, gray_url, n))
+            rows.append(["sync", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
+
+        async def run_async() -> None:
+            async with httpx.AsyncClient() as plain, httpx.AsyncClient(transport=graylb.AsyncGrayTransport(balancer)) as gray:
+                await async_round(plain, plain_url, 96), await async_round(gray, gray_url, 96)
+                p, g = [], []
+                for _ in range(rounds):
+                    p.append(await async_round(plain, plain_url, n))
+                    g.append(await async_round(gray, gray_url, n))
+                rows.append(["async (8 concurrent)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
+
+        asyncio.run(run_async())
+    print(table(f"httpx throughput, requests/s, {n} requests x {rounds} rounds ({machine()})", ["mode", "plain httpx", "GrayTransport", "graylb / plain"], rows))
+
+
+if __name__ == "__main__":
+    main()
