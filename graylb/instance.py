@@ -86,6 +86,7 @@ class Instance:
         Known keys: host (or address "h:p"), port, version, weight, lane, health, id, and
         ``labels``/``metadata``; any other scalar key becomes a label.
         """
+        original = dict(data)
         data = dict(data)
         host = data.pop("host", None)
         port = data.pop("port", None)
@@ -94,12 +95,16 @@ class Instance:
             h, _, p = str(address).rpartition(":")
             host, port = host or h.strip("[]"), port or p
         if not host:
-            raise ValueError(f"service '{service}': instance without host: {dict(data)!r}")
+            raise ValueError(f"service '{service}': instance without host: {original!r}")
         try:
             port = int(port)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ValueError(f"service '{service}': instance {host}: bad port {port!r}") from None
-        labels = {str(k): str(v) for k, v in dict(data.pop("labels", None) or data.pop("metadata", None) or {}).items()}
+        # Both spellings may appear (a registry's metadata plus hand-written labels): keep both,
+        # labels winning on a clash.
+        metadata = dict(data.pop("metadata", None) or {})
+        metadata.update(data.pop("labels", None) or {})
+        labels = {str(k): str(v) for k, v in metadata.items()}
         version = data.pop("version", None) or labels.pop("version", None)
         lane = data.pop("lane", None) or labels.pop("lane", None)
         weight = data.pop("weight", 100)
@@ -107,7 +112,12 @@ class Instance:
             weight = int(weight)
         except (TypeError, ValueError):
             raise ValueError(f"service '{service}': instance {host}:{port}: bad weight {weight!r}") from None
-        health = Health(str(data.pop("health", "passing")).lower())
+        raw_health = data.pop("health", "passing")
+        try:
+            health = Health(str(raw_health).lower())
+        except ValueError:
+            known = ", ".join(h.value for h in Health)
+            raise ValueError(f"service '{service}': instance {host}:{port}: bad health {raw_health!r} (known: {known})") from None
         inst_id = str(data.pop("id", "") or "")
         for k, v in data.items():
             if isinstance(v, (str, int, float, bool)):

@@ -67,33 +67,41 @@ class StaticDiscovery(Discovery):
             self._changed(service)
         return inst
 
+    def _find(self, instance: Instance | str, service: str | None) -> tuple[str, str]:
+        """(service, id) of an Instance, an instance id, or ``host:port`` (with ``service``)."""
+        if isinstance(instance, Instance):
+            return instance.service, instance.id
+        services = [service] if service else list(self._data)
+        for svc in services:
+            entries = self._data.get(svc, {})
+            if instance in entries:
+                return svc, instance
+            for inst in entries.values():
+                if inst.address == instance or f"{inst.host}:{inst.port}" == instance:
+                    return svc, inst.id
+        if service:
+            raise KeyError(f"service '{service}': no instance {instance if '@' in instance else f'{service}@{instance}'}")
+        raise KeyError(f"no instance {instance} in any service")
+
     def remove(self, instance: Instance | str, service: str | None = None) -> None:
-        """Remove by Instance, by id, or by ``host:port`` (with ``service``)."""
+        """Remove by Instance, by id, or by ``host:port``."""
         with self._write_lock:
-            if isinstance(instance, Instance):
-                service, key = instance.service, instance.id
-            else:
-                if service is None:
-                    service = instance.split("@", 1)[0]
-                key = instance if "@" in instance else f"{service}@{instance}"
-            if self._data.get(service or "", {}).pop(key, None) is None:
-                raise KeyError(f"service '{service}': no instance {key}")
-            self._changed(service)  # type: ignore[arg-type]
+            svc, key = self._find(instance, service)
+            if self._data.get(svc, {}).pop(key, None) is None:
+                raise KeyError(f"service '{svc}': no instance {key}")
+            self._changed(svc)
+
+    def set_health(self, instance: Instance | str, health: Health | str, service: str | None = None) -> None:
+        import dataclasses
+
+        with self._write_lock:
+            svc, key = self._find(instance, service)
+            self._data[svc][key] = dataclasses.replace(self._data[svc][key], health=Health(health))
+            self._changed(svc)
 
     def set_instances(self, service: str, instances: Iterable[Instance | Mapping[str, Any]]) -> None:
         with self._write_lock:
             self._data[service] = {i.id: i for i in (self._coerce(service, x) for x in instances)}
-            self._changed(service)
-
-    def set_health(self, instance_id: str, health: Health | str) -> None:
-        import dataclasses
-
-        service = instance_id.split("@", 1)[0]
-        with self._write_lock:
-            inst = self._data.get(service, {}).get(instance_id)
-            if inst is None:
-                raise KeyError(f"service '{service}': no instance {instance_id}")
-            self._data[service][instance_id] = dataclasses.replace(inst, health=Health(health))
             self._changed(service)
 
     def instances(self, service: str) -> list[Instance]:

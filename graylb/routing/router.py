@@ -241,10 +241,10 @@ def _fallback(state: ServiceState, route_name: str, empty_subset: str | None, ha
             return Decision(state.service, route_name, state.default_name, picker, hash_key, fallback_from=empty_subset)
     elif policy == "any" and len(state.any_picker):
         return Decision(state.service, route_name, "any", state.any_picker, hash_key, fallback_from=empty_subset)
-    raise NoInstanceAvailable(
-        state.service,
-        empty_subset,
-        f"route '{route_name}' chose an empty subset and fallback is '{policy}'"
-        if policy != "default" or empty_subset != state.default_name
-        else "the default subset has no routable instance",
-    )
+    if policy == "default" and empty_subset == state.default_name:
+        reason = "the default subset has no routable instance"
+    else:
+        reason = f"route '{route_name}' chose an empty subset and fallback is '{policy}'"
+        if policy == "default":
+            reason += f", but the default subset '{state.default_name}' is empty too"
+    raise NoInstanceAvailable(state.service, empty_subset, reason)
