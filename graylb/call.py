@@ -7,7 +7,6 @@ into the failure kinds below.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from .errors import NoInstanceAvailable
@@ -28,19 +27,38 @@ TIMEOUT = "timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Served:
-    """Which route, subset and instance served a call; ``response.extensions["graylb"]``."""
+    """Which route, subset and instance served a call: ``response.extensions["graylb"]``.
 
-    service: str
-    route: str
-    subset: str
-    instance: str  # instance id
-    address: str  # host:port
-    version: str | None
-    lane: str | None
-    attempts: int
-    fallback_from: str | None = None
+    ``instance`` is the instance id, ``address`` its ``host:port``; ``attempts`` counts tries
+    (1 = no retry); ``fallback_from`` names the empty subset when the fallback policy applied.
+    A slotted class, not a frozen dataclass: one is built per call.
+    """
+
+    __slots__ = ("service", "route", "subset", "instance", "address", "version", "lane", "attempts", "fallback_from")
+
+    def __init__(self, service: str, route: str, subset: str, instance: str, address: str, version: str | None, lane: str | None, attempts: int, fallback_from: str | None = None) -> None:
+        self.service = service
+        self.route = route
+        self.subset = subset
+        self.instance = instance
+        self.address = address
+        self.version = version
+        self.lane = lane
+        self.attempts = attempts
+        self.fallback_from = fallback_from
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Served) and other._fields() == self._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Served(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 class Call:

@@ -67,7 +67,22 @@ def _failure_kind(exc: Exception) -> str | None:
 
 
 def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
+    """``url`` with the instance's host and port.
+
+    ``URL.copy_with`` re-parses the whole URL (~35 us, most of graylb's per-request cost);
+    the instance host comes from the registry, already a plain host, so replacing the two
+    fields of httpx's parsed form is enough (~1.5 us). Falls back to ``copy_with`` if httpx's
+    internals ever change shape; ``tests/unit/test_httpx_target.py`` pins the equivalence.
+    """
+    ref = getattr(url, "_uri_reference", None)
+    if ref is not None and hasattr(ref, "_replace"):
+        new = _URL_NEW(httpx.URL)
+        new._uri_reference = ref._replace(host=instance.host.lower(), port=instance.port)
+        return new
     return url.copy_with(host=instance.host, port=instance.port)
+
+
+_URL_NEW = httpx.URL.__new__
 
 
 def _finish(call: Call, instance: Instance, response: httpx.Response, started: float) -> httpx.Response:
