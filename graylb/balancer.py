@@ -103,12 +103,23 @@ class Balancer:
         """Route one call: returns a :class:`Call` that hands out instances (first try, retries)
         and takes the outcome of each attempt. Raises :class:`NoInstanceAvailable`."""
         entry = self._services.get(service) or self._open(service)
+        watch = entry.watch
+        if watch.closed:  # the registry stopped watching it after a quiet spell
+            entry = self._reopen(service)
+            watch = entry.watch
+        watch.used = True
         state = entry.state
         if state is None or (state.release_at is not None and self._clock() >= state.release_at):
             state = self._rebuild(entry)
         if ctx is None:
             ctx = current()
-        return Call(self, entry, state, route(state, request, ctx), request)
+        try:
+            decision = route(state, request, ctx)
+        except NoInstanceAvailable as exc:
+            if watch.last_error and (state.snapshot is None or not state.snapshot.instances):
+                exc.args = (f"{exc}; registry error: {watch.last_error}",)
+            raise
+        return Call(self, entry, state, decision, request)
 
     def decide(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Decision:
         """The routing decision alone (no instance picked): what ``explain`` builds on."""
@@ -145,6 +156,11 @@ class Balancer:
         if entry.state is None:
             self._rebuild(entry)
         return entry
+
+    def _reopen(self, service: str) -> _Service:
+        with self._create_lock:
+            self._services = {k: v for k, v in self._services.items() if k != service}
+        return self._open(service)
 
     def _on_rules(self, rules: CompiledRules) -> None:
         self._known = self._extra_services | frozenset(rules.services)

@@ -102,3 +102,18 @@ class _null:
 @pytest.fixture(params=["sync", "async"])
 def mode(request) -> str:
     return request.param
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, message: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``.
+    For conditions that other threads make true (a registry watch, a TTL reaper)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {message or predicate}")
+        time.sleep(interval)

@@ -57,7 +57,15 @@ class ServiceWatch:
         self.discovery = discovery
         self.service = service
         self.snapshot: Snapshot | None = None
-        self.last_used = time.monotonic()
+        # Set by the balancer on every call (a plain attribute write); the registry's idle
+        # sweep clears it and drops watches that stayed unused for a whole period.
+        self.used = True
+        self.closed = False
+        # Stale-if-error bookkeeping: the snapshot above stays in force while these say why
+        # the registry could not confirm it.
+        self.last_error: str | None = None
+        self.error_since: float | None = None
+        self.failures = 0
         self._listeners: list[Listener] = []
         self._ready = threading.Event()
 
@@ -73,8 +81,26 @@ class ServiceWatch:
         """Block until the first snapshot arrives (used once, on the first call to a service)."""
         return self._ready.wait(timeout)
 
+    @property
+    def stale(self) -> bool:
+        """True while the registry is failing and the last good snapshot is being served."""
+        return self.last_error is not None
+
+    def fail(self, error: str) -> None:
+        """Record a failed fetch. The current snapshot stays; a first call waiting for the
+        first snapshot is released (it fails fast instead of waiting out its timeout)."""
+        if self.last_error is None:
+            self.error_since = time.time()
+        self.last_error = error
+        self.failures += 1
+        self._ready.set()
+
     def publish(self, instances: Iterable[Instance], *, source: str, fetched_at: float | None = None) -> Snapshot:
         """Swap in a new snapshot if the instance set changed; otherwise only refresh its age."""
+        if source != "disk":
+            self.last_error = None
+            self.error_since = None
+            self.failures = 0
         instances = tuple(sorted(instances, key=lambda i: i.id))
         now = time.time() if fetched_at is None else fetched_at
         old = self.snapshot

@@ -1,0 +1,144 @@
+"""How to reach Consul: address, ACL token, TLS. One object shared by discovery, rules,
+registration and the CLI, so every client is configured the same way.
+
+The token travels only in the ``X-Consul-Token`` header — never in a URL, never in a log line,
+never in ``repr()``. TLS verification is on by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..errors import GraylbError
+
+__all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response"]
+
+
+class ConsulError(GraylbError):
+    """Consul answered with an error (status and Consul's own text are in the message)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConsulACLError(ConsulError):
+    """403: the token is unknown (``ACL not found``) or lacks a permission (``Permission denied``)."""
+
+
+class ConsulUnavailable(ConsulError):
+    """Consul could not be reached, or answered 429 / 5xx: retry later."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsulConfig:
+    """``ConsulConfig("http://127.0.0.1:8500", token=...)``; :meth:`from_env` reads the
+    standard ``CONSUL_HTTP_ADDR`` / ``CONSUL_HTTP_TOKEN`` / ``CONSUL_HTTP_SSL`` /
+    ``CONSUL_CACERT`` / ``CONSUL_CLIENT_CERT`` / ``CONSUL_CLIENT_KEY`` /
+    ``CONSUL_HTTP_SSL_VERIFY`` variables.
+
+    ``verify`` is True (system CA store), False (don't — for tests only), or a CA bundle path;
+    ``cert`` is a client certificate path or ``(cert, key)``.
+    """
+
+    address: str = "http://127.0.0.1:8500"
+    token: str | None = dataclasses.field(default=None, repr=False)
+    verify: bool | str = True
+    cert: str | tuple[str, str] | None = None
+    datacenter: str | None = None
+    timeout: float = 10.0  # connect / non-blocking requests; blocking reads get wait + wait/16 more
+
+    def __post_init__(self) -> None:
+        address = self.address.strip()
+        if "://" not in address:
+            address = "http://" + address
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Consul address {self.address!r}: expected http(s)://host:port")
+        if parts.username or parts.password or parts.query:
+            raise ValueError("Consul address: put the ACL token in token=, not in the URL")
+        object.__setattr__(self, "address", address.rstrip("/"))
+
+    @classmethod
+    def from_env(cls, address: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None, **kw: Any) -> ConsulConfig:
+        """Explicit arguments win over the environment."""
+        env = os.environ if env is None else env
+        addr = address or env.get("CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
+        if "://" not in addr:
+            addr = ("https://" if env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true") else "http://") + addr
+        verify: bool | str = kw.pop("verify", True)
+        if verify is True:
+            if env.get("CONSUL_HTTP_SSL_VERIFY", "").lower() in ("0", "false"):
+                verify = False
+            elif env.get("CONSUL_CACERT"):
+                verify = env["CONSUL_CACERT"]
+        cert = kw.pop("cert", None)
+        if cert is None and env.get("CONSUL_CLIENT_CERT"):
+            cert = (env["CONSUL_CLIENT_CERT"], env["CONSUL_CLIENT_KEY"]) if env.get("CONSUL_CLIENT_KEY") else env["CONSUL_CLIENT_CERT"]
+        return cls(addr, token=token or env.get("CONSUL_HTTP_TOKEN") or None, verify=verify, cert=cert, **kw)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.address).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.address).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.address).port or (8501 if self.scheme == "https" else 8500)
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Consul-Token": self.token} if self.token else {}
+
+    def _httpx_kwargs(self) -> dict[str, Any]:
+        return {
+            "base_url": self.address,
+            "headers": self.headers(),
+            "verify": self.verify,
+            "cert": self.cert,
+            "timeout": httpx.Timeout(self.timeout),
+        }
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(**self._httpx_kwargs())
+
+    def async_client(self, max_connections: int = 100) -> httpx.AsyncClient:
+        return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
+
+    def py_consul(self):
+        """A py-consul ``consul.Consul`` client with the same settings (token as a header)."""
+        import consul
+
+        cert = self.cert
+        return consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, verify=self.verify, cert=cert, dc=self.datacenter)
+
+
+def check_response(response: httpx.Response, what: str) -> None:
+    """Translate a Consul error status into the graylb exception a caller can act on.
+
+    ``what`` names the operation and object ("watching service 'orders'"); the token is never
+    part of any message.
+    """
+    status = response.status_code
+    if status < 400:
+        return
+    text = response.text.strip()[:300]
+    if status == 403:
+        if "ACL not found" in text:
+            hint = "the ACL token is unknown to Consul (wrong, expired or deleted token)"
+        elif "Permission denied" in text:
+            hint = "the ACL token lacks a permission this needs"
+        else:
+            hint = "request forbidden"
+        raise ConsulACLError(f"Consul refused {what}: {hint} (403 {text!r})", status)
+    if status == 429 or status >= 500:
+        raise ConsulUnavailable(f"Consul unavailable while {what}: {status} {text!r}", status)
+    raise ConsulError(f"Consul rejected {what}: {status} {text!r}", status)

@@ -1,0 +1,189 @@
+"""Consul discovery: ``/v1/health/service/<name>?passing`` with blocking queries.
+
+Follows Consul's blocking-query rules (api-docs/features/blocking): the index comes from
+``X-Consul-Index``; an index that goes backwards resets to 0 (snapshot restore); an index
+below 1 becomes 1 before blocking; the HTTP read timeout exceeds ``wait + wait/16``; the loop
+is rate-limited and failures back off with jitter (in :class:`RegistryDiscovery`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..consul.config import ConsulACLError, ConsulConfig, ConsulError, ConsulUnavailable, check_response
+from ..instance import MAX_WEIGHT, Health, Instance
+from .base import ServiceWatch
+from .registry import RegistryDiscovery
+
+__all__ = ["ConsulDiscovery", "instances_from_health"]
+
+log = logging.getLogger("graylb.discovery")
+
+
+class ConsulDiscovery(RegistryDiscovery):
+    """Instances of each watched service, from Consul's health endpoint.
+
+    ``ConsulDiscovery(ConsulConfig("http://127.0.0.1:8500", token=...), snapshot_dir=...)``.
+    ``passing_only`` (default) asks Consul for instances whose checks all pass; ``wait`` is the
+    blocking-query wait in seconds; ``tag`` restricts to instances with that tag.
+
+    Connections: one blocking query holds one HTTP connection. Consul allows 200 connections
+    per client IP by default (``limits.http_max_conns_per_client``), so at most
+    ``max_connections`` queries run at once; with more watched services than that the wait is
+    shortened so every service still gets its turn (see the README, "Scale").
+    """
+
+    name = "consul"
+
+    def __init__(
+        self,
+        config: ConsulConfig | str | None = None,
+        *,
+        passing_only: bool = True,
+        wait: float = 60.0,
+        tag: str | None = None,
+        max_connections: int = 150,
+        **kwargs: Any,
+    ) -> None:
+        self.config = config if isinstance(config, ConsulConfig) else ConsulConfig.from_env(config)
+        self.passing_only = passing_only
+        self.wait = wait
+        self.tag = tag
+        self.max_connections = max_connections
+        self._client: httpx.AsyncClient | None = None
+        super().__init__(**kwargs)
+
+    def namespace(self) -> str:
+        return f"consul-{self.config.host}-{self.config.port}"
+
+    def _client_on_loop(self) -> httpx.AsyncClient:
+        if self._client is None:  # created on the background loop, which owns its connections
+            self._client = self.config.async_client(self.max_connections)
+        return self._client
+
+    def _wait_now(self) -> float:
+        watched = len(self._watches)
+        if watched <= self.max_connections:
+            return self.wait
+        return max(1.0, self.wait * self.max_connections / watched)
+
+    async def _fetch(self, watch: ServiceWatch, cursor: Any) -> tuple[list[Instance] | None, Any]:
+        index = int(cursor or 0)
+        params: dict[str, str] = {}
+        if self.passing_only:
+            params["passing"] = "1"
+        if self.tag:
+            params["tag"] = self.tag
+        if self.config.datacenter:
+            params["dc"] = self.config.datacenter
+        wait = self._wait_now()
+        if index > 0:
+            params["index"] = str(index)
+            params["wait"] = f"{wait:g}s"
+        # Consul adds up to wait/16 of jitter before answering an idle blocking query.
+        read_timeout = (wait + wait / 16 + self.config.timeout) if index > 0 else self.config.timeout
+        what = f"watching service '{watch.service}'"
+        try:
+            resp = await self._client_on_loop().get(
+                f"/v1/health/service/{quote(watch.service, safe='')}",
+                params=params,
+                timeout=httpx.Timeout(self.config.timeout, read=read_timeout, pool=None),
+            )
+        except httpx.TransportError as exc:
+            raise ConsulUnavailable(f"Consul at {self.config.address} unreachable while {what}: {type(exc).__name__}: {exc}") from None
+        check_response(resp, what)
+        raw_index = resp.headers.get("X-Consul-Index")
+        try:
+            new_index = int(raw_index)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConsulError(f"Consul answered {what} without a valid X-Consul-Index ({raw_index!r})") from None
+        if new_index < index:
+            next_cursor = 0  # went backwards (snapshot restore): start over without blocking
+        else:
+            next_cursor = max(new_index, 1)
+        if index > 0 and new_index == index:
+            return None, next_cursor  # the wait ran out with nothing new
+        entries = resp.json()
+        if not isinstance(entries, list):
+            raise ConsulError(f"Consul answered {what} with {type(entries).__name__}, not a list")
+        if not entries and resp.headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
+            raise ConsulACLError(f"Consul hid every instance while {what}: the ACL token lacks service:read on '{watch.service}'", 403)
+        return instances_from_health(watch.service, entries, self.bad_entry), next_cursor
+
+    async def _aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def instances_from_health(service: str, entries: list[Any], warn: Callable[[str, str, str], None]) -> list[Instance]:
+    """Translate ``/v1/health/service`` entries; a bad entry is skipped (or its bad field
+    defaulted) with a warning naming it, never failing the whole list."""
+    out: list[Instance] = []
+    for n, entry in enumerate(entries):
+        try:
+            inst = _instance(service, entry, warn)
+        except Exception as exc:  # a shape we did not foresee: skip this one entry only
+            warn(service, f"entry #{n}", f"unreadable ({type(exc).__name__}: {exc}); skipped")
+            continue
+        if inst is not None:
+            out.append(inst)
+    return out
+
+
+def _instance(service: str, entry: Mapping[str, Any], warn: Callable[[str, str, str], None]) -> Instance | None:
+    svc = entry.get("Service") or {}
+    node = entry.get("Node") or {}
+    sid = str(svc.get("ID") or svc.get("Service") or "?")
+    name = f"{sid} on node {node.get('Node', '?')}"
+    host = svc.get("Address") or node.get("Address")  # empty service address: use the node's
+    if not host:
+        warn(service, name, "no address (neither Service.Address nor Node.Address); skipped")
+        return None
+    port = svc.get("Port")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        warn(service, name, f"port {port!r} is not 1..65535; skipped")
+        return None
+    labels: dict[str, str] = {}
+    for tag in svc.get("Tags") or ():  # "k=v" tags are a fallback for Meta
+        if isinstance(tag, str) and "=" in tag:
+            k, _, v = tag.partition("=")
+            labels[k.strip()] = v.strip()
+    for k, v in (svc.get("Meta") or {}).items():
+        labels[str(k)] = str(v)
+    version = labels.pop("version", None) or None
+    lane = labels.pop("lane", None) or None
+    weight = _weight(labels.pop("weight", None), svc.get("Weights"), service, name, warn)
+    health = Health.PASSING
+    for check in entry.get("Checks") or ():
+        status = check.get("Status")
+        if status == "critical":
+            health = Health.CRITICAL
+            break
+        if status == "warning":
+            health = Health.WARNING
+    return Instance(service=service, host=str(host), port=port, version=version, weight=weight, lane=lane, labels=labels, health=health)
+
+
+def _weight(meta_weight: str | None, weights: Any, service: str, name: str, warn: Callable[[str, str, str], None]) -> int:
+    """Meta ``weight`` (0..10000, 0 = no traffic) wins; else Consul's ``Weights.Passing``
+    (1..65535, default 1) times 100, capped at 10000 — so an instance registered with default
+    weights weighs the same as graylb's default instance weight (100)."""
+    if meta_weight is not None:
+        try:
+            value = int(float(meta_weight))
+            if 0 <= value <= MAX_WEIGHT:
+                return value
+        except ValueError:
+            pass
+        warn(service, name, f"Meta weight {meta_weight!r} is not 0..{MAX_WEIGHT}; using Weights.Passing")
+    passing = (weights or {}).get("Passing", 1) if isinstance(weights, Mapping) else 1
+    try:
+        return max(0, min(MAX_WEIGHT, int(passing) * 100))
+    except (TypeError, ValueError):
+        warn(service, name, f"Weights.Passing {passing!r} is not a number; using 1")
+        return 100
