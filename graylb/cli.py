@@ -1,4 +1,11 @@
-"""The ``graylb`` command: ``demo``, ``rules validate``, ``rules explain``."""
+"""The ``graylb`` command: ``demo``, ``rules validate / explain / push / undo``, ``rollback``,
+``status``.
+
+The registry commands reach Consul through :mod:`graylb.consul.admin`; the registry-specific
+part is one :class:`~graylb.consul.admin.RuleStore` built by :func:`_open_store` from the
+connection options. The ACL token comes from ``CONSUL_HTTP_TOKEN`` or ``--token-file``, never
+from a flag (it would land in shell history and ``ps``).
+"""
 
 from __future__ import annotations
 
@@ -74,6 +81,95 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- registry commands
+
+
+def _registry_options() -> argparse.ArgumentParser:
+    """Connection options shared by every registry command (argparse parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("Consul connection")
+    g.add_argument("--consul", metavar="URL", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)")
+    g.add_argument("--token-file", metavar="PATH", help="read the ACL token from this file (default: $CONSUL_HTTP_TOKEN)")
+    g.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify Consul's TLS certificate (default: $CONSUL_CACERT)")
+    g.add_argument("--insecure", action="store_true", help="do not verify Consul's TLS certificate (testing only)")
+    # Declared only to refuse it without echoing the value (and so argparse never reads
+    # "--token X" as an abbreviation of --token-file).
+    g.add_argument("--token", dest="token_flag", metavar="VALUE", help=argparse.SUPPRESS)
+    return p
+
+
+def _consul_config(args: argparse.Namespace):
+    from .consul.config import ConsulConfig
+
+    if args.token_flag is not None:
+        raise SystemExit("graylb: there is no --token flag (it would be kept in shell history and visible in ps): set CONSUL_HTTP_TOKEN or use --token-file PATH")
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"graylb: cannot read token file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise SystemExit(f"graylb: token file {args.token_file} is empty")
+    kw: dict = {}
+    if args.insecure:
+        print("graylb: warning: --insecure: Consul's TLS certificate is NOT verified", file=sys.stderr)
+        kw["verify"] = False
+    elif args.ca_file:
+        if not Path(args.ca_file).is_file():
+            raise SystemExit(f"graylb: CA file {args.ca_file} does not exist")
+        kw["verify"] = args.ca_file
+    try:
+        return ConsulConfig.from_env(address=args.consul, token=token, **kw)
+    except ValueError as exc:
+        raise SystemExit(f"graylb: {exc}") from None
+
+
+def _open_store(args: argparse.Namespace):
+    """The RuleStore the registry commands work on (a ``--nacos`` flavour plugs in here)."""
+    from .consul.admin import ConsulKVStore
+
+    return ConsulKVStore(_consul_config(args))
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .consul.admin import push_change
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"graylb: cannot read {args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"graylb: {args.file} is not UTF-8 text: {exc.reason}") from None
+    with _open_store(args) as store:
+        print(push_change(store, args.key, text, source=args.file))
+    return 0
+
+
+def _cmd_undo(args: argparse.Namespace) -> int:
+    from .consul.admin import undo
+
+    with _open_store(args) as store:
+        print(undo(store, args.key))
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from .consul.admin import rollback
+
+    with _open_store(args) as store:
+        print(rollback(store, args.key, args.service))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .consul.admin import status
+
+    with _open_store(args) as store:
+        print(status(store, args.service, args.key))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graylb", description="Gray-release load balancing for httpx and grpcio.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -82,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=3000, help="requests in the canary phase (default 3000)")
     demo.set_defaults(func=_cmd_demo)
 
-    rules = sub.add_parser("rules", help="validate and explain rules documents")
+    rules = sub.add_parser("rules", help="validate, explain, push and undo rules documents")
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     v = rsub.add_parser("validate", help="check a rules file; exits 1 with the precise errors when it is invalid")
     v.add_argument("file")
@@ -99,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--context", "-c", action="append", default=[], metavar="KEY=VALUE", help="a gray-context value")
     e.add_argument("--registry", help="a static registry file (YAML/JSON: service -> instances) to pick candidates from")
     e.set_defaults(func=_cmd_explain)
+
+    registry = _registry_options()
+    push = rsub.add_parser("push", parents=[registry], help="validate a rules file and write it to a Consul KV key (previous revision kept at KEY.previous)")
+    push.add_argument("file")
+    push.add_argument("--key", required=True, help="the KV key holding the rules document, e.g. graylb/rules")
+    push.set_defaults(func=_cmd_push)
+    undo = rsub.add_parser("undo", parents=[registry], help="swap KEY and KEY.previous (undo twice = redo)")
+    undo.add_argument("--key", required=True)
+    undo.set_defaults(func=_cmd_undo)
+
+    rb = sub.add_parser("rollback", parents=[registry], help="send all of a service's traffic to its default subset (removes its routes)")
+    rb.add_argument("service")
+    rb.add_argument("--key", required=True, help="the KV key holding the rules document")
+    rb.set_defaults(func=_cmd_rollback)
+
+    st = sub.add_parser("status", parents=[registry], help="a service's instances and, with --key, its live traffic split")
+    st.add_argument("service")
+    st.add_argument("--key", help="the KV key holding the rules document")
+    st.set_defaults(func=_cmd_status)
     return p
 
 

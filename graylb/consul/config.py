@@ -117,8 +117,12 @@ class ConsulConfig:
         """A py-consul ``consul.Consul`` client with the same settings (token as a header)."""
         import consul
 
-        cert = self.cert
-        return consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, verify=self.verify, cert=cert, dc=self.datacenter)
+        client = consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, verify=self.verify, cert=self.cert, dc=self.datacenter)
+        # py-consul lets CONSUL_HTTP_TOKEN override the token argument, and waits 30 s by
+        # default: this config is the one source of truth for both.
+        client.token = self.token
+        client.http.connections_timeout = self.timeout
+        return client
 
 
 def check_response(response: httpx.Response, what: str) -> None:

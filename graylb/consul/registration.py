@@ -1,0 +1,346 @@
+"""Serving side: register this process in the local Consul agent with the metadata graylb routes
+on, keep its health check alive, and deregister on shutdown.
+
+```python
+reg = ConsulRegistration(ConsulConfig.from_env(), "orders", address="10.0.0.7", port=8080,
+                         version="2.0.0", lane=None, weight=100)
+with reg:                         # register(); close() on the way out
+    reg.install_signal_handlers() # SIGTERM / SIGINT deregister first, then behave as before
+    serve_forever()
+```
+
+What the agent receives (``PUT /v1/agent/service/register``, sent through py-consul):
+
+- ``Meta``: ``version``, ``lane`` (when set), ``weight`` (always) and the caller's ``meta``;
+- ``Weights``: ``{"Passing": weight, "Warning": 1}`` for Consul's own consumers (DNS SRV
+  weights). graylb's discovery reads ``Meta["weight"]`` first (0..10000), so the weight it
+  routes by is exactly the one given here. Consul rejects ``Passing`` < 1, while in graylb
+  weight 0 means "receives no traffic": weight 0 is sent as ``Passing: 1`` with
+  ``Meta["weight"] = "0"``;
+- one check: a TTL check (the default, ``ttl=10.0``) that a daemon thread keeps passing with
+  ``PUT /v1/agent/check/pass/<check id>`` every ``ttl / 3`` seconds, or an HTTP check that the
+  agent runs itself (``http_check=URL``, ``check_interval``); ``ttl=None`` and no
+  ``http_check`` registers no check at all;
+- ``DeregisterCriticalServiceAfter`` from ``deregister_after`` as a Go duration (``60`` ->
+  ``"1m"``): the agent removes the instance after that long in ``critical`` (a crashed process
+  cleans itself up). Consul's minimum is one minute; smaller values are passed through as given.
+
+The heartbeat re-registers when the agent answers 404 for the check (it restarted and forgot
+us) and keeps trying through outages, logging one warning per outage and one line on recovery.
+The ACL token travels only in the ``X-Consul-Token`` header and is never logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+
+from ..instance import MAX_WEIGHT
+from .config import ConsulConfig, ConsulError, ConsulUnavailable, check_response
+
+__all__ = ["ConsulRegistration", "go_duration"]
+
+log = logging.getLogger("graylb.consul")
+
+T = TypeVar("T")
+
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration string Consul parses: ``60`` -> ``"1m"``, ``0.6`` -> ``"600ms"``."""
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {seconds!r}")
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    ms = seconds * 1000.0
+    if float(ms).is_integer():
+        return f"{int(ms)}ms"
+    return f"{round(ms * 1000)}us"
+
+
+class ConsulRegistration:
+    """One service instance in the local Consul agent, for as long as this object is open.
+
+    ``service_id`` defaults to ``<service>-<address>-<port>`` (unique per agent). ``weight`` is
+    graylb's 0..10000 (0 = no traffic, see the module docs for how it is carried).
+    ``register()`` returns once the instance is passing (TTL check) or registered (HTTP check:
+    the agent's first probe decides). ``close()`` is idempotent and safe from a signal handler
+    and at interpreter exit (``register()`` installs an ``atexit`` hook that ``close()`` removes).
+    """
+
+    def __init__(
+        self,
+        config: ConsulConfig,
+        service: str,
+        *,
+        address: str,
+        port: int,
+        version: str | None = None,
+        lane: str | None = None,
+        weight: int = 100,
+        meta: Mapping[str, str] | None = None,
+        tags: Sequence[str] = (),
+        service_id: str | None = None,
+        ttl: float | None = 10.0,
+        http_check: str | None = None,
+        check_interval: float = 10.0,
+        deregister_after: float | None = 60.0,
+    ) -> None:
+        if not service:
+            raise ValueError("service name must not be empty")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"service '{service}': port {port} outside 1..65535")
+        if not 0 <= int(weight) <= MAX_WEIGHT:
+            raise ValueError(f"service '{service}': weight {weight} outside 0..{MAX_WEIGHT} (0 = no traffic)")
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"service '{service}': ttl must be positive, got {ttl!r}")
+        if check_interval <= 0:
+            raise ValueError(f"service '{service}': check_interval must be positive, got {check_interval!r}")
+        full_meta: dict[str, str] = {str(k): str(v) for k, v in (meta or {}).items()}
+        if version is not None:
+            full_meta["version"] = str(version)
+        if lane is not None:
+            full_meta["lane"] = str(lane)
+        full_meta["weight"] = str(int(weight))  # what graylb's discovery routes by (Weights.Passing can't be 0)
+        for key in full_meta:
+            if not _META_KEY.match(key) or key.startswith("consul-"):
+                raise ValueError(f"service '{service}': meta key {key!r} is not allowed by Consul (letters, digits, '-', '_'; at most 128; no 'consul-' prefix)")
+        self.config = config
+        self.service = service
+        self.address = address
+        self.port = int(port)
+        self.version = version
+        self.lane = lane
+        self.weight = int(weight)
+        self.meta: dict[str, str] = full_meta
+        self.tags = list(tags)
+        self.service_id = service_id or _ID_UNSAFE.sub("-", f"{service}-{address}-{port}")
+        self.ttl = ttl if http_check is None else None
+        self.http_check = http_check
+        self.check_interval = check_interval
+        self.deregister_after = deregister_after
+        self.check_id: str | None = f"service:{self.service_id}" if (self.ttl is not None or http_check) else None
+
+        self._client: Any = None  # py-consul client, created on first use
+        self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
+        self._registered = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage = False
+        self._atexit_installed = False
+        self._prev_handlers: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"ConsulRegistration({self.service!r}, id={self.service_id!r}, address={self.address}:{self.port}, consul={self.config.address})"
+
+    # ------------------------------------------------------------------ the wire (py-consul)
+
+    def _consul(self) -> Any:
+        if self._client is None:
+            self._client = self.config.py_consul()
+        return self._client
+
+    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+        """Run one py-consul call; translate its errors into graylb's Consul exceptions."""
+        import consul
+        import requests
+
+        try:
+            return fn(self._consul())
+        except requests.exceptions.RequestException as exc:
+            raise ConsulUnavailable(f"cannot reach Consul at {self.config.address} while {what}: {_reason(exc)}") from None
+        except consul.ConsulException as exc:
+            status, body = _status_of(exc)
+            check_response(httpx.Response(status, text=body), what)
+            raise ConsulError(f"Consul rejected {what}: {body[:300]!r}", status) from None
+
+    def _definition(self) -> dict[str, Any]:
+        check: dict[str, Any] | None = None
+        if self.ttl is not None:
+            check = {"CheckID": self.check_id, "Name": f"graylb TTL heartbeat for {self.service}", "TTL": go_duration(self.ttl)}
+        elif self.http_check:
+            check = {
+                "CheckID": self.check_id,
+                "Name": f"graylb HTTP check for {self.service}",
+                "HTTP": self.http_check,
+                "Interval": go_duration(self.check_interval),
+            }
+        if check is not None and self.deregister_after is not None:
+            check["DeregisterCriticalServiceAfter"] = go_duration(self.deregister_after)
+        return {
+            "name": self.service,
+            "service_id": self.service_id,
+            "address": self.address,
+            "port": self.port,
+            "tags": self.tags or None,
+            "meta": self.meta or None,
+            "weights": {"Passing": max(1, self.weight), "Warning": 1},
+            "check": check,
+        }
+
+    def _put_registration(self) -> None:
+        definition = self._definition()
+        self._call(f"registering service '{self.service}' (id {self.service_id})", lambda c: c.agent.service.register(**definition))
+        if self.ttl is not None:
+            # First pass right away: the instance is passing when register() returns.
+            if not self._pass():
+                raise ConsulError(f"Consul agent at {self.config.address} lost check {self.check_id!r} right after registering it")
+
+    def _pass(self) -> bool:
+        """One TTL heartbeat; False when the agent does not know the check (404)."""
+        check_id = self.check_id or ""
+        return bool(self._call(f"passing check '{check_id}'", lambda c: c.agent.check.ttl_pass(check_id, token=self.config.token)))
+
+    # ------------------------------------------------------------------ public API
+
+    def register(self) -> None:
+        """Register (or re-register: the agent replaces a service with the same ID) and start
+        the heartbeat for a TTL check. Raises ConsulError subclasses on failure."""
+        with self._lock:
+            self._put_registration()
+            self._registered = True
+            self._outage = False
+            if not self._atexit_installed:
+                atexit.register(self.close)
+                self._atexit_installed = True
+            if self.ttl is not None and (self._thread is None or not self._thread.is_alive()):
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._heartbeat, name=f"graylb-consul-ttl-{self.service_id}", daemon=True)
+                self._thread.start()
+        log.info("graylb: registered %s in Consul at %s (check %s)", self.service_id, self.config.address, self.check_id or "none")
+
+    def deregister(self) -> None:
+        """Stop the heartbeat and remove the instance from the agent. Idempotent: calling it
+        again, or for an ID the agent no longer knows (404), is fine. Raises ConsulUnavailable
+        when the agent cannot be reached (the instance is then still registered; with a check,
+        ``deregister_after`` cleans it up)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.config.timeout + 1.0)
+        with self._lock:
+            if not self._registered:
+                return
+            self._call(f"deregistering service id '{self.service_id}'", lambda c: c.agent.service.deregister(self.service_id, token=self.config.token))
+            self._registered = False
+            self._thread = None
+        log.info("graylb: deregistered %s from Consul at %s", self.service_id, self.config.address)
+
+    def close(self) -> None:
+        """:meth:`deregister`, but never raises (a failure is logged): for ``finally`` blocks,
+        signal handlers and interpreter exit. Safe to call any number of times."""
+        try:
+            self.deregister()
+        except ConsulError as exc:
+            log.warning("graylb: could not deregister %s: %s", self.service_id, exc)
+        except Exception:  # noqa: BLE001 - close() must not raise at exit
+            log.exception("graylb: could not deregister %s", self.service_id)
+        if self._atexit_installed:
+            atexit.unregister(self.close)
+            self._atexit_installed = False
+
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
+    def __enter__(self) -> ConsulRegistration:
+        self.register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """On each signal: :meth:`close`, then what the signal did before — the previous Python
+        handler is called (for SIGINT that is normally the one raising KeyboardInterrupt); a
+        default disposition is restored and the signal re-sent, so the process dies of it as it
+        would have; an ignored signal stays ignored after deregistering. Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("install_signal_handlers() must be called from the main thread (Python delivers signals there)")
+        for sig in signals:
+            previous = signal.getsignal(sig)
+            if previous != self._on_signal:  # installing twice must not chain to ourselves
+                self._prev_handlers[int(sig)] = previous
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.close()
+        previous = self._prev_handlers.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:  # SIG_DFL (or unknown: a handler installed from C): die of the signal as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _heartbeat(self) -> None:
+        assert self.ttl is not None
+        interval = self.ttl / 3.0
+        while not self._stop.wait(interval):
+            try:
+                with self._lock:
+                    if self._stop.is_set() or not self._registered:
+                        return
+                    if not self._pass():
+                        log.warning("graylb: Consul agent at %s no longer knows check %s (agent restarted?): registering %s again", self.config.address, self.check_id, self.service_id)
+                        self._put_registration()
+                recovered, self._outage = self._outage, False
+                if recovered:
+                    log.info("graylb: Consul heartbeat for %s recovered", self.service_id)
+            except ConsulError as exc:
+                if not self._outage:
+                    self._outage = True
+                    log.warning("graylb: Consul heartbeat for %s failing, will keep trying every %.3gs: %s", self.service_id, interval, exc)
+            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
+                if not self._outage:
+                    self._outage = True
+                    log.exception("graylb: Consul heartbeat for %s failed", self.service_id)
+
+
+def _status_of(exc: Exception) -> tuple[int, str]:
+    """py-consul puts ``"<status> <body>"`` in most messages, only the body for 401/403/404."""
+    import consul
+
+    text = str(exc)
+    if isinstance(exc, consul.ACLPermissionDenied):
+        return 403, text
+    if isinstance(exc, consul.ACLDisabled):
+        return 401, text
+    if isinstance(exc, consul.NotFound):
+        return 404, text
+    head, _, rest = text.partition(" ")
+    if head.isdigit():
+        return int(head), rest
+    return 500, text
+
+
+def _reason(exc: Exception) -> str:
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error (check --ca-file / CONSUL_CACERT)"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        if "refused" in text.lower():
+            return "connection refused"
+        return "connection failed"
+    return type(exc).__name__
