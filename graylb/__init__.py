@@ -8,7 +8,10 @@
 
 from .balancer import Balancer
 from .call import Served
+from .consul.config import ConsulConfig
+from .consul.registration import ConsulRegistration
 from .discovery import Discovery, Snapshot, StaticDiscovery
+from .discovery.consul import ConsulDiscovery
 from .errors import GraylbError, InvalidVersion, NoInstanceAvailable, RuleError
 from .instance import Health, Instance
 from .propagation.codec import HeaderCodec
@@ -16,6 +19,7 @@ from .propagation.context import EMPTY, GrayContext, bind, current, gray
 from .propagation.middleware import GrayASGIMiddleware, GrayWSGIMiddleware, trust_networks
 from .routing.request import RequestInfo
 from .rules.load import parse_rules
+from .rules.consul_kv import ConsulRuleSource
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 from .transports.httpx import AsyncGrayTransport, GrayTransport
 
@@ -24,6 +28,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncGrayTransport",
     "Balancer",
+    "ConsulConfig",
+    "ConsulDiscovery",
+    "ConsulRegistration",
+    "ConsulRuleSource",
     "Discovery",
     "EMPTY",
     "FileRuleSource",

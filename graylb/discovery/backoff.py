@@ -25,10 +25,12 @@ class TokenBucket:
     """Rate limit for a query loop: ``rate`` tokens a second, ``burst`` at most.
 
     Consul's docs ask clients to rate-limit blocking-query loops so a flapping service cannot
-    turn every client into a busy loop; a burst keeps the first few changes instant.
+    turn every client into a busy loop; a burst keeps the first few changes instant. A query
+    returns early only on a change, so 10 a second only ever slows a service that changes
+    faster than that.
     """
 
-    def __init__(self, rate: float = 5.0, burst: int = 3, clock=time.monotonic) -> None:
+    def __init__(self, rate: float = 10.0, burst: int = 5, clock=time.monotonic) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
         self._tokens = float(burst)
         self._at = clock()

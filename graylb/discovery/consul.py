@@ -8,6 +8,7 @@ is rate-limited and failures back off with jitter (in :class:`RegistryDiscovery`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,6 +57,12 @@ class ConsulDiscovery(RegistryDiscovery):
         self.tag = tag
         self.max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
+        # Blocking queries may hold all but a few connections: first fetches (non-blocking)
+        # always find one free, so a new service never queues behind 60 s waits.
+        # Together the two never exceed max_connections, so no request ever queues inside
+        # httpx's pool (whose queue behaves badly with hundreds of waiters).
+        self._blocking_slots: asyncio.Semaphore | None = None
+        self._quick_slots: asyncio.Semaphore | None = None
         super().__init__(**kwargs)
 
     def namespace(self) -> str:
@@ -66,11 +73,17 @@ class ConsulDiscovery(RegistryDiscovery):
             self._client = self.config.async_client(self.max_connections)
         return self._client
 
+    @property
+    def blocking_slots(self) -> int:
+        return max(1, self.max_connections - max(2, self.max_connections // 10))
+
     def _wait_now(self) -> float:
+        """With more watched services than blocking slots, shorten the wait so the queries
+        rotate and every service is refreshed at least every ``wait`` seconds or so."""
         watched = len(self._watches)
-        if watched <= self.max_connections:
+        if watched <= self.blocking_slots:
             return self.wait
-        return max(1.0, self.wait * self.max_connections / watched)
+        return max(1.0, self.wait * self.blocking_slots / watched)
 
     async def _fetch(self, watch: ServiceWatch, cursor: Any) -> tuple[list[Instance] | None, Any]:
         index = int(cursor or 0)
@@ -88,12 +101,15 @@ class ConsulDiscovery(RegistryDiscovery):
         # Consul adds up to wait/16 of jitter before answering an idle blocking query.
         read_timeout = (wait + wait / 16 + self.config.timeout) if index > 0 else self.config.timeout
         what = f"watching service '{watch.service}'"
+        client = self._client_on_loop()
+        url = f"/v1/health/service/{quote(watch.service, safe='')}"
+        timeout = httpx.Timeout(self.config.timeout, read=read_timeout, pool=None)
+        if self._blocking_slots is None or self._quick_slots is None:
+            self._blocking_slots = asyncio.Semaphore(self.blocking_slots)
+            self._quick_slots = asyncio.Semaphore(self.max_connections - self.blocking_slots)
         try:
-            resp = await self._client_on_loop().get(
-                f"/v1/health/service/{quote(watch.service, safe='')}",
-                params=params,
-                timeout=httpx.Timeout(self.config.timeout, read=read_timeout, pool=None),
-            )
+            async with self._blocking_slots if index > 0 else self._quick_slots:
+                resp = await client.get(url, params=params, timeout=timeout)
         except httpx.TransportError as exc:
             raise ConsulUnavailable(f"Consul at {self.config.address} unreachable while {what}: {type(exc).__name__}: {exc}") from None
         check_response(resp, what)

@@ -57,8 +57,8 @@ class RegistryDiscovery(Discovery):
         snapshot_dir: str | None = None,
         idle_timeout: float = 600.0,
         backoff: ExponentialJitter | None = None,
-        rate: float = 5.0,
-        burst: int = 3,
+        rate: float = 10.0,
+        burst: int = 5,
     ) -> None:
         super().__init__()
         self.idle_timeout = idle_timeout

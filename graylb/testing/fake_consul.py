@@ -752,6 +752,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The default listen backlog (5) drops connection bursts: hundreds of watchers connect at once.
+    request_queue_size = 1024
 
     def __init__(self, addr: tuple[str, int], fake: FakeConsul) -> None:
         self.fake = fake
@@ -2045,3 +2047,27 @@ def _meta_error(meta: dict[str, str]) -> str | None:
         if problem:
             return f"Couldn't load metadata pair ('{key}', '{value}'): {problem}"
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m graylb.testing.fake_consul [--port 8500]``: serve until interrupted."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m graylb.testing.fake_consul", description="Run FakeConsul on 127.0.0.1 until interrupted.")
+    parser.add_argument("--port", type=int, default=8500)
+    args = parser.parse_args(argv)
+    fake = FakeConsul(port=args.port).start()
+    print(f"FakeConsul listening on {fake.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -96,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The default listen backlog (5) drops connection bursts: hundreds of watchers connect at once.
+    request_queue_size = 1024
 
     def __init__(self, addr: tuple[str, int], app: WSGIApp) -> None:
         self.app = app
