@@ -33,34 +33,48 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def _serve_fake(kind: str, conn, kwargs: dict) -> None:
+def _serve_in_child(conn, start) -> None:
+    server = start()
+    conn.send(server.url)
+    try:
+        conn.recv()  # until the parent says stop (or goes away)
+    except EOFError:
+        pass
+    server.stop()
+
+
+def _start_fake(kind: str, kwargs: dict):
     if kind == "consul":
         from graylb.testing.fake_consul import FakeConsul as Fake
     else:
         from graylb.testing.fake_nacos import FakeNacos as Fake
-    fake = Fake(**kwargs).start()
-    conn.send(fake.url)
-    try:
-        conn.recv()
-    except EOFError:
-        pass
-    fake.stop()
+    return Fake(**kwargs).start()
 
 
-class FakeInChildProcess:
-    """A fake registry in its own process, as a real registry would be: it does not compete
-    with the measured client for the GIL. Driven over its HTTP API only."""
+class InChildProcess:
+    """A server in its own process, as a real registry or service would be: it does not compete
+    with the measured client for the GIL. ``start`` is a picklable callable returning an object
+    with ``url`` and ``stop()``; ``InChildProcess.fake("consul")`` runs a fake registry."""
 
-    def __init__(self, kind: str = "consul", **kwargs) -> None:
-        self.kind, self.kwargs = kind, kwargs
+    def __init__(self, start) -> None:
+        self._start = start
+
+    @classmethod
+    def fake(cls, kind: str = "consul", **kwargs) -> InChildProcess:
+        import functools
+
+        return cls(functools.partial(_start_fake, kind, kwargs))
 
     def __enter__(self):
         import multiprocessing
+        from urllib.parse import urlsplit
 
         self._parent, child = multiprocessing.Pipe()
-        self._proc = multiprocessing.Process(target=_serve_fake, args=(self.kind, child, self.kwargs), daemon=True)
+        self._proc = multiprocessing.Process(target=_serve_in_child, args=(child, self._start), daemon=True)
         self._proc.start()
         self.url = self._parent.recv()
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname, parts.port
         return self
 
     def __exit__(self, *exc) -> None:

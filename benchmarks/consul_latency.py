@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import FakeInChildProcess, machine, percentile, table  # noqa: E402
+from _util import InChildProcess, machine, percentile, table  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -46,7 +46,7 @@ def wait_for(predicate, timeout: float = 5.0) -> float:
 
 def main() -> None:
     rounds = 10 if "--quick" in sys.argv else 40
-    with FakeInChildProcess("consul") as fake, httpx.Client(base_url=fake.url) as admin:
+    with InChildProcess.fake("consul") as fake, httpx.Client(base_url=fake.url) as admin:
         for i, version in enumerate(("1.0.0", "2.0.0")):
             admin.put("/v1/agent/service/register", json={"Name": "orders", "ID": f"o{i}", "Address": "127.0.0.1", "Port": 9000 + i, "Meta": {"version": version}}).raise_for_status()
         admin.put("/v1/kv/graylb/rules", content=RULES % "canary").raise_for_status()

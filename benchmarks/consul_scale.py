@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import FakeInChildProcess, machine, table  # noqa: E402
+from _util import InChildProcess, machine, table  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> None:
     if "--services" in sys.argv:
         n = int(sys.argv[sys.argv.index("--services") + 1])
     idle = 5.0 if "--quick" in sys.argv else 30.0
-    with FakeInChildProcess("consul") as fake, httpx.Client(base_url=fake.url) as admin:
+    with InChildProcess.fake("consul") as fake, httpx.Client(base_url=fake.url) as admin:
         for i in range(n):
             admin.put("/v1/agent/service/register", json={"Name": f"svc-{i}", "ID": f"svc-{i}", "Address": "127.0.0.1", "Port": 10000 + i, "Meta": {"version": "1.0.0"}}).raise_for_status()
         threads_before, rss_before = threading.active_count(), proc_status("VmRSS")

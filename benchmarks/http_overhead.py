@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table  # noqa: E402
+from _util import InChildProcess, machine, median, table  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -41,30 +41,8 @@ def app(environ, start_response):
     return [b"ok"]
 
 
-def serve(conn) -> None:  # child process: serve until the parent closes the pipe
-    server = serve_wsgi(app)
-    conn.send(server.port)
-    try:
-        conn.recv()
-    except EOFError:
-        pass
-    server.stop()
-
-
-class ChildServer:
-    def __enter__(self):
-        import multiprocessing
-
-        self._parent, child = multiprocessing.Pipe()
-        self._proc = multiprocessing.Process(target=serve, args=(child,), daemon=True)
-        self._proc.start()
-        self.host, self.port = "127.0.0.1", self._parent.recv()
-        self.url = f"http://{self.host}:{self.port}"
-        return self
-
-    def __exit__(self, *exc):
-        self._parent.send("stop")
-        self._proc.join(5)
+def start_server():
+    return serve_wsgi(app)
 
 
 def sync_round(client: httpx.Client, url: str, n: int) -> float:
@@ -87,7 +65,7 @@ async def async_round(client: httpx.AsyncClient, url: str, n: int, concurrency: 
 def main() -> None:
     quick = "--quick" in sys.argv
     n, rounds = (300, 3) if quick else (2000, 7)
-    with ChildServer() as server:
+    with InChildProcess(start_server) as server:
         registry = graylb.StaticDiscovery({"orders": [
             {"host": server.host, "port": server.port, "version": "1.0.0", "id": "v1"},
             {"host": server.host, "port": server.port, "version": "2.0.0", "id": "v2"},

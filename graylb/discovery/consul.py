@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +19,7 @@ import httpx
 from ..consul.config import ConsulACLError, ConsulConfig, ConsulError, ConsulUnavailable, check_response
 from ..instance import MAX_WEIGHT, Health, Instance
 from .base import ServiceWatch
-from .registry import RegistryDiscovery
+from .registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
 
 __all__ = ["ConsulDiscovery", "instances_from_health"]
 
@@ -136,22 +136,12 @@ class ConsulDiscovery(RegistryDiscovery):
             await self._client.aclose()
 
 
-def instances_from_health(service: str, entries: list[Any], warn: Callable[[str, str, str], None]) -> list[Instance]:
-    """Translate ``/v1/health/service`` entries; a bad entry is skipped (or its bad field
-    defaulted) with a warning naming it, never failing the whole list."""
-    out: list[Instance] = []
-    for n, entry in enumerate(entries):
-        try:
-            inst = _instance(service, entry, warn)
-        except Exception as exc:  # a shape we did not foresee: skip this one entry only
-            warn(service, f"entry #{n}", f"unreadable ({type(exc).__name__}: {exc}); skipped")
-            continue
-        if inst is not None:
-            out.append(inst)
-    return out
+def instances_from_health(service: str, entries: list[Any], warn: Warn) -> list[Instance]:
+    """Translate ``/v1/health/service`` entries (bad ones skipped or defaulted, with a warning)."""
+    return translate_entries(service, entries, _instance, warn)
 
 
-def _instance(service: str, entry: Mapping[str, Any], warn: Callable[[str, str, str], None]) -> Instance | None:
+def _instance(service: str, entry: Mapping[str, Any], warn: Warn) -> Instance | None:
     svc = entry.get("Service") or {}
     node = entry.get("Node") or {}
     sid = str(svc.get("ID") or svc.get("Service") or "?")
@@ -185,18 +175,13 @@ def _instance(service: str, entry: Mapping[str, Any], warn: Callable[[str, str, 
     return Instance(service=service, host=str(host), port=port, version=version, weight=weight, lane=lane, labels=labels, health=health)
 
 
-def _weight(meta_weight: str | None, weights: Any, service: str, name: str, warn: Callable[[str, str, str], None]) -> int:
+def _weight(meta_weight: str | None, weights: Any, service: str, name: str, warn: Warn) -> int:
     """Meta ``weight`` (0..10000, 0 = no traffic) wins; else Consul's ``Weights.Passing``
     (1..65535, default 1) times 100, capped at 10000 — so an instance registered with default
     weights weighs the same as graylb's default instance weight (100)."""
-    if meta_weight is not None:
-        try:
-            value = int(float(meta_weight))
-            if 0 <= value <= MAX_WEIGHT:
-                return value
-        except ValueError:
-            pass
-        warn(service, name, f"Meta weight {meta_weight!r} is not 0..{MAX_WEIGHT}; using Weights.Passing")
+    weight = metadata_weight(meta_weight, service, name, warn, "Weights.Passing")
+    if weight is not None:
+        return weight
     passing = (weights or {}).get("Passing", 1) if isinstance(weights, Mapping) else 1
     try:
         return max(0, min(MAX_WEIGHT, int(passing) * 100))

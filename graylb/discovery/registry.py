@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import cachetools
 
 from .. import _loop
-from ..instance import Instance
+from ..instance import MAX_WEIGHT, Instance
 from .backoff import ExponentialJitter, TokenBucket
 from .base import Discovery, ServiceWatch
 from .cache import SnapshotStore
 
-__all__ = ["RegistryDiscovery", "BadEntryLog"]
+__all__ = ["RegistryDiscovery", "BadEntryLog", "translate_entries", "metadata_weight"]
 
 log = logging.getLogger("graylb.discovery")
 
@@ -39,6 +40,39 @@ class BadEntryLog:
         if key not in self._seen:
             self._seen[key] = True
             log.warning("graylb: %s service '%s' instance %s: %s", self.registry, service, instance, problem)
+
+
+Warn = Callable[[str, str, str], None]
+
+
+def translate_entries(service: str, entries: list[Any], one: Callable[[str, Any, Warn], Instance | None], warn: Warn) -> list[Instance]:
+    """Translate a registry's entries with ``one``; an entry ``one`` rejects (None) or chokes on
+    is skipped with a warning naming it, never failing the whole list."""
+    out: list[Instance] = []
+    for n, entry in enumerate(entries):
+        try:
+            inst = one(service, entry, warn)
+        except Exception as exc:  # a shape we did not foresee: skip this one entry only
+            warn(service, f"entry #{n}", f"unreadable ({type(exc).__name__}: {exc}); skipped")
+            continue
+        if inst is not None:
+            out.append(inst)
+    return out
+
+
+def metadata_weight(value: str | None, service: str, name: str, warn: Warn, otherwise: str) -> int | None:
+    """A ``weight`` metadata value (0..10000) as an int; None when absent or bad (bad ones are
+    reported, saying that ``otherwise`` is used instead)."""
+    if value is None:
+        return None
+    try:
+        weight = int(float(value))
+        if 0 <= weight <= MAX_WEIGHT:
+            return weight
+    except ValueError:
+        pass
+    warn(service, name, f"metadata weight {value!r} is not 0..{MAX_WEIGHT}; using {otherwise}")
+    return None
 
 
 class RegistryDiscovery(Discovery):

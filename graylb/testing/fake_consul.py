@@ -152,9 +152,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
+
+from .http_server import TrackingHTTPServer
 
 __all__ = ["FakeConsul", "RecordedRequest"]
 
@@ -749,34 +751,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # The default listen backlog (5) drops connection bursts: hundreds of watchers connect at once.
-    request_queue_size = 1024
-
+class _Server(TrackingHTTPServer):
     def __init__(self, addr: tuple[str, int], fake: FakeConsul) -> None:
         self.fake = fake
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         super().__init__(addr, _Handler)
-
-    def track(self, conn: socket.socket) -> None:
-        with self._conns_lock:
-            self._conns.add(conn)
-
-    def untrack(self, conn: socket.socket) -> None:
-        with self._conns_lock:
-            self._conns.discard(conn)
-
-    def kill_connections(self) -> None:
-        with self._conns_lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> _Response:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["WSGIServer", "serve_wsgi"]
+__all__ = ["WSGIServer", "serve_wsgi", "TrackingHTTPServer"]
 
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
@@ -93,17 +93,20 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class _Server(ThreadingHTTPServer):
+class TrackingHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server that remembers its open connections, so that stopping it can
+    drop them all like a crashed process would (handlers call :meth:`track` / :meth:`untrack`).
+    Shared by the test WSGI server and the fake registries."""
+
     daemon_threads = True
     allow_reuse_address = True
     # The default listen backlog (5) drops connection bursts: hundreds of watchers connect at once.
     request_queue_size = 1024
 
-    def __init__(self, addr: tuple[str, int], app: WSGIApp) -> None:
-        self.app = app
+    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
-        super().__init__(addr, _Handler)
+        super().__init__(addr, handler)
 
     def track(self, conn: socket.socket) -> None:
         with self._conns_lock:
@@ -121,6 +124,12 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class _Server(TrackingHTTPServer):
+    def __init__(self, addr: tuple[str, int], app: WSGIApp) -> None:
+        self.app = app
+        super().__init__(addr, _Handler)
 
 
 class WSGIServer:
