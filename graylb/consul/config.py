@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,12 +99,25 @@ class ConsulConfig:
     def headers(self) -> dict[str, str]:
         return {"X-Consul-Token": self.token} if self.token else {}
 
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """The TLS settings as one SSLContext (what httpx wants; ``verify=<path>`` and ``cert=``
+        are deprecated there). False only when verification was switched off on purpose."""
+        if self.verify is False and not self.cert:
+            return False
+        ctx = ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
+        if self.verify is False:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.cert:
+            certfile, keyfile = (self.cert, None) if isinstance(self.cert, str) else self.cert
+            ctx.load_cert_chain(certfile, keyfile)
+        return ctx
+
     def _httpx_kwargs(self) -> dict[str, Any]:
         return {
             "base_url": self.address,
             "headers": self.headers(),
-            "verify": self.verify,
-            "cert": self.cert,
+            "verify": self.ssl_context() if self.scheme == "https" else True,
             "timeout": httpx.Timeout(self.timeout),
         }
 

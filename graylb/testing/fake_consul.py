@@ -23,7 +23,10 @@ Example::
 Constructor
 -----------
 ``FakeConsul(*, host="127.0.0.1", port=0, acl_tokens=None, datacenter="dc1", node="fake-node",
-node_address="127.0.0.1", min_deregister_after=60.0, max_wait=600.0, null_tags=False)``
+node_address="127.0.0.1", min_deregister_after=60.0, max_wait=600.0, null_tags=False, ssl_context=None)``
+
+- ``ssl_context``: a server-side :class:`ssl.SSLContext` serves HTTPS (``url`` becomes
+  ``https://...``); with ``verify_mode = CERT_REQUIRED`` it demands client certificates.
 
 - ``acl_tokens``: ``None`` = ACLs disabled (tokens ignored). Otherwise ``{secret: level}`` with level
   ``"write"`` (everything), ``"read"`` (service:read, node:read, key:read... every ``*:read``) or
@@ -772,7 +775,11 @@ class FakeConsul:
     check_update_interval: float = 300.0
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, acl_tokens: Mapping[str, str] | None = None, datacenter: str = "dc1", node: str = "fake-node",
-                 node_address: str = "127.0.0.1", min_deregister_after: float = 60.0, max_wait: float = 600.0, null_tags: bool = False) -> None:
+                 node_address: str = "127.0.0.1", min_deregister_after: float = 60.0, max_wait: float = 600.0, null_tags: bool = False,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        # HTTPS like an agent's port 8501: pass a server-side SSLContext (e.g. from trustme);
+        # set its verify_mode to CERT_REQUIRED to demand client certificates (verify_incoming).
+        self.ssl_context = ssl_context
         if acl_tokens is not None:
             for secret, level in acl_tokens.items():
                 if level not in ("write", "read", "none"):
@@ -821,7 +828,7 @@ class FakeConsul:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     @property
     def address(self) -> str:
@@ -837,6 +844,9 @@ class FakeConsul:
             if self._server is not None:
                 return self
             server = _Server((self.host, self.port), self)
+            if self.ssl_context is not None:
+                # Handshake lazily in the connection's own thread, not in the accept loop.
+                server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
             self.port = server.server_address[1]
             self._server = server
             now = time.monotonic()
