@@ -155,11 +155,10 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
 
-from .http_server import TrackingHTTPServer
+from .http_server import TrackedHandler, TrackingHTTPServer
 
 __all__ = ["FakeConsul", "RecordedRequest"]
 
@@ -692,24 +691,8 @@ def _make_filter(expression: str, schema: dict[str, Any]) -> _Filter | None:
 # --------------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle on, delayed ACKs add ~40 ms a request.
-    disable_nagle_algorithm = True
+class _Handler(TrackedHandler):
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read their own output
-        pass
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():

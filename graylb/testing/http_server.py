@@ -14,16 +14,18 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["WSGIServer", "serve_wsgi", "TrackingHTTPServer"]
+__all__ = ["WSGIServer", "serve_wsgi", "TrackingHTTPServer", "TrackedHandler"]
 
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class TrackedHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive handler whose connection the :class:`TrackingHTTPServer` can drop."""
+
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle on, delayed ACKs add ~40 ms a request.
     disable_nagle_algorithm = True
-    server: _Server
+    server: TrackingHTTPServer
 
     def setup(self) -> None:
         super().setup()
@@ -37,6 +39,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read their own output
         pass
+
+
+class _Handler(TrackedHandler):
+    server: _Server
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
