@@ -1,15 +1,19 @@
 """The ``graylb`` command: ``demo``, ``rules validate / explain / push / undo``, ``rollback``,
 ``status``.
 
-The registry commands reach Consul through :mod:`graylb.consul.admin`; the registry-specific
-part is one :class:`~graylb.consul.admin.RuleStore` built by :func:`_open_store` from the
-connection options. The ACL token comes from ``CONSUL_HTTP_TOKEN`` or ``--token-file``, never
-from a flag (it would land in shell history and ``ps``).
+The registry commands work through the registry-neutral actions in :mod:`graylb.consul.admin`;
+the registry-specific part is one :class:`~graylb.consul.admin.RuleStore` built by
+:func:`_open_store` from the connection options: Consul (the default; ``--consul URL`` or
+``CONSUL_HTTP_ADDR``) or Nacos (``--nacos URL``, with ``--namespace`` / ``--group``). Secrets
+never come from a flag (they would land in shell history and ``ps``): the Consul ACL token from
+``CONSUL_HTTP_TOKEN`` or ``--token-file``, the Nacos password from ``NACOS_PASSWORD`` or
+``--password-file`` (the user from ``NACOS_USERNAME`` or ``--username``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,15 +91,28 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _registry_options() -> argparse.ArgumentParser:
     """Connection options shared by every registry command (argparse parent parser)."""
     p = argparse.ArgumentParser(add_help=False)
+    r = p.add_argument_group("registry (Consul unless --nacos is given)")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--consul", metavar="URL", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)")
+    which.add_argument("--nacos", metavar="URL", help="use Nacos at this address, e.g. http://127.0.0.1:8848 (context path /nacos is added)")
+    r.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify the registry's TLS certificate (Consul default: $CONSUL_CACERT)")
+    r.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate (testing only)")
     g = p.add_argument_group("Consul connection")
-    g.add_argument("--consul", metavar="URL", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)")
     g.add_argument("--token-file", metavar="PATH", help="read the ACL token from this file (default: $CONSUL_HTTP_TOKEN)")
-    g.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify Consul's TLS certificate (default: $CONSUL_CACERT)")
-    g.add_argument("--insecure", action="store_true", help="do not verify Consul's TLS certificate (testing only)")
     # Declared only to refuse it without echoing the value (and so argparse never reads
     # "--token X" as an abbreviation of --token-file).
     g.add_argument("--token", dest="token_flag", metavar="VALUE", help=argparse.SUPPRESS)
+    n = p.add_argument_group("Nacos connection (with --nacos)")
+    n.add_argument("--namespace", metavar="ID", help="namespace ID (default: $NACOS_NAMESPACE, else Nacos's default namespace; 'public' means the default too)")
+    n.add_argument("--group", metavar="GROUP", help="group of the config item and the service (default: $NACOS_GROUP or DEFAULT_GROUP)")
+    n.add_argument("--username", metavar="USER", help="log in as this user (default: $NACOS_USERNAME; no user = no login)")
+    n.add_argument("--password-file", metavar="PATH", help="read the password from this file (default: $NACOS_PASSWORD)")
+    # Same as --token: refused without echoing, and never taken for --password-file.
+    n.add_argument("--password", dest="password_flag", metavar="VALUE", help=argparse.SUPPRESS)
     return p
+
+
+_NACOS_ONLY = (("namespace", "--namespace"), ("group", "--group"), ("username", "--username"), ("password_file", "--password-file"))
 
 
 def _consul_config(args: argparse.Namespace):
@@ -111,22 +128,64 @@ def _consul_config(args: argparse.Namespace):
             raise SystemExit(f"graylb: cannot read token file {args.token_file}: {exc.strerror}") from None
         if not token:
             raise SystemExit(f"graylb: token file {args.token_file} is empty")
+    for dest, flag in _NACOS_ONLY:
+        if getattr(args, dest, None) is not None:
+            raise SystemExit(f"graylb: {flag} is a Nacos option: add --nacos URL (without it the registry is Consul)")
+    try:
+        return ConsulConfig.from_env(address=args.consul, token=token, **_tls_options(args, "Consul"))
+    except ValueError as exc:
+        raise SystemExit(f"graylb: {exc}") from None
+
+
+def _tls_options(args: argparse.Namespace, registry: str) -> dict:
     kw: dict = {}
     if args.insecure:
-        print("graylb: warning: --insecure: Consul's TLS certificate is NOT verified", file=sys.stderr)
+        print(f"graylb: warning: --insecure: {registry}'s TLS certificate is NOT verified", file=sys.stderr)
         kw["verify"] = False
     elif args.ca_file:
         if not Path(args.ca_file).is_file():
             raise SystemExit(f"graylb: CA file {args.ca_file} does not exist")
         kw["verify"] = args.ca_file
+    return kw
+
+
+def _nacos_config(args: argparse.Namespace):
+    from .nacos.config import NacosConfig, namespace_pair
+
+    if args.password_flag is not None:
+        raise SystemExit("graylb: there is no --password flag (it would be kept in shell history and visible in ps): set NACOS_PASSWORD or use --password-file PATH")
+    if args.token_file is not None or args.token_flag is not None:
+        raise SystemExit("graylb: --token-file is a Consul option; Nacos logs in with NACOS_USERNAME / NACOS_PASSWORD (or --username / --password-file)")
+    username = args.username if args.username is not None else os.environ.get("NACOS_USERNAME") or None
+    password = os.environ.get("NACOS_PASSWORD") or None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise SystemExit(f"graylb: cannot read password file {args.password_file}: {exc.strerror}") from None
+        if not password:
+            raise SystemExit(f"graylb: password file {args.password_file} is empty")
+    if password and not username:
+        raise SystemExit("graylb: a Nacos password was given but no user: set NACOS_USERNAME or use --username")
+    if username and not password:
+        raise SystemExit(f"graylb: Nacos user '{username}' has no password: set NACOS_PASSWORD or use --password-file PATH")
+    kw: dict = {"username": username, "password": password, **_tls_options(args, "Nacos")}
+    if args.namespace is not None:
+        kw["namespace"], kw["config_tenant"] = namespace_pair(args.namespace)
+    if args.group:
+        kw["group"] = args.group
     try:
-        return ConsulConfig.from_env(address=args.consul, token=token, **kw)
+        return NacosConfig.from_env(address=args.nacos, **kw)
     except ValueError as exc:
         raise SystemExit(f"graylb: {exc}") from None
 
 
 def _open_store(args: argparse.Namespace):
-    """The RuleStore the registry commands work on (a ``--nacos`` flavour plugs in here)."""
+    """The RuleStore the registry commands work on: Nacos with ``--nacos``, else Consul."""
+    if args.nacos:
+        from .nacos.admin import NacosConfigStore
+
+        return NacosConfigStore(_nacos_config(args))
     from .consul.admin import ConsulKVStore
 
     return ConsulKVStore(_consul_config(args))
@@ -197,22 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_explain)
 
     registry = _registry_options()
-    push = rsub.add_parser("push", parents=[registry], help="validate a rules file and write it to a Consul KV key (previous revision kept at KEY.previous)")
+    push = rsub.add_parser("push", parents=[registry], help="validate a rules file and write it to a Consul KV key or Nacos config item (previous revision kept at KEY.previous)")
     push.add_argument("file")
-    push.add_argument("--key", required=True, help="the KV key holding the rules document, e.g. graylb/rules")
+    push.add_argument("--key", required=True, help="where the rules document lives: a Consul KV key (e.g. graylb/rules) or, with --nacos, a config dataId (e.g. graylb-rules)")
     push.set_defaults(func=_cmd_push)
     undo = rsub.add_parser("undo", parents=[registry], help="swap KEY and KEY.previous (undo twice = redo)")
-    undo.add_argument("--key", required=True)
+    undo.add_argument("--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
     undo.set_defaults(func=_cmd_undo)
 
     rb = sub.add_parser("rollback", parents=[registry], help="send all of a service's traffic to its default subset (removes its routes)")
     rb.add_argument("service")
-    rb.add_argument("--key", required=True, help="the KV key holding the rules document")
+    rb.add_argument("--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
     rb.set_defaults(func=_cmd_rollback)
 
     st = sub.add_parser("status", parents=[registry], help="a service's instances and, with --key, its live traffic split")
     st.add_argument("service")
-    st.add_argument("--key", help="the KV key holding the rules document")
+    st.add_argument("--key", help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
     st.set_defaults(func=_cmd_status)
     return p
 

@@ -2,8 +2,9 @@
 
 Used by ``graylb rules push / rules undo / rollback / status``. The registry-specific part is
 small: a :class:`RuleStore` reads and writes keys (with compare-and-set) and lists a service's
-instances. :class:`ConsulKVStore` is the Consul one; a Nacos store implements the same five
-methods. Every function takes a store, or a :class:`ConsulConfig` (a ConsulKVStore is opened
+instances. :class:`ConsulKVStore` is the Consul one; :class:`graylb.nacos.admin.NacosConfigStore`
+implements the same five methods on Nacos config items. Every function takes a store, or a
+:class:`ConsulConfig` / :class:`~graylb.nacos.config.NacosConfig` (the matching store is opened
 and closed around the call).
 
 Revisions: every write first copies the key's current value to ``<key>.previous``, then
@@ -76,6 +77,9 @@ class RuleStore(Protocol):
         """Every registered instance of ``service``, healthy or not, as (registry's own
         instance id, Instance) pairs, read the way the registry's discovery reads them; plus
         one line per registration that discovery would skip or correct."""
+
+    # Optional: ``describe_version(version) -> str`` names a version in messages (Nacos:
+    # ``md5 ...``); without it a version reads ``index N`` (Consul).
 
 
 class RuleConflict(GraylbError):
@@ -186,8 +190,22 @@ def _opened(target: RuleStore | ConsulConfig) -> Iterator[RuleStore]:
     if isinstance(target, ConsulConfig):
         with ConsulKVStore(target) as store:
             yield store
+        return
+    from ..nacos.config import NacosConfig  # light module: no import cycle
+
+    if isinstance(target, NacosConfig):
+        from ..nacos.admin import NacosConfigStore
+
+        with NacosConfigStore(target) as nacos_store:
+            yield nacos_store
     else:
         yield target
+
+
+def _version(store: Any, version: Any) -> str:
+    """A key's version as the store names it: ``index 42`` (Consul), ``md5 ...`` (Nacos)."""
+    describe = getattr(store, "describe_version", None)
+    return describe(version) if callable(describe) else f"index {version}"
 
 
 # ------------------------------------------------------------------------------------- writes
@@ -234,7 +252,7 @@ def push_change(target: RuleStore | ConsulConfig, key: str, text: str, source: s
             note = f"{key} did not exist before ({prev} still holds an older revision)"
         else:
             note = f"{key} did not exist before, so there is no previous revision"
-        return Change(key, index, (f"pushed {source or 'rules'} to {key} (index {index}); {note}",), previous_saved=current is not None)
+        return Change(key, index, (f"pushed {source or 'rules'} to {key} ({_version(store, index)}); {note}",), previous_saved=current is not None)
 
 
 def push(config: RuleStore | ConsulConfig, key: str, text: str, source: str = "") -> int:
@@ -263,7 +281,7 @@ def undo(config: RuleStore | ConsulConfig, key: str) -> Change:
             store.put(prev, current)
         index = store.get(key)[1]
         tail = f"the replaced revision is now at {prev} (undo again to redo)" if current is not None else f"{key} did not exist before"
-        return Change(key, index, (f"restored {key} from {prev} (index {index}); {tail}",))
+        return Change(key, index, (f"restored {key} from {prev} ({_version(store, index)}); {tail}",))
 
 
 def rollback(config: RuleStore | ConsulConfig, key: str, service: str) -> Change:
@@ -298,7 +316,7 @@ def rollback(config: RuleStore | ConsulConfig, key: str, service: str) -> Change
             key,
             index,
             (
-                f"rolled back service '{service}' in {key} (index {index})",
+                f"rolled back service '{service}' in {key} ({_version(store, index)})",
                 f"  removed route(s): {', '.join(names)}",
                 f"  all its traffic now goes to {target}; lanes and version pins still apply",
                 f"  previous revision kept at {previous_key(key)} (graylb rules undo --key {key} restores it)",
@@ -336,7 +354,7 @@ def status(config: RuleStore | ConsulConfig, service: str, key: str | None = Non
             if text is None:
                 lines.append(f"rules: {store.describe(key)} does not exist: every instance outside a lane receives traffic (by weight)")
             else:
-                lines.extend(_split_report(service, instances, text, key, version))
+                lines.extend(_split_report(service, instances, text, key, _version(store, version)))
     return "\n".join(lines)
 
 
@@ -387,15 +405,15 @@ def _describe_match(match: list[MatchClause] | None) -> str:
     return " or ".join(f"({c})" if len(match) > 1 and " and " in c else c for c in clauses)
 
 
-def _split_report(service: str, instances: list[Instance], text: str, key: str, version: Any) -> list[str]:
+def _split_report(service: str, instances: list[Instance], text: str, key: str, version: str) -> list[str]:
     try:
         model = validate_rules(text, key)
         compiled = parse_rules(text, key)
     except RuleError as exc:
-        return [f"rules: {key} (index {version}) is INVALID, so rule sources keep their last good rules:", *str(exc).splitlines()[1:]]
+        return [f"rules: {key} ({version}) is INVALID, so rule sources keep their last good rules:", *str(exc).splitlines()[1:]]
     svc_model = model.services.get(service)
     rules = compiled.service(service)
-    head = f"rules: {key} (index {version}, revision {compiled.revision})"
+    head = f"rules: {key} ({version}, revision {compiled.revision})"
     if rules is None or svc_model is None:
         known = ", ".join(sorted(model.services)) or "none"
         return [head, f"  no rules for service '{service}' (services there: {known}): every instance outside a lane receives traffic (by weight)"]

@@ -251,8 +251,8 @@ SERVER_SCRIPT = textwrap.dedent(
     reg.register()
     reg.install_signal_handlers()
     reg.install_signal_handlers()  # twice: must not chain to itself
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)  # inside the try: a SIGINT right after it must be caught
         threading.Event().wait(60)
     except KeyboardInterrupt:
         print("interrupted", flush=True)

@@ -1,0 +1,343 @@
+"""Serving side: register this process in Nacos with the metadata graylb routes on, keep the
+ephemeral instance alive with heartbeats, and deregister on shutdown.
+
+```python
+reg = NacosRegistration(NacosConfig.from_env(), "orders", ip="10.0.0.7", port=8080,
+                        version="2.0.0", lane=None, weight=1.0)
+with reg:                          # register(); close() on the way out
+    reg.install_signal_handlers()  # SIGTERM / SIGINT deregister first, then behave as before
+    serve_forever()
+```
+
+What Nacos receives (``POST /{v1|v2}/ns/instance``, form body): ``serviceName``, ``groupName``,
+``namespaceId``, ``clusterName``, ``ip``, ``port``, ``weight`` (Nacos's double, 0..10000;
+graylb's discovery routes by weight × 100, so 1.0 weighs like graylb's default 100 and 0 means
+no traffic), ``enabled``, ``healthy``, ``ephemeral`` and ``metadata`` — the caller's metadata
+plus ``version`` and ``lane`` (when set), as JSON; a ``beat_interval`` other than Nacos's 5 s is
+declared as ``preserved.heart.beat.interval`` (ms) — the server echoes it back as the beat
+interval to use — and, from 15 s up, with unhealthy / delete timeouts of 3× / 6× the interval.
+
+Ephemeral instances (the default) live only while they beat: a daemon thread sends
+``PUT /v1/ns/instance/beat`` (the one beat endpoint every 1.x / 2.x server has, whatever
+``api_version`` says) every ``beat_interval`` seconds, or every ``clientBeatInterval`` ms once
+the server's reply names one. Like the official Java client, beats carry the ``beat`` JSON
+(ip, port, cluster, weight, metadata) until the server answers ``lightBeatEnabled: true``, and
+are "light" (no ``beat``) from then on. A reply with code ``10200`` (the server does not know
+the instance: restarted, or the instance expired during an outage) makes it register again
+with the full definition, and the next beat carries the ``beat`` JSON again. Outages are
+retried on the same schedule, with one warning per outage and one line on recovery.
+Persistent instances (``ephemeral=False``) send no beats; Nacos health-checks them itself.
+
+The token (see :mod:`graylb.nacos.auth`) is never logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .auth import NacosAuth
+from .config import NacosConfig, NacosError, _v2_envelope, check_response
+
+__all__ = ["NacosRegistration", "MAX_NACOS_WEIGHT", "RESOURCE_NOT_FOUND"]
+
+log = logging.getLogger("graylb.nacos")
+
+MAX_NACOS_WEIGHT = 10000.0
+RESOURCE_NOT_FOUND = 10200  # beat reply: the server does not know this instance
+_NOT_FOUND_CODES = (20004, 21003)  # v2: resource / instance not found
+_MIN_INTERVAL = 0.05  # never beat faster than this, whatever the server says
+_HB_INTERVAL = "preserved.heart.beat.interval"
+_HB_TIMEOUT = "preserved.heart.beat.timeout"
+_IP_DELETE_TIMEOUT = "preserved.ip.delete.timeout"
+
+
+class NacosRegistration:
+    """One instance of ``service`` in Nacos, for as long as this object is open.
+
+    The instance ID is Nacos's ``ip#port#cluster#group@@service``. ``weight`` is Nacos's
+    0..10000 double (0 = no traffic). ``register()`` returns once Nacos accepted the instance
+    (it is healthy from then on). ``close()`` is idempotent and safe from a signal handler and
+    at interpreter exit (``register()`` installs an ``atexit`` hook that ``close()`` removes).
+    """
+
+    def __init__(
+        self,
+        config: NacosConfig,
+        service: str,
+        *,
+        ip: str,
+        port: int,
+        version: str | None = None,
+        lane: str | None = None,
+        weight: float = 1.0,
+        metadata: Mapping[str, Any] | None = None,
+        cluster: str = "DEFAULT",
+        ephemeral: bool = True,
+        beat_interval: float = 5.0,
+    ) -> None:
+        if not service or "@@" in service:
+            raise ValueError(f"service name {service!r} must not be empty or contain '@@' (give the group in NacosConfig.group)")
+        if not ip:
+            raise ValueError(f"service '{service}': ip must not be empty")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"service '{service}': port {port} outside 1..65535")
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"service '{service}': weight {weight!r} is not a number") from None
+        if not (math.isfinite(weight) and 0.0 <= weight <= MAX_NACOS_WEIGHT):
+            raise ValueError(f"service '{service}': weight {weight} outside 0..{MAX_NACOS_WEIGHT:g} (Nacos's range; 0 = no traffic)")
+        if not beat_interval > 0:
+            raise ValueError(f"service '{service}': beat_interval must be positive, got {beat_interval!r}")
+        if not cluster:
+            raise ValueError(f"service '{service}': cluster must not be empty")
+        meta: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
+        if version is not None:
+            meta["version"] = str(version)
+        if lane is not None:
+            meta["lane"] = str(lane)
+        # The server answers every beat with clientBeatInterval = this instance's
+        # preserved.heart.beat.interval (default 5000 ms), and the client obeys it: so a
+        # beat_interval other than 5 s must be declared, as the Java client does. Nacos also
+        # insists that the interval is below the unhealthy / delete timeouts (15 s / 30 s).
+        interval_ms = int(round(float(beat_interval) * 1000))
+        if ephemeral and interval_ms != 5000 and _HB_INTERVAL not in meta:
+            meta[_HB_INTERVAL] = str(interval_ms)
+            if interval_ms >= 15000:
+                meta.setdefault(_HB_TIMEOUT, str(interval_ms * 3))
+                meta.setdefault(_IP_DELETE_TIMEOUT, str(interval_ms * 6))
+        self.config = config
+        self.service = service
+        self.ip = str(ip)
+        self.port = int(port)
+        self.version = version
+        self.lane = lane
+        self.weight = weight
+        self.metadata: dict[str, str] = meta
+        self.cluster = cluster
+        self.ephemeral = bool(ephemeral)
+        self.beat_interval = float(beat_interval)
+        self.group = config.group
+        self.instance_id = f"{self.ip}#{self.port}#{cluster}#{self.group}@@{service}"
+        #: seconds until the next beat: ``beat_interval`` until the server names its own
+        self.current_interval = self.beat_interval
+        self._light_beats = False  # the server said lightBeatEnabled: beats without the JSON
+        self.auth = NacosAuth(config)
+
+        self._http: httpx.Client | None = None
+        self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
+        self._registered = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage = False
+        self._atexit_installed = False
+        self._prev_handlers: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"NacosRegistration({self.service!r}, id={self.instance_id!r}, nacos={self.config.address}, namespace={self.config.namespace!r})"
+
+    # ------------------------------------------------------------------ the wire
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = self.config.client()
+        return self._http
+
+    def _path(self) -> str:
+        return f"/{self.config.api_version}/ns/instance"
+
+    def _ident(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "serviceName": self.service,
+            "groupName": self.group,
+            "namespaceId": self.config.namespace,
+            "clusterName": self.cluster,
+            "ip": self.ip,
+            "port": self.port,
+            "ephemeral": self.ephemeral,
+        }
+        if self.config.api_version == "v2":
+            params["cluster"] = self.cluster  # early 2.x v2 controllers call it "cluster"
+        return params
+
+    def _beat_info(self) -> dict[str, Any]:
+        return {
+            "serviceName": f"{self.group}@@{self.service}",
+            "ip": self.ip,
+            "port": self.port,
+            "cluster": self.cluster,
+            "weight": self.weight,
+            "metadata": self.metadata,
+            "scheduled": False,
+            "period": int(self.current_interval * 1000),
+            "stopped": False,
+            "ephemeral": self.ephemeral,
+        }
+
+    def _put_registration(self) -> None:
+        form = {
+            **self._ident(),
+            "weight": self.weight,
+            "enabled": True,
+            "healthy": True,
+            "metadata": json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False),
+        }
+        response = self.auth.request(self._client(), "POST", self._path(), data=form)
+        check_response(response, f"registering instance {self.instance_id} (namespace '{self.config.namespace}')")
+
+    def _beat(self) -> bool:
+        """One heartbeat; False when the server does not know the instance (code 10200).
+        Adopts the server's ``clientBeatInterval`` for the next beat."""
+        params = self._ident()
+        params.pop("cluster", None)
+        if not self._light_beats:
+            params["beat"] = json.dumps(self._beat_info(), separators=(",", ":"), ensure_ascii=False)
+        response = self.auth.request(self._client(), "PUT", "/v1/ns/instance/beat", params=params)
+        check_response(response, f"sending a heartbeat for {self.instance_id}")
+        try:
+            body = response.json()
+        except ValueError:
+            return True  # a 1.x server that answers "ok": alive
+        if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping) and "message" in body:
+            body = body["data"]  # v2 envelope
+        if not isinstance(body, Mapping):
+            return True
+        code = body.get("code")
+        if isinstance(code, int) and code == RESOURCE_NOT_FOUND:
+            # Its clientBeatInterval is the server-wide default, not ours: ignore it.
+            self._light_beats = False
+            return False
+        self._light_beats = body.get("lightBeatEnabled") is True
+        interval = body.get("clientBeatInterval")
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
+            new = max(_MIN_INTERVAL, float(interval) / 1000.0)
+            if abs(new - self.current_interval) > 1e-9:
+                log.debug("graylb: Nacos asks %s to beat every %.3gs", self.instance_id, new)
+            self.current_interval = new
+        return True
+
+    # ------------------------------------------------------------------ public API
+
+    def register(self) -> None:
+        """Register (or re-register: Nacos replaces an instance with the same ID) and, for an
+        ephemeral instance, start the heartbeat. Raises NacosError subclasses on failure."""
+        with self._lock:
+            self._put_registration()
+            self._light_beats = False  # the first beat after a registration carries the JSON
+            self._registered = True
+            self._outage = False
+            if not self._atexit_installed:
+                atexit.register(self.close)
+                self._atexit_installed = True
+            if self.ephemeral and (self._thread is None or not self._thread.is_alive()):
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._heartbeat, name=f"graylb-nacos-beat-{self.instance_id}", daemon=True)
+                self._thread.start()
+        log.info("graylb: registered %s in Nacos at %s (namespace %s)", self.instance_id, self.config.address, self.config.namespace)
+
+    def deregister(self) -> None:
+        """Stop the heartbeat and remove the instance. Idempotent: calling it again, or for an
+        instance Nacos already forgot, is fine. Raises NacosUnavailable when Nacos cannot be
+        reached (an ephemeral instance then expires by itself once its beats stop)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.config.timeout + 1.0)
+        with self._lock:
+            if not self._registered:
+                return
+            response = self.auth.request(self._client(), "DELETE", self._path(), params=self._ident())
+            envelope = _v2_envelope(response)
+            gone = response.status_code == 404 or (envelope is not None and envelope[0] in _NOT_FOUND_CODES)
+            if not gone:  # already gone is what we wanted
+                check_response(response, f"deregistering instance {self.instance_id}")
+            self._registered = False
+            self._thread = None
+        log.info("graylb: deregistered %s from Nacos at %s", self.instance_id, self.config.address)
+
+    def close(self) -> None:
+        """:meth:`deregister`, but never raises (a failure is logged), then closes the HTTP
+        client: for ``finally`` blocks, signal handlers and interpreter exit. Safe to call any
+        number of times."""
+        try:
+            self.deregister()
+        except NacosError as exc:
+            log.warning("graylb: could not deregister %s: %s", self.instance_id, exc)
+        except Exception:  # noqa: BLE001 - close() must not raise at exit
+            log.exception("graylb: could not deregister %s", self.instance_id)
+        with self._lock:
+            if self._http is not None and not self._registered:
+                http, self._http = self._http, None
+                http.close()
+        if self._atexit_installed:
+            atexit.unregister(self.close)
+            self._atexit_installed = False
+
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
+    def __enter__(self) -> NacosRegistration:
+        self.register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """On each signal: :meth:`close`, then what the signal did before — the previous Python
+        handler is called (for SIGINT that is normally the one raising KeyboardInterrupt); a
+        default disposition is restored and the signal re-sent, so the process dies of it as it
+        would have; an ignored signal stays ignored after deregistering. Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("install_signal_handlers() must be called from the main thread (Python delivers signals there)")
+        for sig in signals:
+            previous = signal.getsignal(sig)
+            if previous != self._on_signal:  # installing twice must not chain to ourselves
+                self._prev_handlers[int(sig)] = previous
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.close()
+        previous = self._prev_handlers.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:  # SIG_DFL (or a handler installed from C): die of the signal as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.current_interval):
+            try:
+                with self._lock:
+                    if self._stop.is_set() or not self._registered:
+                        return
+                    if not self._beat():
+                        log.warning("graylb: Nacos at %s no longer knows %s (code %d; server restarted or instance expired): registering again", self.config.address, self.instance_id, RESOURCE_NOT_FOUND)
+                        self._put_registration()
+                recovered, self._outage = self._outage, False
+                if recovered:
+                    log.info("graylb: Nacos heartbeat for %s recovered", self.instance_id)
+            except NacosError as exc:
+                if not self._outage:
+                    self._outage = True
+                    log.warning("graylb: Nacos heartbeat for %s failing, will keep trying every %.3gs: %s", self.instance_id, self.current_interval, exc)
+            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
+                if not self._outage:
+                    self._outage = True
+                    log.exception("graylb: Nacos heartbeat for %s failed", self.instance_id)
