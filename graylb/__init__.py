@@ -12,6 +12,9 @@ from .consul.config import ConsulConfig
 from .consul.registration import ConsulRegistration
 from .discovery import Discovery, Snapshot, StaticDiscovery
 from .discovery.consul import ConsulDiscovery
+from .discovery.nacos import NacosDiscovery
+from .nacos.config import NacosConfig
+from .nacos.registration import NacosRegistration
 from .errors import GraylbError, InvalidVersion, NoInstanceAvailable, RuleError
 from .instance import Health, Instance
 from .propagation.codec import HeaderCodec
@@ -20,6 +23,7 @@ from .propagation.middleware import GrayASGIMiddleware, GrayWSGIMiddleware, trus
 from .routing.request import RequestInfo
 from .rules.load import parse_rules
 from .rules.consul_kv import ConsulRuleSource
+from .rules.nacos_config import NacosRuleSource
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 from .transports.httpx import AsyncGrayTransport, GrayTransport
 
@@ -44,6 +48,10 @@ __all__ = [
     "Health",
     "Instance",
     "InvalidVersion",
+    "NacosConfig",
+    "NacosDiscovery",
+    "NacosRegistration",
+    "NacosRuleSource",
     "NoInstanceAvailable",
     "RequestInfo",
     "RuleError",

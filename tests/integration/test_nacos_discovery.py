@@ -1,0 +1,208 @@
+"""NacosDiscovery and NacosRuleSource against FakeNacos, with real HTTP services behind them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import httpx
+import pytest
+
+import graylb
+from graylb.discovery.nacos import NacosDiscovery
+from graylb.nacos.config import NacosConfig
+from graylb.rules.nacos_config import NacosRuleSource, content_md5
+from graylb.testing.fake_nacos import FakeNacos
+from graylb.testing.http_server import serve_wsgi
+from tests.conftest import version_app, wait_until
+
+RULES = """
+services:
+  orders:
+    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
+    default: stable
+    routes:
+      - name: beta
+        match: [{headers: {user-group: beta}}]
+        to: [{subset: canary}]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in ("NACOS_ADDR", "NACOS_SERVER_ADDR", "NACOS_USERNAME", "NACOS_PASSWORD", "NACOS_NAMESPACE", "NACOS_GROUP"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def nacos():
+    with FakeNacos(long_poll_min_hold=0.2) as fake:
+        yield fake
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(version: str):
+        s = serve_wsgi(version_app("orders", version))
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def add(fake: FakeNacos, server, version: str, **kw) -> None:
+    fake.register("orders", server.host, server.port, metadata={"version": version, **kw.pop("metadata", {})}, **kw)
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_instances_appear_and_disappear(nacos: FakeNacos, servers, api: str) -> None:
+    v1 = servers("1.4.2")
+    add(nacos, v1, "1.4.2")
+    disco = NacosDiscovery(NacosConfig(nacos.url, api_version=api), refresh_interval=0.05)
+    balancer = graylb.Balancer(disco, RULES)
+    with httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
+        assert client.get("http://orders/x").extensions["graylb"].version == "1.4.2"
+        v2 = servers("2.0.0")
+        add(nacos, v2, "2.0.0")
+        wait_until(lambda: client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"].version == "2.0.0")
+        nacos.deregister("orders", v2.host, v2.port)
+        wait_until(lambda: len(disco.snapshot("orders").instances) == 1)
+        nacos.set_enabled("orders", v1.host, v1.port, False)  # disabled: left out server-side
+        wait_until(lambda: len(disco.snapshot("orders").instances) == 0)
+    balancer.close()
+
+
+def test_weights_metadata_and_unhealthy(nacos: FakeNacos, servers) -> None:
+    a, b, c = servers("1.4.2"), servers("1.4.2"), servers("1.4.2")
+    add(nacos, a, "1.4.2", weight=2.0, metadata={"lane": "beta", "zone": "a"})
+    add(nacos, b, "1.4.2", weight=1.0, metadata={"weight": "0"})
+    add(nacos, c, "1.4.2", weight=1.0)
+    disco = NacosDiscovery(NacosConfig(nacos.url), refresh_interval=0.05)
+    watch = disco.watch("orders")
+    assert watch.wait_ready(5)
+    by_port = {i.port: i for i in watch.snapshot.instances}
+    assert (by_port[a.port].weight, by_port[a.port].lane, by_port[a.port].labels["zone"]) == (200, "beta", "a")
+    assert by_port[b.port].weight == 0 and by_port[c.port].weight == 100
+    nacos.set_healthy("orders", c.host, c.port, False)
+    wait_until(lambda: {i.port: i.health for i in watch.snapshot.instances}[c.port] is graylb.Health.CRITICAL)
+    disco.close()
+
+
+def test_protection_threshold_keeps_last_good_snapshot(nacos: FakeNacos, servers) -> None:
+    a, b = servers("1.4.2"), servers("1.4.2")
+    add(nacos, a, "1.4.2"), add(nacos, b, "1.4.2")
+    disco = NacosDiscovery(NacosConfig(nacos.url), refresh_interval=0.05)
+    watch = disco.watch("orders")
+    assert watch.wait_ready(5) and len(watch.snapshot.healthy) == 2
+    nacos.set_healthy("orders", a.host, a.port, False)
+    wait_until(lambda: len(watch.snapshot.healthy) == 1)
+    nacos.set_healthy("orders", b.host, b.port, False)  # all unhealthy: Nacos returns everything
+    wait_until(lambda: watch.stale and "protection threshold" in watch.last_error)
+    assert len(watch.snapshot.healthy) == 1  # still the last good list, not "all healthy"
+    nacos.set_healthy("orders", a.host, a.port, True)
+    wait_until(lambda: not watch.stale)
+    disco.close()
+
+
+def test_nacos_down_under_traffic_zero_failures(nacos: FakeNacos, servers) -> None:
+    for version in ("1.4.2", "2.0.0"):
+        add(nacos, servers(version), version)
+    balancer = graylb.Balancer(NacosDiscovery(NacosConfig(nacos.url), refresh_interval=0.05), RULES)
+    failures: list[Exception] = []
+    stop = threading.Event()
+    count = [0]
+
+    def traffic() -> None:
+        with httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
+            while not stop.is_set():
+                try:
+                    client.get("http://orders/x", headers={"user-group": "beta" if count[0] % 2 else ""}).raise_for_status()
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(exc)
+                count[0] += 1
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        wait_until(lambda: count[0] > 50)
+        nacos.stop()
+        watch = balancer.discovery.watch("orders")
+        wait_until(lambda: watch.stale)
+        before = count[0]
+        wait_until(lambda: count[0] > before + 200)
+        nacos.start()
+        wait_until(lambda: not watch.stale)
+    finally:
+        stop.set()
+        t.join()
+        balancer.close()
+    assert failures == []
+
+
+def test_disk_snapshot_when_nacos_is_down_at_start(nacos: FakeNacos, servers, tmp_path) -> None:
+    s = servers("1.4.2")
+    add(nacos, s, "1.4.2")
+    first = NacosDiscovery(NacosConfig(nacos.url), snapshot_dir=str(tmp_path))
+    assert first.watch("orders").wait_ready(5)
+    wait_until(lambda: list(tmp_path.glob("*orders*.json")))
+    first.close()
+    nacos.stop()
+    second = NacosDiscovery(NacosConfig(nacos.url), snapshot_dir=str(tmp_path))
+    with httpx.Client(transport=graylb.GrayTransport(graylb.Balancer(second, services=["orders"]))) as client:
+        assert client.get("http://orders/x").extensions["graylb"].version == "1.4.2"
+    second.close()
+
+
+def test_bad_entries_skipped_with_warning(nacos: FakeNacos, servers, caplog) -> None:
+    good = servers("1.4.2")
+    add(nacos, good, "1.4.2")
+    nacos.register("orders", "127.0.0.1", 9, metadata={"version": "1.4.2", "weight": "abc"})
+    disco = NacosDiscovery(NacosConfig(nacos.url))
+    with caplog.at_level(logging.WARNING, logger="graylb.discovery"):
+        watch = disco.watch("orders")
+        assert watch.wait_ready(5)
+    assert sorted(i.port for i in watch.snapshot.instances) == sorted([good.port, 9])
+    assert "'abc'" in caplog.text and "127.0.0.1#9" in caplog.text
+    disco.close()
+
+
+def test_rules_long_polling_apply_and_bad_document_kept_out(nacos: FakeNacos, servers) -> None:
+    add(nacos, servers("1.4.2"), "1.4.2")
+    add(nacos, servers("2.0.0"), "2.0.0")
+    nacos.publish_config("graylb-rules", "DEFAULT_GROUP", RULES)
+    rules = NacosRuleSource(NacosConfig(nacos.url), "graylb-rules", poll_timeout=5)
+    assert rules.current.service("orders") is not None
+    assert rules.current.revision == content_md5(RULES.encode())
+    balancer = graylb.Balancer(NacosDiscovery(NacosConfig(nacos.url), refresh_interval=0.05), rules)
+    beta = graylb.RequestInfo(headers={"user-group": "beta"})
+    assert balancer.decide("orders", beta).subset == "canary"
+    assert nacos.wait_long_polls(1, timeout=5)  # parked in the listener
+    nacos.publish_config("graylb-rules", "DEFAULT_GROUP", RULES.replace("to: [{subset: canary}]", "to: [{subset: stable}]"))
+    wait_until(lambda: balancer.decide("orders", beta).subset == "stable", timeout=5)
+    good = rules.current.revision
+    nacos.publish_config("graylb-rules", "DEFAULT_GROUP", RULES.replace("subset: canary", "subset: canery"))
+    wait_until(lambda: rules.last_error is not None)
+    assert "unknown subset 'canery'" in str(rules.last_error) and rules.current.revision == good
+    rules.close()
+    balancer.close()
+
+
+def test_rules_with_auth_and_token_expiry(servers) -> None:
+    with FakeNacos(auth={"nacos": "s3cret"}, long_poll_min_hold=0.2) as fake:
+        fake.publish_config("graylb-rules", "DEFAULT_GROUP", RULES)
+        config = NacosConfig(fake.url, username="nacos", password="s3cret")
+        rules = NacosRuleSource(config, "graylb-rules", poll_timeout=2)
+        assert rules.current.service("orders") is not None
+        fake.expire_tokens()
+        fake.publish_config("graylb-rules", "DEFAULT_GROUP", RULES.replace("canary}]", "stable}]"))
+        wait_until(lambda: "stable" in str([r.to for r in rules.current.service("orders").routes]), timeout=10)
+        rules.close()
+        bad = NacosDiscovery(NacosConfig(fake.url, username="nacos", password="hunter2-xyz"))
+        watch = bad.watch("orders")
+        wait_until(lambda: watch.last_error)
+        assert "login failed" in watch.last_error.lower() and "hunter2-xyz" not in watch.last_error
+        bad.close()
