@@ -23,6 +23,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/hot_path.py
 	$(PY) benchmarks/http_overhead.py
+	$(PY) benchmarks/consul_latency.py
+	$(PY) benchmarks/consul_scale.py
+	$(PY) benchmarks/nacos_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
