@@ -206,3 +206,20 @@ def test_rules_with_auth_and_token_expiry(servers) -> None:
         wait_until(lambda: watch.last_error)
         assert "login failed" in watch.last_error.lower() and "hunter2-xyz" not in watch.last_error
         bad.close()
+
+
+def test_heartbeats_stop_then_unhealthy_then_removed(servers) -> None:
+    with FakeNacos(beat_timeout=0.5, delete_timeout=2.5) as fake:
+        s, steady = servers("1.4.2"), servers("1.4.2")
+        fake.register("orders", steady.host, steady.port, metadata={"version": "1.4.2"})  # never expires
+        base = f"{fake.url}/nacos/v1/ns/instance"
+        params = {"serviceName": "orders", "ip": s.host, "port": str(s.port), "ephemeral": "true", "metadata": '{"version": "1.4.2"}'}
+        httpx.post(base, params=params).raise_for_status()
+        httpx.put(f"{base}/beat", params={**params, "beat": '{"serviceName": "orders", "ip": "%s", "port": %d}' % (s.host, s.port)}).raise_for_status()
+        disco = NacosDiscovery(NacosConfig(fake.url), refresh_interval=0.05)
+        watch = disco.watch("orders")
+        assert watch.wait_ready(5)
+        assert len(watch.snapshot.instances) == 2  # s sends no more beats, like a crashed process
+        wait_until(lambda: len(watch.snapshot.instances) == 2 and len(watch.snapshot.healthy) == 1, message="unhealthy after beat_timeout")
+        wait_until(lambda: [i.port for i in watch.snapshot.instances] == [steady.port], message="removed after delete_timeout")
+        disco.close()
