@@ -32,18 +32,15 @@ The ACL token travels only in the ``X-Consul-Token`` header and is never logged.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import re
-import signal
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from ..instance import MAX_WEIGHT
+from ..registration import Registration
 from .config import ConsulConfig, ConsulError, ConsulUnavailable, check_response
 
 __all__ = ["ConsulRegistration", "go_duration"]
@@ -69,7 +66,7 @@ def go_duration(seconds: float) -> str:
     return f"{round(ms * 1000)}us"
 
 
-class ConsulRegistration:
+class ConsulRegistration(Registration):
     """One service instance in the local Consul agent, for as long as this object is open.
 
     ``service_id`` defaults to ``<service>-<address>-<port>`` (unique per agent). ``weight`` is
@@ -78,6 +75,11 @@ class ConsulRegistration:
     the agent's first probe decides). ``close()`` is idempotent and safe from a signal handler
     and at interpreter exit (``register()`` installs an ``atexit`` hook that ``close()`` removes).
     """
+
+    _log = log
+    _registry = "Consul"
+    _error = ConsulError
+    _thread_prefix = "graylb-consul-ttl-"
 
     def __init__(
         self,
@@ -133,13 +135,7 @@ class ConsulRegistration:
         self.check_id: str | None = f"service:{self.service_id}" if (self.ttl is not None or http_check) else None
 
         self._client: Any = None  # py-consul client, created on first use
-        self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
-        self._registered = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outage = False
-        self._atexit_installed = False
-        self._prev_handlers: dict[int, Any] = {}
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"ConsulRegistration({self.service!r}, id={self.service_id!r}, address={self.address}:{self.port}, consul={self.config.address})"
@@ -202,114 +198,43 @@ class ConsulRegistration:
         check_id = self.check_id or ""
         return bool(self._call(f"passing check '{check_id}'", lambda c: c.agent.check.ttl_pass(check_id, token=self.config.token)))
 
+    def _delete_registration(self) -> None:
+        self._call(f"deregistering service id '{self.service_id}'", lambda c: c.agent.service.deregister(self.service_id, token=self.config.token))
+
+    # ------------------------------------------------------------------ hooks for Registration
+
+    @property
+    def _log_id(self) -> str:
+        return self.service_id
+
+    def _registered_note(self) -> str:
+        return f"check {self.check_id or 'none'}"
+
+    def _needs_heartbeat(self) -> bool:
+        return self.ttl is not None
+
+    def _beat_interval(self) -> float:
+        assert self.ttl is not None
+        return self.ttl / 3.0
+
+    def _beat(self) -> None:
+        if not self._pass():
+            log.warning("graylb: Consul agent at %s no longer knows check %s (agent restarted?): registering %s again", self.config.address, self.check_id, self.service_id)
+            self._put_registration()
+
     # ------------------------------------------------------------------ public API
 
     def register(self) -> None:
         """Register (or re-register: the agent replaces a service with the same ID) and start
         the heartbeat for a TTL check. Raises ConsulError subclasses on failure."""
-        with self._lock:
-            self._put_registration()
-            self._registered = True
-            self._outage = False
-            if not self._atexit_installed:
-                atexit.register(self.close)
-                self._atexit_installed = True
-            if self.ttl is not None and (self._thread is None or not self._thread.is_alive()):
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._heartbeat, name=f"graylb-consul-ttl-{self.service_id}", daemon=True)
-                self._thread.start()
-        log.info("graylb: registered %s in Consul at %s (check %s)", self.service_id, self.config.address, self.check_id or "none")
+        super().register()
 
     def deregister(self) -> None:
         """Stop the heartbeat and remove the instance from the agent. Idempotent: calling it
         again, or for an ID the agent no longer knows (404), is fine. Raises ConsulUnavailable
         when the agent cannot be reached (the instance is then still registered; with a check,
         ``deregister_after`` cleans it up)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.config.timeout + 1.0)
-        with self._lock:
-            if not self._registered:
-                return
-            self._call(f"deregistering service id '{self.service_id}'", lambda c: c.agent.service.deregister(self.service_id, token=self.config.token))
-            self._registered = False
-            self._thread = None
-        log.info("graylb: deregistered %s from Consul at %s", self.service_id, self.config.address)
-
-    def close(self) -> None:
-        """:meth:`deregister`, but never raises (a failure is logged): for ``finally`` blocks,
-        signal handlers and interpreter exit. Safe to call any number of times."""
-        try:
-            self.deregister()
-        except ConsulError as exc:
-            log.warning("graylb: could not deregister %s: %s", self.service_id, exc)
-        except Exception:  # noqa: BLE001 - close() must not raise at exit
-            log.exception("graylb: could not deregister %s", self.service_id)
-        if self._atexit_installed:
-            atexit.unregister(self.close)
-            self._atexit_installed = False
-
-    @property
-    def registered(self) -> bool:
-        return self._registered
-
-    def __enter__(self) -> ConsulRegistration:
-        self.register()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """On each signal: :meth:`close`, then what the signal did before — the previous Python
-        handler is called (for SIGINT that is normally the one raising KeyboardInterrupt); a
-        default disposition is restored and the signal re-sent, so the process dies of it as it
-        would have; an ignored signal stays ignored after deregistering. Main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("install_signal_handlers() must be called from the main thread (Python delivers signals there)")
-        for sig in signals:
-            previous = signal.getsignal(sig)
-            if previous != self._on_signal:  # installing twice must not chain to ourselves
-                self._prev_handlers[int(sig)] = previous
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.close()
-        previous = self._prev_handlers.get(signum, signal.SIG_DFL)
-        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:  # SIG_DFL (or unknown: a handler installed from C): die of the signal as before
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    # ------------------------------------------------------------------ heartbeat
-
-    def _heartbeat(self) -> None:
-        assert self.ttl is not None
-        interval = self.ttl / 3.0
-        while not self._stop.wait(interval):
-            try:
-                with self._lock:
-                    if self._stop.is_set() or not self._registered:
-                        return
-                    if not self._pass():
-                        log.warning("graylb: Consul agent at %s no longer knows check %s (agent restarted?): registering %s again", self.config.address, self.check_id, self.service_id)
-                        self._put_registration()
-                recovered, self._outage = self._outage, False
-                if recovered:
-                    log.info("graylb: Consul heartbeat for %s recovered", self.service_id)
-            except ConsulError as exc:
-                if not self._outage:
-                    self._outage = True
-                    log.warning("graylb: Consul heartbeat for %s failing, will keep trying every %.3gs: %s", self.service_id, interval, exc)
-            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
-                if not self._outage:
-                    self._outage = True
-                    log.exception("graylb: Consul heartbeat for %s failed", self.service_id)
+        super().deregister()
 
 
 def _status_of(exc: Exception) -> tuple[int, str]:

@@ -242,7 +242,7 @@ class NacosAuth:
         response = self._send(client, method, path, _with_token(params, token), data, headers, timeout, what)
         if response.status_code != 403:
             return response
-        log.info("graylb: Nacos at %s answered 403 to %s (%s); logging in again", self.config.address, what, self._scrub(_short_body(response, 80)))
+        self._log_relogin(what, response)
         token, generation = self._token_sync(client, stale=generation)
         response = self._send(client, method, path, _with_token(params, token), data, headers, timeout, what)
         if response.status_code == 403:
@@ -268,12 +268,15 @@ class NacosAuth:
         response = await self._asend(client, method, path, _with_token(params, token), data, headers, timeout, what)
         if response.status_code != 403:
             return response
-        log.info("graylb: Nacos at %s answered 403 to %s (%s); logging in again", self.config.address, what, self._scrub(_short_body(response, 80)))
+        self._log_relogin(what, response)
         token, generation = await self._token_async(client, stale=generation)
         response = await self._asend(client, method, path, _with_token(params, token), data, headers, timeout, what)
         if response.status_code == 403:
             raise self._forbidden(what, response)
         return response
+
+    def _log_relogin(self, what: str, response: httpx.Response) -> None:
+        log.info("graylb: Nacos at %s answered 403 to %s (%s); logging in again", self.config.address, what, self._scrub(_short_body(response, 80)))
 
     def _forbidden(self, what: str, response: httpx.Response) -> NacosAuthError:
         text = self._scrub(_short_body(response))

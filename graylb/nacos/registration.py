@@ -33,18 +33,15 @@ The token (see :mod:`graylb.nacos.auth`) is never logged.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import math
-import os
-import signal
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from ..registration import Registration
 from .auth import NacosAuth
 from .config import NacosConfig, NacosError, _v2_envelope, check_response
 
@@ -61,7 +58,7 @@ _HB_TIMEOUT = "preserved.heart.beat.timeout"
 _IP_DELETE_TIMEOUT = "preserved.ip.delete.timeout"
 
 
-class NacosRegistration:
+class NacosRegistration(Registration):
     """One instance of ``service`` in Nacos, for as long as this object is open.
 
     The instance ID is Nacos's ``ip#port#cluster#group@@service``. ``weight`` is Nacos's
@@ -69,6 +66,11 @@ class NacosRegistration:
     (it is healthy from then on). ``close()`` is idempotent and safe from a signal handler and
     at interpreter exit (``register()`` installs an ``atexit`` hook that ``close()`` removes).
     """
+
+    _log = log
+    _registry = "Nacos"
+    _error = NacosError
+    _thread_prefix = "graylb-nacos-beat-"
 
     def __init__(
         self,
@@ -135,13 +137,7 @@ class NacosRegistration:
         self.auth = NacosAuth(config)
 
         self._http: httpx.Client | None = None
-        self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
-        self._registered = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outage = False
-        self._atexit_installed = False
-        self._prev_handlers: dict[int, Any] = {}
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"NacosRegistration({self.service!r}, id={self.instance_id!r}, nacos={self.config.address}, namespace={self.config.namespace!r})"
@@ -194,8 +190,9 @@ class NacosRegistration:
         }
         response = self.auth.request(self._client(), "POST", self._path(), data=form)
         check_response(response, f"registering instance {self.instance_id} (namespace '{self.config.namespace}')")
+        self._light_beats = False  # the first beat after a registration carries the JSON
 
-    def _beat(self) -> bool:
+    def _send_beat(self) -> bool:
         """One heartbeat; False when the server does not know the instance (code 10200).
         Adopts the server's ``clientBeatInterval`` for the next beat."""
         params = self._ident()
@@ -226,118 +223,54 @@ class NacosRegistration:
             self.current_interval = new
         return True
 
+    def _delete_registration(self) -> None:
+        response = self.auth.request(self._client(), "DELETE", self._path(), params=self._ident())
+        envelope = _v2_envelope(response)
+        gone = response.status_code == 404 or (envelope is not None and envelope[0] in _NOT_FOUND_CODES)
+        if not gone:  # already gone is what we wanted
+            check_response(response, f"deregistering instance {self.instance_id}")
+
+    # ------------------------------------------------------------------ hooks for Registration
+
+    @property
+    def _log_id(self) -> str:
+        return self.instance_id
+
+    def _registered_note(self) -> str:
+        return f"namespace {self.config.namespace}"
+
+    def _needs_heartbeat(self) -> bool:
+        return self.ephemeral
+
+    def _beat_interval(self) -> float:
+        return self.current_interval
+
+    def _beat(self) -> None:
+        if not self._send_beat():
+            log.warning("graylb: Nacos at %s no longer knows %s (code %d; server restarted or instance expired): registering again", self.config.address, self.instance_id, RESOURCE_NOT_FOUND)
+            self._put_registration()
+
+    def _after_deregister(self) -> None:
+        with self._lock:
+            if self._http is not None and not self._registered:
+                http, self._http = self._http, None
+                http.close()
+
     # ------------------------------------------------------------------ public API
 
     def register(self) -> None:
         """Register (or re-register: Nacos replaces an instance with the same ID) and, for an
         ephemeral instance, start the heartbeat. Raises NacosError subclasses on failure."""
-        with self._lock:
-            self._put_registration()
-            self._light_beats = False  # the first beat after a registration carries the JSON
-            self._registered = True
-            self._outage = False
-            if not self._atexit_installed:
-                atexit.register(self.close)
-                self._atexit_installed = True
-            if self.ephemeral and (self._thread is None or not self._thread.is_alive()):
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._heartbeat, name=f"graylb-nacos-beat-{self.instance_id}", daemon=True)
-                self._thread.start()
-        log.info("graylb: registered %s in Nacos at %s (namespace %s)", self.instance_id, self.config.address, self.config.namespace)
+        super().register()
 
     def deregister(self) -> None:
         """Stop the heartbeat and remove the instance. Idempotent: calling it again, or for an
         instance Nacos already forgot, is fine. Raises NacosUnavailable when Nacos cannot be
         reached (an ephemeral instance then expires by itself once its beats stop)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.config.timeout + 1.0)
-        with self._lock:
-            if not self._registered:
-                return
-            response = self.auth.request(self._client(), "DELETE", self._path(), params=self._ident())
-            envelope = _v2_envelope(response)
-            gone = response.status_code == 404 or (envelope is not None and envelope[0] in _NOT_FOUND_CODES)
-            if not gone:  # already gone is what we wanted
-                check_response(response, f"deregistering instance {self.instance_id}")
-            self._registered = False
-            self._thread = None
-        log.info("graylb: deregistered %s from Nacos at %s", self.instance_id, self.config.address)
+        super().deregister()
 
     def close(self) -> None:
         """:meth:`deregister`, but never raises (a failure is logged), then closes the HTTP
         client: for ``finally`` blocks, signal handlers and interpreter exit. Safe to call any
         number of times."""
-        try:
-            self.deregister()
-        except NacosError as exc:
-            log.warning("graylb: could not deregister %s: %s", self.instance_id, exc)
-        except Exception:  # noqa: BLE001 - close() must not raise at exit
-            log.exception("graylb: could not deregister %s", self.instance_id)
-        with self._lock:
-            if self._http is not None and not self._registered:
-                http, self._http = self._http, None
-                http.close()
-        if self._atexit_installed:
-            atexit.unregister(self.close)
-            self._atexit_installed = False
-
-    @property
-    def registered(self) -> bool:
-        return self._registered
-
-    def __enter__(self) -> NacosRegistration:
-        self.register()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """On each signal: :meth:`close`, then what the signal did before — the previous Python
-        handler is called (for SIGINT that is normally the one raising KeyboardInterrupt); a
-        default disposition is restored and the signal re-sent, so the process dies of it as it
-        would have; an ignored signal stays ignored after deregistering. Main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("install_signal_handlers() must be called from the main thread (Python delivers signals there)")
-        for sig in signals:
-            previous = signal.getsignal(sig)
-            if previous != self._on_signal:  # installing twice must not chain to ourselves
-                self._prev_handlers[int(sig)] = previous
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.close()
-        previous = self._prev_handlers.get(signum, signal.SIG_DFL)
-        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:  # SIG_DFL (or a handler installed from C): die of the signal as before
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    # ------------------------------------------------------------------ heartbeat
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.current_interval):
-            try:
-                with self._lock:
-                    if self._stop.is_set() or not self._registered:
-                        return
-                    if not self._beat():
-                        log.warning("graylb: Nacos at %s no longer knows %s (code %d; server restarted or instance expired): registering again", self.config.address, self.instance_id, RESOURCE_NOT_FOUND)
-                        self._put_registration()
-                recovered, self._outage = self._outage, False
-                if recovered:
-                    log.info("graylb: Nacos heartbeat for %s recovered", self.instance_id)
-            except NacosError as exc:
-                if not self._outage:
-                    self._outage = True
-                    log.warning("graylb: Nacos heartbeat for %s failing, will keep trying every %.3gs: %s", self.instance_id, self.current_interval, exc)
-            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
-                if not self._outage:
-                    self._outage = True
-                    log.exception("graylb: Nacos heartbeat for %s failed", self.instance_id)
+        super().close()

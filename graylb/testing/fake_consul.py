@@ -149,16 +149,17 @@ import socket
 import ssl
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode
+from urllib.parse import unquote, urlencode
 
-from .http_server import TrackedHandler, TrackingHTTPServer
+from ._fake_base import FakeBase, FakeHandler, FakeServer, serve_until_interrupted, split_request
+from ._fake_base import Killed as _Killed
+from ._fake_base import Response as _Response
 
 __all__ = ["FakeConsul", "RecordedRequest"]
 
@@ -166,7 +167,6 @@ _KV_MAX_VALUE_SIZE = 512 * 1024
 _DEFAULT_WAIT = 300.0
 _GZIP_MIN_SIZE = 1400  # gziphandler.DefaultMinSize, which Consul wraps every API endpoint in
 _CHUNK_ABOVE = 2048  # Go's net/http sends a longer body chunked rather than with a Content-Length
-_REAP_INTERVAL = 0.05
 _ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 _STATUSES = ("passing", "warning", "critical")
 _META_KEY_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -389,17 +389,6 @@ class _HTTPError(Exception):
     def __init__(self, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(text)
         self.status, self.text, self.headers = status, text, headers or []
-
-
-class _Killed(Exception):
-    """The server stopped while this request was in flight: drop the connection, answer nothing."""
-
-
-@dataclasses.dataclass
-class _Response:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -691,56 +680,9 @@ def _make_filter(expression: str, schema: dict[str, Any]) -> _Filter | None:
 # --------------------------------------------------------------------------------------------
 
 
-class _Handler(TrackedHandler):
-    server: _Server
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        try:
-            resp = self.server.fake._dispatch(self.command, self.path, self.headers, body)
-        except _Killed:
-            self.close_connection = True
-            return
-        except Exception:  # noqa: BLE001 - a bug in the fake must not hang the client
-            resp = _Response(500, traceback.format_exc().encode(), [("Content-Type", "text/plain; charset=utf-8")])
-        try:
-            self.send_response_only(resp.status)
-            self.send_header("Date", self.date_time_string())
-            for name, value in resp.headers:
-                self.send_header(name, value)
-            chunked = len(resp.body) > _CHUNK_ABOVE and self.request_version == "HTTP/1.1"
-            if chunked:
-                self.send_header("Transfer-Encoding", "chunked")
-            else:
-                self.send_header("Content-Length", str(len(resp.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(resp.body), resp.body) if chunked else resp.body)
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
-
-
-class _Server(TrackingHTTPServer):
-    def __init__(self, addr: tuple[str, int], fake: FakeConsul) -> None:
-        self.fake = fake
-        super().__init__(addr, _Handler)
+class _Handler(FakeHandler):
+    chunk_above = _CHUNK_ABOVE
+    error_content_type = "text/plain; charset=utf-8"
 
 
 def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> _Response:
@@ -752,10 +694,12 @@ def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) 
 # --------------------------------------------------------------------------------------------
 
 
-class FakeConsul:
+class FakeConsul(FakeBase[RecordedRequest]):
     """A Consul agent's HTTP API on a real socket. See the module docstring for the reference."""
 
     check_update_interval: float = 300.0
+    _handler = _Handler
+    _thread_name = "fake-consul"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, acl_tokens: Mapping[str, str] | None = None, datacenter: str = "dc1", node: str = "fake-node",
                  node_address: str = "127.0.0.1", min_deregister_after: float = 60.0, max_wait: float = 600.0, null_tags: bool = False,
@@ -767,21 +711,15 @@ class FakeConsul:
             for secret, level in acl_tokens.items():
                 if level not in ("write", "read", "none"):
                     raise ValueError(f"acl_tokens[{secret!r}]: level must be 'write', 'read' or 'none', not {level!r}")
-        self.host, self.port = host, port
+        self._init_base(host, port)
         self.datacenter, self.node, self.node_address = datacenter, node, node_address
         self.min_deregister_after, self.max_wait, self.null_tags = float(min_deregister_after), float(max_wait), null_tags
         self._acl_tokens = dict(acl_tokens) if acl_tokens is not None else None
 
-        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)  # every write and stop() notify it
         self._parked = threading.Condition(self._lock)  # a blocking query parked (wait_blocking)
-        self._gen = 0  # bumped by stop(): in-flight requests die
         self._abandon = 0  # bumped by reset_index(): parked queries answer at once
         self._blocked = 0
-        self._requests: list[RecordedRequest] = []
-        self._fail_queue: list[tuple[int, str | None]] = []
-        self._fail_all: tuple[int, str | None] | None = None
-        self._stall = 0.0
 
         self._nodes: dict[str, _Node] = {}
         self._services: dict[tuple[str, str], _Service] = {}
@@ -802,74 +740,28 @@ class FakeConsul:
             self._svc_index["consul"] = idx
         self._index = 10
 
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._reaper: threading.Thread | None = None
-        self._reaper_stop = threading.Event()
-
     # ---- lifecycle --------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
         return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def _make_server(self) -> FakeServer:
+        server = super()._make_server()
+        if self.ssl_context is not None:
+            # Handshake lazily in the connection's own thread, not in the accept loop.
+            server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        return server
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> FakeConsul:
-        """Bind and serve (again on the same port after :meth:`stop`)."""
-        with self._lock:
-            if self._server is not None:
-                return self
-            server = _Server((self.host, self.port), self)
-            if self.ssl_context is not None:
-                # Handshake lazily in the connection's own thread, not in the accept loop.
-                server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-            self.port = server.server_address[1]
-            self._server = server
-            now = time.monotonic()
-            for chk in self._checks.values():  # an agent restart restarts the check timers
-                if chk.ttl_ns:
-                    chk.ttl_deadline = now + chk.ttl_ns / 1e9
-                if chk.status == "critical":
-                    chk.critical_since = now
-                if chk.type in ("http", "tcp"):
-                    chk.probing = False
-                    chk.next_probe = now + random.uniform(0, chk.interval_ns / 1e9)
-            self._reaper_stop = threading.Event()
-            self._reaper = threading.Thread(target=self._reap_loop, args=(self._reaper_stop,), name=f"fake-consul-reaper-{self.port}", daemon=True)
-            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-consul-{self.port}", daemon=True)
-        self._thread.start()
-        self._reaper.start()
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every connection, killing in-flight requests. State is kept."""
-        with self._lock:
-            server, self._server = self._server, None
-            if server is None:
-                return
-            self._reaper_stop.set()
-            self._gen += 1
-            self._cond.notify_all()
-        server.shutdown()
-        server.server_close()
-        server.kill_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._reaper is not None:
-            self._reaper.join(timeout=5)
-
-    def __enter__(self) -> FakeConsul:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _restarted(self, now: float) -> None:
+        for chk in self._checks.values():  # an agent restart restarts the check timers
+            if chk.ttl_ns:
+                chk.ttl_deadline = now + chk.ttl_ns / 1e9
+            if chk.status == "critical":
+                chk.critical_since = now
+            if chk.type in ("http", "tcp"):
+                chk.probing = False
+                chk.next_probe = now + random.uniform(0, chk.interval_ns / 1e9)
 
     def __repr__(self) -> str:
         return f"<FakeConsul {self.url} {'running' if self.running else 'stopped'} index={self.index}>"
@@ -880,15 +772,6 @@ class FakeConsul:
     def index(self) -> int:
         with self._lock:
             return self._index
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
 
     @property
     def blocking_queries(self) -> int:
@@ -903,23 +786,6 @@ class FakeConsul:
     def accessor_id(self, secret: str) -> str:
         """The AccessorID the fake reports for a token secret."""
         return str(uuid.uuid5(_ACCESSOR_NS, secret))
-
-    def fail_next(self, status: int, count: int = 1, body: str | None = None) -> None:
-        with self._lock:
-            self._fail_queue.extend([(status, body)] * count)
-
-    def fail_all(self, status: int, body: str | None = None) -> None:
-        with self._lock:
-            self._fail_all = (status, body)
-
-    def heal(self) -> None:
-        with self._lock:
-            self._fail_all = None
-            self._fail_queue.clear()
-
-    def stall(self, seconds: float) -> None:
-        with self._lock:
-            self._stall = max(0.0, float(seconds))
 
     def register(self, name: str, *, id: str | None = None, address: str = "", port: int = 0, tags: list[str] | None = None, meta: Mapping[str, str] | None = None,
                  weights: Mapping[str, int] | int | None = None, check_status: str | None = "passing", node_address: str | None = None) -> str:
@@ -1165,13 +1031,6 @@ class FakeConsul:
 
     # ---- background: TTLs, probes, deferred output, reaping --------------------------------
 
-    def _reap_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(_REAP_INTERVAL):
-            try:
-                self._reap_once()
-            except Exception:  # noqa: BLE001 - keep reaping
-                traceback.print_exc()
-
     def _reap_once(self) -> None:
         now = time.monotonic()
         with self._txn() as t:
@@ -1236,12 +1095,7 @@ class FakeConsul:
     # ---- request dispatch -------------------------------------------------------------------
 
     def _dispatch(self, method: str, target: str, headers: Any, body: bytes) -> _Response:
-        raw_path, _, raw_query = target.partition("?")
-        query = parse_qs(raw_query, keep_blank_values=True)
-        hdrs: dict[str, str] = {}
-        for name, value in headers.items():
-            name = name.lower()
-            hdrs[name] = f"{hdrs[name]}, {value}" if name in hdrs else value
+        raw_path, query, hdrs = split_request(target, headers)
         with self._lock:
             gen = self._gen
             self._requests.append(RecordedRequest(method, raw_path, target, query, hdrs, body))
@@ -1251,8 +1105,7 @@ class FakeConsul:
                 return _text(200, "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent configuration and restart.")
             return _text(404, "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n")
         self._apply_stall(gen)
-        with self._lock:
-            failure = self._fail_queue.pop(0) if self._fail_queue else self._fail_all
+        failure = self._next_failure()
         if failure is not None:
             status, text = failure
             return self._api_response(req, _text(status, text if text is not None else _DEFAULT_FAIL_BODIES.get(status, "")))
@@ -2023,21 +1876,12 @@ def _meta_error(meta: dict[str, str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m graylb.testing.fake_consul [--port 8500]``: serve until interrupted."""
     import argparse
-    import signal
 
     parser = argparse.ArgumentParser(prog="python -m graylb.testing.fake_consul", description="Run FakeConsul on 127.0.0.1 until interrupted.")
     parser.add_argument("--port", type=int, default=8500)
     args = parser.parse_args(argv)
     fake = FakeConsul(port=args.port).start()
-    print(f"FakeConsul listening on {fake.url}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    fake.stop()
-    return 0
+    return serve_until_interrupted(fake, f"FakeConsul listening on {fake.url}")
 
 
 if __name__ == "__main__":

@@ -172,13 +172,14 @@ import re
 import secrets
 import threading
 import time
-import traceback
 from collections.abc import Mapping
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, quote_plus, unquote
 
-from .http_server import TrackedHandler, TrackingHTTPServer
+from ._fake_base import FakeBase, FakeHandler, serve_until_interrupted, split_request
+from ._fake_base import Killed as _Killed
+from ._fake_base import Response as _Response
 
 __all__ = ["FakeNacos", "RecordedRequest", "config_md5", "java_url_encode"]
 
@@ -193,7 +194,6 @@ _DEFAULT_DELETE_TIMEOUT_MS = 30000
 _MIN_WEIGHT, _MAX_WEIGHT = 0.0, 10000.0
 _CLUSTER_NAME_RE = re.compile(r"^[0-9a-zA-Z-]+$")
 _DIGITS_RE = re.compile(r"^\d+$")
-_REAP_INTERVAL = 0.05
 _LONG_POLL_DELAY = 0.5  # LongPollingService: hold = max(10 s, timeout - 500 ms)
 _CHUNK_ABOVE = 8192 - 1  # Tomcat's 8 KiB response buffer: a body that fills it goes out chunked
 _WORD, _LINE = "\x02", "\x01"
@@ -390,21 +390,10 @@ class _Token:
     expires: float  # time.monotonic()
 
 
-@dataclasses.dataclass
-class _Response:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-
 class _HTTPError(Exception):
     def __init__(self, response: _Response) -> None:
         super().__init__(response.status)
         self.response = response
-
-
-class _Killed(Exception):
-    """The server stopped while this request was in flight: drop the connection, answer nothing."""
 
 
 def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> _Response:
@@ -483,56 +472,9 @@ class _Request:
 # --------------------------------------------------------------------------------------------
 
 
-class _Handler(TrackedHandler):
-    server: _Server
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        try:
-            resp = self.server.fake._dispatch(self.command, self.path, self.headers, body)
-        except _Killed:
-            self.close_connection = True
-            return
-        except Exception:  # noqa: BLE001 - a bug in the fake must not hang the client
-            resp = _Response(500, traceback.format_exc().encode(), [("Content-Type", _TEXT_PLAIN)])
-        try:
-            self.send_response_only(resp.status)
-            self.send_header("Date", self.date_time_string())
-            for name, value in resp.headers:
-                self.send_header(name, value)
-            chunked = len(resp.body) > _CHUNK_ABOVE and self.request_version == "HTTP/1.1"
-            if chunked:
-                self.send_header("Transfer-Encoding", "chunked")
-            else:
-                self.send_header("Content-Length", str(len(resp.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(resp.body), resp.body) if chunked else resp.body)
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
-
-
-class _Server(TrackingHTTPServer):
-    def __init__(self, addr: tuple[str, int], fake: FakeNacos) -> None:
-        self.fake = fake
-        super().__init__(addr, _Handler)
+class _Handler(FakeHandler):
+    chunk_above = _CHUNK_ABOVE
+    error_content_type = _TEXT_PLAIN
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,27 +482,24 @@ class _Server(TrackingHTTPServer):
 # --------------------------------------------------------------------------------------------
 
 
-class FakeNacos:
+class FakeNacos(FakeBase[RecordedRequest]):
     """A standalone Nacos 2.x server's HTTP Open API on a real socket. See the module docstring."""
+
+    _handler = _Handler
+    _thread_name = "fake-nacos"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, auth: Mapping[str, str] | None = None, token_ttl: float = 18000.0, beat_timeout: float = 15.0,
                  delete_timeout: float = 30.0, protect_threshold: float = 0.0, long_poll_min_hold: float = 10.0) -> None:
         if beat_timeout <= 0 or delete_timeout <= 0 or token_ttl <= 0 or long_poll_min_hold < 0:
             raise ValueError("timeouts must be positive")
-        self.host, self.port = host, port
+        self._init_base(host, port)
         self.token_ttl, self.beat_timeout, self.delete_timeout = float(token_ttl), float(beat_timeout), float(delete_timeout)
         self.protect_threshold, self.long_poll_min_hold = float(protect_threshold), float(long_poll_min_hold)
         self._auth = dict(auth) if auth is not None else None
 
-        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)  # config changes and stop() notify it
         self._parked = threading.Condition(self._lock)  # a long poll parked (wait_long_polls)
-        self._gen = 0  # bumped by stop(): in-flight requests die
         self._held = 0
-        self._requests: list[RecordedRequest] = []
-        self._fail_queue: list[tuple[int, str | None]] = []
-        self._fail_all: tuple[int, str | None] | None = None
-        self._stall = 0.0
 
         self._services: dict[tuple[str, str], _Service] = {}
         self._configs: dict[tuple[str, str, str], _Config] = {}
@@ -568,10 +507,6 @@ class FakeNacos:
         self._tokens: dict[str, _Token] = {}
         self._jwt_secret = secrets.token_bytes(32)
 
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._reaper: threading.Thread | None = None
-        self._reaper_stop = threading.Event()
         self._routes: dict[str, dict[str, Any]] = {
             "/nacos/v1/ns/instance": {"POST": self._v1_register, "DELETE": self._v1_deregister, "PUT": self._v1_update, "GET": self._v1_detail},
             "/nacos/v1/ns/instance/list": {"GET": self._v1_list},
@@ -588,75 +523,19 @@ class FakeNacos:
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def _restarted(self, now: float) -> None:
+        for svc in self._services.values():  # a restart restarts the beat clocks
+            for inst in svc.instances.values():
+                inst.last_beat = now
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> FakeNacos:
-        """Bind and serve (again on the same port after :meth:`stop`)."""
-        with self._lock:
-            if self._server is not None:
-                return self
-            server = _Server((self.host, self.port), self)
-            self.port = server.server_address[1]
-            self._server = server
-            now = time.monotonic()
-            for svc in self._services.values():  # a restart restarts the beat clocks
-                for inst in svc.instances.values():
-                    inst.last_beat = now
-            self._reaper_stop = threading.Event()
-            self._reaper = threading.Thread(target=self._reap_loop, args=(self._reaper_stop,), name=f"fake-nacos-reaper-{self.port}", daemon=True)
-            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-nacos-{self.port}", daemon=True)
-        self._thread.start()
-        self._reaper.start()
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every connection, killing in-flight requests. State is kept."""
-        with self._lock:
-            server, self._server = self._server, None
-            if server is None:
-                return
-            self._reaper_stop.set()
-            self._gen += 1
-            self._cond.notify_all()
-        server.shutdown()
-        server.server_close()
-        server.kill_connections()
+    def _stopped(self) -> None:
         with self._lock:  # killed long polls unwind before stop() returns
             self._parked.wait_for(lambda: self._held == 0, timeout=5)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._reaper is not None:
-            self._reaper.join(timeout=5)
-
-    def __enter__(self) -> FakeNacos:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<FakeNacos {self.url} {'running' if self.running else 'stopped'}>"
 
     # ---- test controls ----------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
 
     @property
     def long_polls(self) -> int:
@@ -668,23 +547,10 @@ class FakeNacos:
         with self._lock:
             return self._parked.wait_for(lambda: self._held >= count, timeout)
 
-    def fail_next(self, status: int, count: int = 1, body: str | None = None) -> None:
-        with self._lock:
-            self._fail_queue.extend([(status, body)] * count)
-
-    def fail_all(self, status: int, body: str | None = None) -> None:
-        with self._lock:
-            self._fail_all = (status, body)
-
-    def heal(self) -> None:
-        with self._lock:
-            self._fail_all = None
-            self._fail_queue.clear()
-
     def stall(self, seconds: float) -> None:
         with self._lock:
-            self._stall = max(0.0, float(seconds))
-            self._cond.notify_all()
+            super().stall(seconds)
+            self._cond.notify_all()  # a shorter (or no) stall ends the ones in progress
 
     def expire_tokens(self) -> None:
         """Every token issued so far answers ``403 token expired!`` from now on."""
@@ -851,13 +717,6 @@ class FakeNacos:
 
     # ---- background: beat timeouts ----------------------------------------------------------
 
-    def _reap_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(_REAP_INTERVAL):
-            try:
-                self._reap_once()
-            except Exception:  # noqa: BLE001 - keep reaping
-                traceback.print_exc()
-
     def _reap_once(self) -> None:
         """2.x's ``UnhealthyInstanceChecker`` and ``ExpiredInstanceChecker`` for ephemeral instances."""
         now = time.monotonic()
@@ -875,12 +734,7 @@ class FakeNacos:
     # ---- request dispatch -------------------------------------------------------------------
 
     def _dispatch(self, method: str, target: str, headers: Any, body: bytes) -> _Response:
-        raw_path, _, raw_query = target.partition("?")
-        query = parse_qs(raw_query, keep_blank_values=True)
-        hdrs: dict[str, str] = {}
-        for name, value in headers.items():
-            name = name.lower()
-            hdrs[name] = f"{hdrs[name]}, {value}" if name in hdrs else value
+        raw_path, query, hdrs = split_request(target, headers)
         form: dict[str, list[str]] = {}
         if hdrs.get("content-type", "").lower().startswith("application/x-www-form-urlencoded") and body:
             form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
@@ -894,8 +748,7 @@ class FakeNacos:
         if not (path == "/nacos" or path.startswith("/nacos/")):
             return _spring_error(404, "No message available", path).response
         self._apply_stall(gen)
-        with self._lock:
-            failure = self._fail_queue.pop(0) if self._fail_queue else self._fail_all
+        failure = self._next_failure()
         if failure is not None:
             status, text = failure
             return _text(status, text if text is not None else _DEFAULT_FAIL_BODIES.get(status, ""))
@@ -1409,7 +1262,6 @@ class FakeNacos:
 def main(argv: list[str] | None = None) -> int:
     """``python -m graylb.testing.fake_nacos [--port 8848] [--user nacos:nacos]``: serve until interrupted."""
     import argparse
-    import signal
 
     parser = argparse.ArgumentParser(prog="python -m graylb.testing.fake_nacos", description="Run FakeNacos on 127.0.0.1 until interrupted.")
     parser.add_argument("--port", type=int, default=8848)
@@ -1417,15 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) if args.user else None
     fake = FakeNacos(port=args.port, auth=users).start()
-    print(f"FakeNacos listening on {fake.url}/nacos", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    fake.stop()
-    return 0
+    return serve_until_interrupted(fake, f"FakeNacos listening on {fake.url}/nacos")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""The registry-neutral half of the serving side: what :class:`~graylb.consul.ConsulRegistration`
+and :class:`~graylb.nacos.NacosRegistration` share.
+
+:class:`Registration` owns the lifecycle — ``register()`` / ``deregister()`` / ``close()``, the
+context manager, the ``atexit`` hook, signal handlers that deregister first and then behave as
+before, and the heartbeat thread that keeps trying through outages with one warning per outage
+and one line on recovery. A subclass supplies only the wire: how to register, deregister and
+send one heartbeat (re-registering when the registry forgot the instance), plus its logger,
+error class and the names used in log lines.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+__all__ = ["Registration"]
+
+R = TypeVar("R", bound="Registration")
+
+
+class Registration:
+    """Lifecycle of one registered instance. Subclasses set the class attributes, call
+    ``super().__init__()`` at the end of their own ``__init__`` and implement the hooks below.
+
+    The subclass needs ``config.address`` and ``config.timeout`` (used in log lines and to bound
+    the wait for the heartbeat thread on deregistration).
+    """
+
+    #: the subclass's logger
+    _log: ClassVar[logging.Logger]
+    #: the registry's name in log lines ("Consul", "Nacos")
+    _registry: ClassVar[str]
+    #: the registry's base exception: logged as a warning (not a traceback) by close() and the heartbeat
+    _error: ClassVar[type[Exception]]
+    #: heartbeat thread name, followed by :attr:`_log_id`
+    _thread_prefix: ClassVar[str]
+
+    config: Any
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
+        self._registered = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage = False
+        self._atexit_installed = False
+        self._prev_handlers: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ hooks (the wire)
+
+    @property
+    def _log_id(self) -> str:
+        """The instance as named in log lines."""
+        raise NotImplementedError
+
+    def _registered_note(self) -> str:
+        """What goes in parentheses after "registered ... at <address>"."""
+        raise NotImplementedError
+
+    def _put_registration(self) -> None:
+        """Register (or re-register) the instance; raise the registry's errors on failure."""
+        raise NotImplementedError
+
+    def _delete_registration(self) -> None:
+        """Remove the instance; an instance the registry already forgot is not an error."""
+        raise NotImplementedError
+
+    def _needs_heartbeat(self) -> bool:
+        """Whether this instance has to be kept alive by a heartbeat thread."""
+        raise NotImplementedError
+
+    def _beat_interval(self) -> float:
+        """Seconds until the next heartbeat (also the retry interval during an outage)."""
+        raise NotImplementedError
+
+    def _beat(self) -> None:
+        """One heartbeat, under the lock; re-registers when the registry no longer knows the
+        instance. Raises the registry's errors on failure."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+
+    def register(self) -> None:
+        """Register (or re-register) and start the heartbeat when the instance needs one."""
+        with self._lock:
+            self._put_registration()
+            self._registered = True
+            self._outage = False
+            if not self._atexit_installed:
+                atexit.register(self.close)
+                self._atexit_installed = True
+            if self._needs_heartbeat() and (self._thread is None or not self._thread.is_alive()):
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._heartbeat, name=f"{self._thread_prefix}{self._log_id}", daemon=True)
+                self._thread.start()
+        self._log.info("graylb: registered %s in %s at %s (%s)", self._log_id, self._registry, self.config.address, self._registered_note())
+
+    def deregister(self) -> None:
+        """Stop the heartbeat and remove the instance. Idempotent."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.config.timeout + 1.0)
+        with self._lock:
+            if not self._registered:
+                return
+            self._delete_registration()
+            self._registered = False
+            self._thread = None
+        self._log.info("graylb: deregistered %s from %s at %s", self._log_id, self._registry, self.config.address)
+
+    def close(self) -> None:
+        """:meth:`deregister`, but never raises (a failure is logged): for ``finally`` blocks,
+        signal handlers and interpreter exit. Safe to call any number of times."""
+        try:
+            self.deregister()
+        except self._error as exc:
+            self._log.warning("graylb: could not deregister %s: %s", self._log_id, exc)
+        except Exception:  # noqa: BLE001 - close() must not raise at exit
+            self._log.exception("graylb: could not deregister %s", self._log_id)
+        self._after_deregister()
+        if self._atexit_installed:
+            atexit.unregister(self.close)
+            self._atexit_installed = False
+
+    def _after_deregister(self) -> None:
+        """Called by :meth:`close` after deregistering (successful or not): release resources."""
+
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
+    def __enter__(self: R) -> R:
+        self.register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """On each signal: :meth:`close`, then what the signal did before — the previous Python
+        handler is called (for SIGINT that is normally the one raising KeyboardInterrupt); a
+        default disposition is restored and the signal re-sent, so the process dies of it as it
+        would have; an ignored signal stays ignored after deregistering. Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("install_signal_handlers() must be called from the main thread (Python delivers signals there)")
+        for sig in signals:
+            previous = signal.getsignal(sig)
+            if previous != self._on_signal:  # installing twice must not chain to ourselves
+                self._prev_handlers[int(sig)] = previous
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.close()
+        previous = self._prev_handlers.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:  # SIG_DFL (or unknown: a handler installed from C): die of the signal as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self._beat_interval()):
+            try:
+                with self._lock:
+                    if self._stop.is_set() or not self._registered:
+                        return
+                    self._beat()
+                recovered, self._outage = self._outage, False
+                if recovered:
+                    self._log.info("graylb: %s heartbeat for %s recovered", self._registry, self._log_id)
+            except self._error as exc:
+                if not self._outage:
+                    self._outage = True
+                    self._log.warning("graylb: %s heartbeat for %s failing, will keep trying every %.3gs: %s", self._registry, self._log_id, self._beat_interval(), exc)
+            except Exception:  # noqa: BLE001 - the heartbeat must survive anything
+                if not self._outage:
+                    self._outage = True
+                    self._log.exception("graylb: %s heartbeat for %s failed", self._registry, self._log_id)
