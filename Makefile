@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ bench: $(STAMP)
 	$(PY) benchmarks/consul_latency.py
 	$(PY) benchmarks/consul_scale.py
 	$(PY) benchmarks/nacos_latency.py
+
+# Python stubs for proto/ are committed under graylb/_proto, so a fresh clone needs no protoc;
+# tests/integration/test_grpc_echo.py checks they match a fresh generation. protoc names the
+# modules after the proto path (graylb.demo.v1) but the stubs live under graylb._proto, so the
+# sed rewrites each `from graylb.<pkg> import` to `from graylb._proto.graylb.<pkg> import`.
+PROTOS    := proto/graylb/demo/v1/echo.proto
+PROTO_OUT := graylb/_proto
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) $(PROTOS)
+	find $(PROTO_OUT)/graylb -name '*_pb2*.py*' -exec sed -i.bak -e 's/^from graylb\.\([a-z]\)/from graylb._proto.graylb.\1/' {} \; -exec rm -f {}.bak \;
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Generated stubs: see graylb/_proto/__init__.py."""
