@@ -1,0 +1,409 @@
+"""A gray gRPC channel: every RPC is routed by the balancer and picks its own instance.
+
+``GrayChannel(balancer, "orders")`` implements ``grpc.Channel`` (``AioGrayChannel`` the
+``grpc.aio.Channel`` twin), so generated stubs take it as they are:
+``EchoStub(GrayChannel(balancer, "orders"))``. Per RPC: route on the full method name (``path``)
+and the call's metadata (``headers``), pick an instance, inject the gray context into the
+metadata, and send through one real sub-channel per instance (created on first use, reused,
+closed when the instance leaves the snapshot). A unary RPC failing with UNAVAILABLE is retried
+on another instance within its deadline; UNAVAILABLE and INTERNAL feed outlier detection.
+A stream stays on the instance it started on. ``with_call`` returns a call object whose
+``graylb`` attribute is the :class:`~graylb.call.Served` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from .. import telemetry
+from ..balancer import Balancer
+from ..call import CONNECT_FAILURE, Call, Served
+from ..discovery.base import Snapshot
+from ..errors import NoInstanceAvailable
+from ..instance import Instance
+from ..propagation.context import current
+from ..routing.request import RequestInfo
+
+__all__ = ["GrayChannel", "AioGrayChannel"]
+
+_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+Metadata = Sequence[tuple[str, Any]]
+
+
+class _SubChannels:
+    """One real channel per instance id; lookups take no lock, creation and pruning do."""
+
+    def __init__(self, factory: Callable[[str], Any], closer: Callable[[Any], None]) -> None:
+        self._factory, self._closer = factory, closer
+        self._channels: dict[str, tuple[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, instance: Instance) -> Any:
+        entry = self._channels.get(instance.id)
+        if entry is not None and entry[0] == instance.address:
+            return entry[1]
+        with self._lock:
+            entry = self._channels.get(instance.id)
+            if entry is None or entry[0] != instance.address:
+                if entry is not None:
+                    self._closer(entry[1])
+                entry = (instance.address, self._factory(instance.address))
+                self._channels = {**self._channels, instance.id: entry}
+            return entry[1]
+
+    def retain(self, snapshot: Snapshot) -> None:
+        live = {i.id for i in snapshot.instances}
+        with self._lock:
+            gone = [k for k in self._channels if k not in live]
+            if gone:
+                for k in gone:
+                    self._closer(self._channels[k][1])
+                self._channels = {k: v for k, v in self._channels.items() if k not in gone}
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def close_all(self) -> list[Any]:
+        with self._lock:
+            channels, self._channels = [c for _, c in self._channels.values()], {}
+        return channels
+
+
+def _metadata_with_context(balancer: Balancer, metadata: Metadata | None) -> list[tuple[str, Any]]:
+    """The call's metadata plus the gray context (stale gray.* baggage members replaced)."""
+    ctx = current()
+    md = [(k.lower(), v) for k, v in (metadata or ())]
+    codec = balancer.codec
+    pairs = codec.inject(ctx)
+    if not pairs and not any(k == "baggage" for k, _ in md):
+        return md
+    names = {name for name, _ in pairs}
+    baggage = next((v for k, v in md if k == "baggage"), None)
+    out = [(k, v) for k, v in md if k not in names and k != "baggage"]
+    if baggage is not None:
+        merged = codec.merge_baggage(baggage, ctx)
+        if merged:
+            out.append(("baggage", merged))
+        out.extend((n, v) for n, v in pairs if n != "baggage")
+    else:
+        out.extend(pairs)
+    return out
+
+
+class _Router:
+    """What the sync and aio channels share: routing, metadata, sub-channels, served records."""
+
+    def __init__(self, balancer: Balancer, service: str, factory: Callable[[str], Any], closer: Callable[[Any], None]) -> None:
+        self.balancer = balancer
+        self.service = service
+        self.subchannels = _SubChannels(factory, closer)
+        watch = balancer.discovery.watch(service)
+        watch.add_listener(self.subchannels.retain)
+        self._watch = watch
+
+    def start(self, method: str, metadata: Metadata | None) -> tuple[Call, list[tuple[str, Any]]]:
+        md = _metadata_with_context(self.balancer, metadata)
+        headers = {k: v for k, v in md if isinstance(v, str)}
+        try:
+            call = self.balancer.start(self.service, RequestInfo("POST", method, headers.get), current())
+        except NoInstanceAvailable as exc:
+            telemetry.record_no_instance(exc.service, exc.subset)
+            raise
+        return call, md
+
+    def finish(self, call: Call, instance: Instance, started: float, outcome: str) -> Served:
+        served = call.served(instance)
+        telemetry.annotate_span(served)
+        telemetry.record(served, outcome, time.perf_counter() - started)
+        return served
+
+    def close(self) -> list[Any]:
+        self._watch.remove_listener(self.subchannels.retain)
+        return self.subchannels.close_all()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class _ServedCall:
+    """A grpc call object with ``graylb`` (the :class:`Served` record) added."""
+
+    def __init__(self, inner: Any, served: Served) -> None:
+        self._inner = inner
+        self.graylb = served
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+# -- sync ------------------------------------------------------------------------------------
+
+
+class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
+    def __init__(self, channel: GrayChannel, method: str, ser: Any, deser: Any, kw: dict) -> None:
+        self._ch, self._method, self._ser, self._deser, self._kw = channel, method, ser, deser, kw
+
+    def __call__(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+
+    def with_call(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        router = self._ch._router
+        call, md = router.start(self._method, metadata)
+        started = time.perf_counter()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            instance = call.next_instance()
+            sub = self._ch._router.subchannels.get(instance).unary_unary(self._method, self._ser, self._deser, **self._kw)
+            try:
+                response, rpc = sub.with_call(request, timeout=_remaining(deadline), metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                call.done(instance, ok=code not in _FAILURES)
+                if code == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
+                    continue
+                router.finish(call, instance, started, "error")
+                raise
+            call.done(instance, ok=True)
+            return response, _ServedCall(rpc, router.finish(call, instance, started, "ok"))
+
+    def future(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        # A future is handed back before the RPC ends: route and pick once, no retry.
+        call, md = self._ch._router.start(self._method, metadata)
+        instance = call.next_instance()
+        sub = self._ch._router.subchannels.get(instance).unary_unary(self._method, self._ser, self._deser, **self._kw)
+        fut = sub.future(request, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        fut.add_done_callback(lambda f: call.done(instance, ok=f.code() not in _FAILURES))
+        return fut
+
+
+class _Streaming:
+    """unary-stream, stream-unary and stream-stream: one pick per call, no retry."""
+
+    def __init__(self, channel: GrayChannel, kind: str, method: str, ser: Any, deser: Any, kw: dict) -> None:
+        self._ch, self._kind, self._method, self._ser, self._deser, self._kw = channel, kind, method, ser, deser, kw
+
+    def _sub(self, metadata):
+        call, md = self._ch._router.start(self._method, metadata)
+        instance = call.next_instance()
+        factory = getattr(self._ch._router.subchannels.get(instance), self._kind)
+        return call, instance, md, factory(self._method, self._ser, self._deser, **self._kw)
+
+    def __call__(self, request_or_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        call, instance, md, sub = self._sub(metadata)
+        result = sub(request_or_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        if hasattr(result, "add_done_callback"):
+            result.add_done_callback(lambda f: call.done(instance, ok=f.code() not in _FAILURES))
+        else:  # stream-unary returns the response itself
+            call.done(instance, ok=True)
+        return result
+
+    def with_call(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        call, instance, md, sub = self._sub(metadata)
+        response, rpc = sub.with_call(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        call.done(instance, ok=True)
+        return response, _ServedCall(rpc, call.served(instance))
+
+    def future(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        call, instance, md, sub = self._sub(metadata)
+        return sub.future(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+
+
+class _UnaryStream(_Streaming, grpc.UnaryStreamMultiCallable):
+    pass
+
+
+class _StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):
+    pass
+
+
+class _StreamStream(_Streaming, grpc.StreamStreamMultiCallable):
+    pass
+
+
+class GrayChannel(grpc.Channel):
+    """``grpc.Channel`` for one registry service. ``credentials`` (``grpc.ssl_channel_credentials``)
+    makes every sub-channel secure; ``options`` are passed to each sub-channel."""
+
+    def __init__(self, balancer: Balancer, service: str, *, credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] | None = None) -> None:
+        def factory(address: str) -> grpc.Channel:
+            if credentials is not None:
+                return grpc.secure_channel(address, credentials, options)
+            return grpc.insecure_channel(address, options)
+
+        self._router = _Router(balancer, service, factory, lambda ch: ch.close())
+
+    @property
+    def subchannel_count(self) -> int:
+        return len(self._router.subchannels)
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _UnaryUnary(self, method, request_serializer, response_deserializer, kw)
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _UnaryStream(self, "unary_stream", method, request_serializer, response_deserializer, kw)
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _StreamUnary(self, "stream_unary", method, request_serializer, response_deserializer, kw)
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _StreamStream(self, "stream_stream", method, request_serializer, response_deserializer, kw)
+
+    def subscribe(self, callback, try_to_connect=False):
+        callback(grpc.ChannelConnectivity.READY)  # routing state, not one connection's
+
+    def unsubscribe(self, callback):
+        pass
+
+    def close(self) -> None:
+        for ch in self._router.close():
+            ch.close()
+
+    def __enter__(self) -> GrayChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- grpc.aio -------------------------------------------------------------------------------
+
+
+class _AioUnaryCall:
+    """Awaitable result of an aio unary RPC through the gray channel; after it completes,
+    ``graylb`` holds the :class:`Served` record and ``call`` the last real grpc.aio call."""
+
+    def __init__(self, owner: _AioUnaryUnary, request: Any, kw: dict) -> None:
+        self._owner, self._request, self._kw = owner, request, kw
+        self.graylb: Served | None = None
+        self.call: Any = None
+
+    def __await__(self):
+        return self._run().__await__()
+
+    async def _run(self) -> Any:
+        owner = self._owner
+        router = owner._ch._router
+        call, md = router.start(owner._method, self._kw.pop("metadata", None))
+        timeout = self._kw.pop("timeout", None)
+        started = time.perf_counter()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            instance = call.next_instance()
+            sub = router.subchannels.get(instance).unary_unary(owner._method, owner._ser, owner._deser, **owner._kw)
+            self.call = sub(self._request, timeout=_remaining(deadline), metadata=md, **self._kw)
+            try:
+                response = await self.call
+            except grpc.aio.AioRpcError as exc:
+                call.done(instance, ok=exc.code() not in _FAILURES)
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
+                    continue
+                router.finish(call, instance, started, "error")
+                raise
+            call.done(instance, ok=True)
+            self.graylb = router.finish(call, instance, started, "ok")
+            return response
+
+
+class _AioUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):
+    def __init__(self, channel: AioGrayChannel, method: str, ser: Any, deser: Any, kw: dict) -> None:
+        self._ch, self._method, self._ser, self._deser, self._kw = channel, method, ser, deser, kw
+
+    def __call__(self, request, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        kw = {"timeout": timeout, "metadata": metadata, "credentials": credentials, "wait_for_ready": wait_for_ready, "compression": compression}
+        return _AioUnaryCall(self, request, kw)
+
+
+class _AioStreaming:
+    def __init__(self, channel: AioGrayChannel, kind: str, method: str, ser: Any, deser: Any, kw: dict) -> None:
+        self._ch, self._kind, self._method, self._ser, self._deser, self._kw = channel, kind, method, ser, deser, kw
+
+    def __call__(self, request=None, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        router = self._ch._router
+        call, md = router.start(self._method, metadata)
+        instance = call.next_instance()
+        sub = getattr(router.subchannels.get(instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
+        args = () if request is None and self._kind == "stream_stream" else (request,)
+        rpc = sub(*args, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        async def report(finished: Any) -> None:  # aio code() is a coroutine (instant once done)
+            call.done(instance, ok=(await finished.code()) not in _FAILURES)
+
+        rpc.add_done_callback(lambda finished: asyncio.ensure_future(report(finished)))
+        rpc.graylb = call.served(instance)
+        return rpc
+
+
+class _AioUnaryStream(_AioStreaming, grpc.aio.UnaryStreamMultiCallable):
+    pass
+
+
+class _AioStreamUnary(_AioStreaming, grpc.aio.StreamUnaryMultiCallable):
+    pass
+
+
+class _AioStreamStream(_AioStreaming, grpc.aio.StreamStreamMultiCallable):
+    pass
+
+
+class AioGrayChannel(grpc.aio.Channel):
+    """The ``grpc.aio.Channel`` twin of :class:`GrayChannel`; create and use it on one event loop."""
+
+    def __init__(self, balancer: Balancer, service: str, *, credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] | None = None) -> None:
+        def factory(address: str) -> grpc.aio.Channel:
+            if credentials is not None:
+                return grpc.aio.secure_channel(address, credentials, options)
+            return grpc.aio.insecure_channel(address, options)
+
+        self._pending_close: list[Any] = []
+        self._router = _Router(balancer, service, factory, self._pending_close.append)
+
+    @property
+    def subchannel_count(self) -> int:
+        return len(self._router.subchannels)
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _AioUnaryUnary(self, method, request_serializer, response_deserializer, kw)
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _AioUnaryStream(self, "unary_stream", method, request_serializer, response_deserializer, kw)
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _AioStreamUnary(self, "stream_unary", method, request_serializer, response_deserializer, kw)
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+        return _AioStreamStream(self, "stream_stream", method, request_serializer, response_deserializer, kw)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.reap()
+        for ch in self._router.close():
+            await ch.close(grace)
+
+    async def reap(self) -> int:
+        """Close sub-channels of instances that left the snapshot (aio channels must be closed
+        on their own loop, so the snapshot listener only queues them). Returns how many."""
+        pending, self._pending_close[:] = list(self._pending_close), []
+        for ch in pending:
+            await ch.close()
+        return len(pending)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return grpc.ChannelConnectivity.READY
+
+    async def wait_for_state_change(self, last_observed_state) -> None:
+        raise NotImplementedError("a gray channel has no single connectivity state")
+
+    async def channel_ready(self) -> None:
+        return None
+
+    async def __aenter__(self) -> AioGrayChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
