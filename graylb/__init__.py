@@ -25,11 +25,22 @@ from .rules.load import parse_rules
 from .rules.consul_kv import ConsulRuleSource
 from .rules.nacos_config import NacosRuleSource
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
+from .transports.grpc import AioGrayChannel, GrayChannel
+from .transports.grpc_interceptors import (
+    AioGrayClientInterceptor,
+    AioGrayServerInterceptor,
+    GrayClientInterceptor,
+    GrayServerInterceptor,
+    aio_client_interceptors,
+)
 from .transports.httpx import AsyncGrayTransport, GrayTransport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AioGrayChannel",
+    "AioGrayClientInterceptor",
+    "AioGrayServerInterceptor",
     "AsyncGrayTransport",
     "Balancer",
     "ConsulConfig",
@@ -40,6 +51,9 @@ __all__ = [
     "EMPTY",
     "FileRuleSource",
     "GrayASGIMiddleware",
+    "GrayChannel",
+    "GrayClientInterceptor",
+    "GrayServerInterceptor",
     "GrayContext",
     "GrayTransport",
     "GrayWSGIMiddleware",
@@ -60,6 +74,7 @@ __all__ = [
     "Snapshot",
     "StaticDiscovery",
     "StaticRules",
+    "aio_client_interceptors",
     "bind",
     "current",
     "gray",

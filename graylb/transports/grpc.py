@@ -30,6 +30,7 @@ from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.context import current
 from ..routing.request import RequestInfo
+from .grpc_interceptors import _outbound_metadata
 
 __all__ = ["GrayChannel", "AioGrayChannel"]
 
@@ -77,24 +78,9 @@ class _SubChannels:
 
 
 def _metadata_with_context(balancer: Balancer, metadata: Metadata | None) -> list[tuple[str, Any]]:
-    """The call's metadata plus the gray context (stale gray.* baggage members replaced)."""
-    ctx = current()
-    md = [(k.lower(), v) for k, v in (metadata or ())]
-    codec = balancer.codec
-    pairs = codec.inject(ctx)
-    if not pairs and not any(k == "baggage" for k, _ in md):
-        return md
-    names = {name for name, _ in pairs}
-    baggage = next((v for k, v in md if k == "baggage"), None)
-    out = [(k, v) for k, v in md if k not in names and k != "baggage"]
-    if baggage is not None:
-        merged = codec.merge_baggage(baggage, ctx)
-        if merged:
-            out.append(("baggage", merged))
-        out.extend((n, v) for n, v in pairs if n != "baggage")
-    else:
-        out.extend(pairs)
-    return out
+    """The call's metadata plus the gray context, exactly as the client interceptors do it."""
+    md = _outbound_metadata(balancer.codec, current(), metadata)
+    return list(metadata or ()) if md is None else md
 
 
 class _Router:
@@ -110,7 +96,7 @@ class _Router:
 
     def start(self, method: str, metadata: Metadata | None) -> tuple[Call, list[tuple[str, Any]]]:
         md = _metadata_with_context(self.balancer, metadata)
-        headers = {k: v for k, v in md if isinstance(v, str)}
+        headers = {k.lower(): v for k, v in md if isinstance(v, str)}
         try:
             call = self.balancer.start(self.service, RequestInfo("POST", method, headers.get), current())
         except NoInstanceAvailable as exc:
@@ -150,6 +136,16 @@ class _ServedCall:
 class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
     def __init__(self, channel: GrayChannel, method: str, ser: Any, deser: Any, kw: dict) -> None:
         self._ch, self._method, self._ser, self._deser, self._kw = channel, method, ser, deser, kw
+        self._per_channel: dict[Any, Any] = {}  # sub-channel -> its multicallable (~7 us to make)
+
+    def _sub(self, instance: Instance) -> Any:
+        channel = self._ch._router.subchannels.get(instance)
+        mc = self._per_channel.get(channel)
+        if mc is None:
+            if len(self._per_channel) > 2 * len(self._ch._router.subchannels) + 8:
+                self._per_channel = {}  # drop entries of closed sub-channels
+            mc = self._per_channel[channel] = channel.unary_unary(self._method, self._ser, self._deser, **self._kw)
+        return mc
 
     def __call__(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
         return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
@@ -161,7 +157,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             instance = call.next_instance()
-            sub = self._ch._router.subchannels.get(instance).unary_unary(self._method, self._ser, self._deser, **self._kw)
+            sub = self._sub(instance)
             try:
                 response, rpc = sub.with_call(request, timeout=_remaining(deadline), metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
             except grpc.RpcError as exc:
@@ -178,8 +174,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
         # A future is handed back before the RPC ends: route and pick once, no retry.
         call, md = self._ch._router.start(self._method, metadata)
         instance = call.next_instance()
-        sub = self._ch._router.subchannels.get(instance).unary_unary(self._method, self._ser, self._deser, **self._kw)
-        fut = sub.future(request, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        fut = self._sub(instance).future(request, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
         fut.add_done_callback(lambda f: call.done(instance, ok=f.code() not in _FAILURES))
         return fut
 

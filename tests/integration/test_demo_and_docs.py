@@ -30,3 +30,13 @@ def test_readme_quick_start_runs_as_written() -> None:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "2.0.0" and lines[1].endswith("ten-percent") and lines[2] == "1.4.2"
+
+
+def test_readme_grpc_quick_start_runs_as_written() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## gRPC quick start", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert code == (ROOT / "examples" / "grpc_canary.py").read_text(), "README gRPC quick start and examples/grpc_canary.py differ"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["2.0.0", "1.4.2 ten-percent", "1.4.2"]

@@ -1,0 +1,545 @@
+"""Gray context over gRPC metadata: client interceptors that send it, server interceptors that
+take it in. The wire format is the HTTP one (:class:`~graylb.HeaderCodec`): ``x-gray-lane``,
+``x-gray-pin`` and the ``gray.*`` members of ``baggage``, as lower-case metadata keys.
+
+Client (sync)::
+
+    channel = grpc.intercept_channel(grpc.insecure_channel(target), GrayClientInterceptor())
+
+Client (asyncio)::
+
+    channel = grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors())
+
+``grpc.aio`` files a channel interceptor under the *first* RPC kind it implements only
+(grpc/grpc#31442), so a single :class:`AioGrayClientInterceptor` passed to a channel intercepts
+unary-unary calls and nothing else. :func:`aio_client_interceptors` returns one interceptor per
+kind; use it.
+
+Server::
+
+    server = grpc.server(pool, interceptors=[GrayServerInterceptor()])
+    server = grpc.aio.server(interceptors=[AioGrayServerInterceptor()])
+
+The handler -- and every outbound call it makes through a graylb client interceptor or
+transport -- runs with the caller's gray context: a unary handler for its call, a streaming one
+also while grpc iterates its response iterator / async generator.
+
+**Trust.** ``trust`` is ``True`` (every caller may set gray context), ``False`` (nobody may), or
+a predicate. ``intercept_service`` sees only the method and metadata, not the peer, so the
+check runs *inside the wrapped handler*, where the servicer context is at hand: the predicate
+receives the ``grpc.ServicerContext`` (``grpc.aio.ServicerContext`` for the aio server), with
+``peer()``, ``auth_context()`` (mTLS identity) and ``invocation_metadata()``. A predicate made by
+:func:`graylb.trust_networks` is recognised and checks ``context.peer()`` against its networks
+(``ipv4:10.1.2.3:5678``, ``ipv6:[::1]:5678``; ``unix:`` and other peers are untrusted). A
+predicate that raises means "untrusted". For an untrusted caller the handler runs with an empty
+gray context and sees a servicer context whose ``invocation_metadata()`` has no gray keys and no
+gray baggage members (foreign members stay), so even a handler that copies metadata onwards
+does not forward them.
+
+Inbound parsing is the codec's: bounded and never raising. Binary (``-bin``) metadata is never
+read or changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import functools
+import inspect
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Union
+from urllib.parse import unquote
+
+import grpc
+import grpc.aio
+
+from ..propagation.codec import BAGGAGE_HEADER, MAX_HEADER_LENGTH, HeaderCodec
+from ..propagation.context import EMPTY, GrayContext, attach, current, detach
+
+__all__ = [
+    "GrayClientInterceptor",
+    "AioGrayClientInterceptor",
+    "aio_client_interceptors",
+    "GrayServerInterceptor",
+    "AioGrayServerInterceptor",
+    "peer_address",
+]
+
+_logger = logging.getLogger("graylb.propagation")
+
+Trust = Union[bool, Callable[[Any], bool]]
+
+
+def _checked_codec(codec: HeaderCodec | None) -> HeaderCodec:
+    codec = codec if codec is not None else HeaderCodec()
+    for name in codec.header_names:
+        if name.endswith("-bin") or name.startswith("grpc-"):
+            raise ValueError(f"{name!r} cannot carry gray context in gRPC metadata ('-bin' is binary, 'grpc-' is reserved)")
+    return codec
+
+
+# ---------------------------------------------------------------------------------- client
+
+
+def _outbound_metadata(codec: HeaderCodec, ctx: GrayContext, metadata: Any) -> list[tuple[Any, Any]] | None:
+    """The call's metadata with the gray context in it, or ``None`` when nothing changes.
+
+    Mirrors the httpx transport: a ``baggage`` entry (several are joined) keeps its foreign
+    members and gets its gray ones replaced -- also with an empty context, so stale gray members
+    never travel on; our plain keys replace any the caller set; everything else (binary entries
+    included) is left as it was.
+    """
+    items = list(metadata) if metadata else []
+    baggage: list[str] = []
+    for item in items:
+        key, value = item
+        if isinstance(key, str) and key.lower() == BAGGAGE_HEADER and isinstance(value, str):
+            baggage.append(value)
+    if ctx.is_empty and not baggage:
+        return None
+    pairs = codec.inject(ctx)
+    replaced = {name for name, _ in pairs if name != BAGGAGE_HEADER}
+    out: list[tuple[Any, Any]] = []
+    for key, value in items:
+        lkey = key.lower() if isinstance(key, str) else key
+        if (lkey == BAGGAGE_HEADER and isinstance(value, str)) or lkey in replaced:
+            continue
+        out.append((key, value))
+    out.extend((name, value) for name, value in pairs if name != BAGGAGE_HEADER)
+    merged = codec.merge_baggage(",".join(baggage) or None, ctx)
+    if merged:
+        out.append((BAGGAGE_HEADER, merged))
+    return out
+
+
+def _gray_metadata(codec: HeaderCodec, ctx: GrayContext, metadata: Any) -> list[tuple[Any, Any]] | None:
+    try:
+        return _outbound_metadata(codec, ctx, metadata)
+    except Exception:  # never let gray context break the call itself
+        _logger.warning("graylb: could not add gray context to gRPC metadata; sending it unchanged", exc_info=True)
+        return None
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    """``grpc.ClientCallDetails`` with new metadata (grpc requires a subclass)."""
+
+
+class GrayClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Sends the current gray context with every call:
+    ``grpc.intercept_channel(channel, GrayClientInterceptor())``.
+
+    The context is read when the call starts, in the calling thread."""
+
+    def __init__(self, codec: HeaderCodec | None = None) -> None:
+        self.codec = _checked_codec(codec)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = _gray_metadata(self.codec, current(), details.metadata)
+        if metadata is None:
+            return details
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            getattr(details, "credentials", None),
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class _AioClientBase:
+    """The grpc.aio client logic, shared by the combined interceptor and the per-kind ones.
+    aio interceptors run in the call's task, created from the caller's context: ``current()``
+    there is the caller's gray context."""
+
+    def __init__(self, codec: HeaderCodec | None = None) -> None:
+        self.codec = _checked_codec(codec)
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = _gray_metadata(self.codec, current(), details.metadata)
+        if metadata is None:
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata.from_tuple(tuple(metadata)),
+            getattr(details, "credentials", None),
+            getattr(details, "wait_for_ready", None),
+        )
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class AioGrayClientInterceptor(
+    _AioClientBase,
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """The grpc.aio client interceptor for all four RPC kinds.
+
+    Pass :func:`aio_client_interceptors` to a channel rather than this object: ``grpc.aio``
+    registers a multi-kind interceptor for unary-unary calls only (grpc/grpc#31442)."""
+
+    def per_kind(self) -> list[grpc.aio.ClientInterceptor]:
+        """One interceptor per RPC kind, sharing this one's codec -- what a channel needs."""
+        return [kind(self.codec) for kind in _AIO_KINDS]
+
+
+class _AioUnaryUnary(_AioClientBase, grpc.aio.UnaryUnaryClientInterceptor):
+    pass
+
+
+class _AioUnaryStream(_AioClientBase, grpc.aio.UnaryStreamClientInterceptor):
+    pass
+
+
+class _AioStreamUnary(_AioClientBase, grpc.aio.StreamUnaryClientInterceptor):
+    pass
+
+
+class _AioStreamStream(_AioClientBase, grpc.aio.StreamStreamClientInterceptor):
+    pass
+
+
+_AIO_KINDS = (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)
+
+
+def aio_client_interceptors(codec: HeaderCodec | None = None) -> list[grpc.aio.ClientInterceptor]:
+    """``grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors())``: gray
+    context on every RPC kind (unary-unary, unary-stream, stream-unary, stream-stream)."""
+    return AioGrayClientInterceptor(codec).per_kind()
+
+
+# ---------------------------------------------------------------------------------- server
+
+
+def peer_address(peer: Any) -> str | None:
+    """The IP address in a gRPC peer string (``ipv4:10.0.0.1:5678``, ``ipv6:[::1]:5678``, also
+    percent-encoded ``ipv6:%5B::1%5D:5678``); ``None`` for ``unix:`` and anything else."""
+    if not isinstance(peer, str):
+        return None
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    rest = unquote(rest)
+    if rest.startswith("["):
+        end = rest.find("]")
+        host = rest[1:end] if end > 0 else ""
+    elif kind == "ipv4":
+        host = rest.rpartition(":")[0] if ":" in rest else rest
+    else:
+        host = rest
+    return host or None
+
+
+def _peer_in(networks: tuple[Any, ...]) -> Callable[[Any], bool]:
+    @functools.lru_cache(maxsize=1024)
+    def address_trusted(host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in networks)
+
+    def trusted(servicer_context: Any) -> bool:
+        host = peer_address(servicer_context.peer())
+        return host is not None and address_trusted(host)
+
+    trusted.networks = networks  # type: ignore[attr-defined]
+    return trusted
+
+
+def _server_trust_check(trust: Trust) -> Callable[[Any], bool] | None:
+    """``None`` for "always trusted"; otherwise a fail-closed predicate on the servicer context."""
+    if trust is True:
+        return None
+    if trust is False:
+        return lambda servicer_context: False
+    if not callable(trust):
+        raise TypeError(f"trust must be a bool or a callable(servicer_context) -> bool, not {trust!r}")
+    networks = getattr(trust, "networks", None)
+    predicate = _peer_in(tuple(networks)) if networks is not None else trust  # graylb.trust_networks(...)
+
+    def check(servicer_context: Any) -> bool:
+        try:
+            return bool(predicate(servicer_context))
+        except Exception:
+            _logger.warning("graylb: gRPC trust check failed; treating the caller as untrusted", exc_info=True)
+            return False
+
+    return check
+
+
+def _metadata_get(metadata: Any, wanted: frozenset[str]) -> Callable[[str], str | None]:
+    """The codec's ``get`` over invocation metadata: gray keys only, repeated entries joined
+    with "," (as HTTP does), binary and non-text entries ignored; malformed metadata counts as
+    none."""
+    found: dict[str, str] = {}
+    try:
+        for key, value in metadata or ():
+            if not isinstance(key, str) or not isinstance(value, str):
+                continue
+            if key not in wanted and (key := key.lower()) not in wanted:
+                continue
+            previous = found.get(key)
+            if previous is None:
+                found[key] = value
+            elif len(previous) <= MAX_HEADER_LENGTH:  # the codec reads no further anyway
+                found[key] = f"{previous},{value}"
+    except Exception:
+        _logger.warning("graylb: malformed gRPC metadata; reading no gray context from it")
+        return {}.get
+    return found.get
+
+
+def _strip_metadata(codec: HeaderCodec, metadata: Any) -> tuple[Any, ...]:
+    """Invocation metadata without plain gray keys and gray baggage members; items keep their
+    type (sync grpc's ``_Metadatum`` has ``.key``/``.value``)."""
+    plain = codec.header_names
+    out: list[Any] = []
+    for item in metadata or ():
+        try:
+            key, value = item
+            lkey = key.lower() if isinstance(key, str) else None
+        except Exception:
+            out.append(item)
+            continue
+        if lkey in plain:
+            continue
+        if lkey == BAGGAGE_HEADER and isinstance(value, str):
+            stripped = codec.strip_baggage(value)
+            if stripped is None:
+                continue
+            replace = getattr(item, "_replace", None)
+            item = replace(value=stripped) if replace is not None and hasattr(item, "value") else (key, stripped)
+        out.append(item)
+    return tuple(out)
+
+
+def _make_stripped_context_class(base: type) -> type:
+    """A ``base`` (ServicerContext) that delegates everything to the real servicer context but
+    answers ``invocation_metadata()`` without gray items."""
+
+    def delegate(name: str) -> Callable[..., Any]:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self._inner, name)(*args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    namespace: dict[str, Any] = {
+        name: delegate(name) for name in dir(base) if not name.startswith("_") and callable(getattr(base, name, None))
+    }
+
+    def __init__(self: Any, inner: Any, codec: HeaderCodec) -> None:
+        self._inner = inner
+        self._codec = codec
+
+    def invocation_metadata(self: Any) -> Any:
+        return _strip_metadata(self._codec, self._inner.invocation_metadata())
+
+    def __getattr__(self: Any, name: str) -> Any:  # anything the base class does not declare
+        if name in ("_inner", "_codec"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    namespace.update(__init__=__init__, invocation_metadata=invocation_metadata, __getattr__=__getattr__, __slots__=("_inner", "_codec"))
+    namespace["__module__"] = __name__
+    cls = type(f"GrayStripped{base.__name__}", (base,), namespace)
+    cls.__abstractmethods__ = frozenset()
+    return cls
+
+
+_StrippedServicerContext = _make_stripped_context_class(grpc.ServicerContext)
+_AioStrippedServicerContext = _make_stripped_context_class(grpc.aio.ServicerContext)
+
+
+class _RpcMethodHandler(
+    collections.namedtuple(
+        "_RpcMethodHandler",
+        (
+            "request_streaming",
+            "response_streaming",
+            "request_deserializer",
+            "response_serializer",
+            "unary_unary",
+            "unary_stream",
+            "stream_unary",
+            "stream_stream",
+        ),
+    ),
+    grpc.RpcMethodHandler,
+):
+    pass
+
+
+class _ContextIterator:
+    """A response iterator whose every step (and ``close``) runs in the call's Context, from
+    whichever thread grpc drives it."""
+
+    __slots__ = ("_source", "_iterator", "_context")
+
+    def __init__(self, source: Iterable[Any], context: contextvars.Context) -> None:
+        self._source = source
+        self._iterator: Iterator[Any] | None = None
+        self._context = context
+
+    def __iter__(self) -> _ContextIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._context.run(iter, self._source)
+        return self._context.run(next, self._iterator)
+
+    def close(self) -> None:
+        close = getattr(self._iterator if self._iterator is not None else self._source, "close", None)
+        if close is not None:
+            self._context.run(close)
+
+
+_BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class _ServerBase:
+    def __init__(self, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
+        self.codec = _checked_codec(codec)
+        self._untrusted_check = _server_trust_check(trust)
+        self._wanted = frozenset(self.codec._extract_names)
+
+    def _resolve(self, metadata: Any, servicer_context: Any, stripped_class: type) -> tuple[GrayContext, Any]:
+        """(gray context, servicer context to hand to the handler) for one call."""
+        check = self._untrusted_check
+        if check is None or check(servicer_context):
+            return self.codec.extract(_metadata_get(metadata, self._wanted)), servicer_context
+        return EMPTY, stripped_class(servicer_context, self.codec)
+
+    def _wrap_sync(self, behavior: Callable[..., Any], streaming: bool, metadata: Any, stripped_class: type) -> Callable[..., Any]:
+        # A private Context per call, like GrayWSGIMiddleware: the behaviour and every step of a
+        # response iterator run in it, so a pooled worker thread is never left with a stale
+        # context and iteration from another thread (grpc.aio's executor path) works too.
+        def wrapped(request: Any, servicer_context: Any) -> Any:
+            gray_ctx, servicer_context = self._resolve(metadata, servicer_context, stripped_class)
+            call_context = contextvars.copy_context()
+            call_context.run(attach, gray_ctx)  # never detached: the Context is dropped with the call
+            result = call_context.run(behavior, request, servicer_context)
+            if streaming and result is not None:
+                return _ContextIterator(result, call_context)
+            return result
+
+        return wrapped
+
+    def _wrap_handler(self, handler: Any, metadata: Any, wrap: Callable[[Callable[..., Any], bool, Any], Callable[..., Any]]) -> Any:
+        if handler is None:
+            return None
+        behaviours = {}
+        for name in _BEHAVIOURS:
+            behavior = getattr(handler, name, None)
+            behaviours[name] = wrap(behavior, name.endswith("_stream"), metadata) if behavior is not None else None
+        return _RpcMethodHandler(
+            handler.request_streaming,
+            handler.response_streaming,
+            handler.request_deserializer,
+            handler.response_serializer,
+            **behaviours,
+        )
+
+
+class GrayServerInterceptor(_ServerBase, grpc.ServerInterceptor):
+    """``grpc.server(pool, interceptors=[GrayServerInterceptor(trust=...)])``: each handler runs
+    with the gray context from its call's metadata. See the module docstring for ``trust``."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        metadata = getattr(handler_call_details, "invocation_metadata", None)
+        return self._wrap_handler(handler, metadata, self._wrap)
+
+    def _wrap(self, behavior: Callable[..., Any], streaming: bool, metadata: Any) -> Callable[..., Any]:
+        return self._wrap_sync(behavior, streaming, metadata, _StrippedServicerContext)
+
+
+def _safe_detach(token: contextvars.Token[GrayContext]) -> None:
+    try:
+        detach(token)
+    except (ValueError, RuntimeError):  # finalised from another context (an abandoned generator)
+        pass
+
+
+class AioGrayServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
+    """``grpc.aio.server(interceptors=[AioGrayServerInterceptor(trust=...)])``: coroutine
+    handlers, async-generator handlers and sync handlers (``migration_thread_pool``) all run
+    with the caller's gray context. Each kind of handler stays that kind, since grpc.aio picks
+    how to run a handler by inspecting it."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        metadata = getattr(handler_call_details, "invocation_metadata", None)
+        return self._wrap_handler(handler, metadata, self._wrap)
+
+    def _wrap(self, behavior: Callable[..., Any], streaming: bool, metadata: Any) -> Callable[..., Any]:
+        resolve = functools.partial(self._resolve, metadata, stripped_class=_AioStrippedServicerContext)
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, servicer_context: Any) -> Any:
+                gray_ctx, servicer_context = resolve(servicer_context)
+                token = attach(gray_ctx)
+                responses = behavior(request, servicer_context)
+                try:
+                    async for response in responses:
+                        yield response
+                finally:
+                    try:
+                        await responses.aclose()
+                    finally:
+                        _safe_detach(token)
+
+            return stream
+        if inspect.iscoroutinefunction(behavior):
+
+            async def call(request: Any, servicer_context: Any) -> Any:
+                gray_ctx, servicer_context = resolve(servicer_context)
+                token = attach(gray_ctx)
+                try:
+                    return await behavior(request, servicer_context)
+                finally:
+                    _safe_detach(token)
+
+            return call
+        # A sync handler: grpc.aio runs it (and iterates its responses) in an executor thread.
+        return self._wrap_sync(behavior, streaming, metadata, _AioStrippedServicerContext)
