@@ -285,6 +285,7 @@ class _AioUnaryCall:
 
     async def _run(self) -> Any:
         owner = self._owner
+        owner._ch._reap_soon()
         router = owner._ch._router
         call, md = router.start(owner._method, self._kw.pop("metadata", None))
         timeout = self._kw.pop("timeout", None)
@@ -296,6 +297,10 @@ class _AioUnaryCall:
             self.call = sub(self._request, timeout=_remaining(deadline), metadata=md, **self._kw)
             try:
                 response = await self.call
+            except asyncio.CancelledError:
+                self.call.cancel()  # the caller gave up: so does the RPC on the wire
+                call.done(instance, ok=True)
+                raise
             except grpc.aio.AioRpcError as exc:
                 call.done(instance, ok=exc.code() not in _FAILURES)
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
@@ -321,6 +326,7 @@ class _AioStreaming:
         self._ch, self._kind, self._method, self._ser, self._deser, self._kw = channel, kind, method, ser, deser, kw
 
     def __call__(self, request=None, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        self._ch._reap_soon()
         router = self._ch._router
         call, md = router.start(self._method, metadata)
         instance = call.next_instance()
@@ -380,9 +386,14 @@ class AioGrayChannel(grpc.aio.Channel):
         for ch in self._router.close():
             await ch.close(grace)
 
+    def _reap_soon(self) -> None:
+        if self._pending_close:  # one list check per RPC; closing happens in a task
+            asyncio.ensure_future(self.reap())
+
     async def reap(self) -> int:
-        """Close sub-channels of instances that left the snapshot (aio channels must be closed
-        on their own loop, so the snapshot listener only queues them). Returns how many."""
+        """Close sub-channels of instances that left the snapshot. aio channels must be closed on
+        their own loop, so the snapshot listener only queues them; the next RPC (or this call)
+        closes them. Returns how many were closed."""
         pending, self._pending_close[:] = list(self._pending_close), []
         for ch in pending:
             await ch.close()

@@ -175,3 +175,44 @@ def test_subchannels_reused_and_closed_when_instances_leave(fleet) -> None:
         for _ in range(6):
             assert stub.Say(echo_pb2.SayRequest(text="x"), timeout=5).instance != f"{servers['v1-b'].host}:{servers['v1-b'].port}"
         assert channel.subchannel_count == 2
+
+
+def test_aio_subchannels_closed_when_instances_leave(fleet) -> None:
+    servers, registry = fleet
+    balancer = graylb.Balancer(registry, {"services": {"orders": {"load_balancer": "round_robin"}}})
+
+    async def run() -> tuple[int, int, int]:
+        async with AioGrayChannel(balancer, "orders") as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            for _ in range(6):
+                await stub.Say(echo_pb2.SayRequest(text="x"), timeout=5)
+            before = channel.subchannel_count
+            registry.remove("v1-b", service="orders")
+            after_remove = channel.subchannel_count
+            for _ in range(3):
+                await stub.Say(echo_pb2.SayRequest(text="x"), timeout=5)
+            await asyncio.sleep(0)  # let the reap task run
+            return before, after_remove, len(channel._pending_close)
+
+    before, after_remove, pending = asyncio.run(run())
+    assert (before, after_remove, pending) == (3, 2, 0)
+
+
+def test_aio_cancellation_ends_the_call_promptly(fleet) -> None:
+    servers, registry = fleet
+    for s in servers.values():
+        s.delay = 5.0
+    balancer = graylb.Balancer(registry, RULES)
+
+    async def run() -> None:
+        async with AioGrayChannel(balancer, "orders") as channel:
+            task = asyncio.ensure_future(echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.SayRequest(text="x"), timeout=10))
+            while sum(s.calls for s in servers.values()) == 0:  # the RPC reached a server
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(asyncio.wait_for(run(), timeout=4))  # the caller is not kept for the 5 s delay
+    for s in servers.values():
+        s.delay = 0.0
