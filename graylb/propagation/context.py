@@ -10,10 +10,10 @@ import contextvars
 import dataclasses
 import functools
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["GrayContext", "EMPTY", "current", "gray", "attach", "detach", "bind"]
+__all__ = ["GrayContext", "EMPTY", "current", "gray", "attach", "detach", "bind", "ContextIterator"]
 
 _NO_ENTRIES: Mapping[str, str] = types.MappingProxyType({})
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,3 +132,30 @@ def bind(fn: F) -> F:
             _CURRENT.reset(token)
 
     return bound  # type: ignore[return-value]
+
+
+class ContextIterator:
+    """Iterate ``source`` with every step — ``iter()``, each ``next()`` and ``close()`` — run
+    inside ``context``, from whichever thread drives it. For bodies produced lazily after the
+    handler returned: WSGI response iterables, gRPC streaming responses."""
+
+    __slots__ = ("_source", "_iterator", "_context")
+
+    def __init__(self, source: Iterable[Any], context: contextvars.Context) -> None:
+        self._source = source
+        self._iterator: Iterator[Any] | None = None
+        self._context = context
+
+    def __iter__(self) -> ContextIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._context.run(iter, self._source)  # __iter__ may run user code too
+        return self._context.run(next, self._iterator)
+
+    def close(self) -> None:
+        # PEP 3333: close() belongs to the iterable the app returned; fall back to its iterator.
+        close = getattr(self._source, "close", None) or getattr(self._iterator, "close", None)
+        if close is not None:
+            self._context.run(close)

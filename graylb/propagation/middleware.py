@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import Any, Union
 
 from .codec import MAX_HEADER_LENGTH, HeaderCodec
-from .context import EMPTY, attach, detach
+from .context import EMPTY, ContextIterator, attach, detach
 
 __all__ = ["GrayASGIMiddleware", "GrayWSGIMiddleware", "trust_networks"]
 
@@ -203,7 +203,7 @@ class GrayWSGIMiddleware:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             return result
-        return _ContextBody(result, request_context)
+        return ContextIterator(result, request_context)
 
     def _strip(self, environ: dict[str, Any]) -> None:
         for key in self._plain_keys:
@@ -215,28 +215,3 @@ class GrayWSGIMiddleware:
                 del environ["HTTP_BAGGAGE"]
             else:
                 environ["HTTP_BAGGAGE"] = stripped
-
-
-class _ContextBody:
-    """A WSGI response iterable that runs the app's body code inside the request's Context and
-    passes ``close()`` through (PEP 3333: the server calls it once the response is done)."""
-
-    __slots__ = ("_body", "_iterator", "_context")
-
-    def __init__(self, body: Iterable[bytes], context: contextvars.Context) -> None:
-        self._body = body
-        self._iterator: Iterator[bytes] | None = None
-        self._context = context
-
-    def __iter__(self) -> _ContextBody:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._iterator is None:
-            self._iterator = self._context.run(iter, self._body)  # __iter__ may run app code too
-        return self._context.run(next, self._iterator)
-
-    def close(self) -> None:
-        close = getattr(self._body, "close", None)
-        if close is not None:
-            self._context.run(close)

@@ -56,7 +56,7 @@ import grpc
 import grpc.aio
 
 from ..propagation.codec import BAGGAGE_HEADER, MAX_HEADER_LENGTH, HeaderCodec
-from ..propagation.context import EMPTY, GrayContext, attach, current, detach
+from ..propagation.context import EMPTY, ContextIterator, GrayContext, attach, current, detach
 
 __all__ = [
     "GrayClientInterceptor",
@@ -409,31 +409,6 @@ class _RpcMethodHandler(
     pass
 
 
-class _ContextIterator:
-    """A response iterator whose every step (and ``close``) runs in the call's Context, from
-    whichever thread grpc drives it."""
-
-    __slots__ = ("_source", "_iterator", "_context")
-
-    def __init__(self, source: Iterable[Any], context: contextvars.Context) -> None:
-        self._source = source
-        self._iterator: Iterator[Any] | None = None
-        self._context = context
-
-    def __iter__(self) -> _ContextIterator:
-        return self
-
-    def __next__(self) -> Any:
-        if self._iterator is None:
-            self._iterator = self._context.run(iter, self._source)
-        return self._context.run(next, self._iterator)
-
-    def close(self) -> None:
-        close = getattr(self._iterator if self._iterator is not None else self._source, "close", None)
-        if close is not None:
-            self._context.run(close)
-
-
 _BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -460,7 +435,7 @@ class _ServerBase:
             call_context.run(attach, gray_ctx)  # never detached: the Context is dropped with the call
             result = call_context.run(behavior, request, servicer_context)
             if streaming and result is not None:
-                return _ContextIterator(result, call_context)
+                return ContextIterator(result, call_context)
             return result
 
         return wrapped
