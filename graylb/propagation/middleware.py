@@ -33,7 +33,7 @@ import contextvars
 import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Union
 
 from .codec import MAX_HEADER_LENGTH, HeaderCodec

@@ -48,7 +48,7 @@ import functools
 import inspect
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any, Union
 from urllib.parse import unquote
 
