@@ -30,73 +30,19 @@ proxy that is the proxy, which must then strip gray headers itself (run it with 
 from __future__ import annotations
 
 import contextvars
-import functools
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Union
+from typing import Any
 
 from .codec import MAX_HEADER_LENGTH, HeaderCodec
 from .context import EMPTY, ContextIterator, attach, detach
+from .trust import Trust, trust_check, trust_networks
 
 __all__ = ["GrayASGIMiddleware", "GrayWSGIMiddleware", "trust_networks"]
 
 _logger = logging.getLogger("graylb.propagation")
 
-Trust = Union[bool, Callable[[Any], bool]]
 _ASGI_GRAY_SCOPES = frozenset({"http", "websocket"})
-
-
-def _trust_check(trust: Trust) -> Callable[[Any], bool] | None:
-    """``None`` for "always trusted" (skips a call per request); otherwise a predicate that
-    fails closed: a predicate that raises means "untrusted"."""
-    if trust is True:
-        return None
-    if trust is False:
-        return lambda carrier: False
-    if not callable(trust):
-        raise TypeError(f"trust must be a bool or a callable(scope_or_environ) -> bool, not {trust!r}")
-
-    def check(carrier: Any) -> bool:
-        try:
-            return bool(trust(carrier))
-        except Exception:
-            _logger.warning("graylb: trust check failed; treating the caller as untrusted", exc_info=True)
-            return False
-
-    return check
-
-
-def trust_networks(*cidrs: str) -> Callable[[Any], bool]:
-    """A ``trust`` predicate: the caller is trusted iff its peer address -- ASGI
-    ``scope["client"][0]`` or WSGI ``environ["REMOTE_ADDR"]`` -- lies in one of ``cidrs``.
-
-    Host bits are allowed (``"127.0.0.1/8"``), IPv4-mapped IPv6 peers count as IPv4, and a
-    missing or unparsable peer (unix sockets, for instance) is untrusted. A malformed CIDR raises
-    ``ValueError`` here, at configuration time.
-    """
-    networks = tuple(ipaddress.ip_network(str(c).strip(), strict=False) for c in cidrs)
-
-    @functools.lru_cache(maxsize=1024)  # few distinct peers; parsing an address costs ~1 µs
-    def address_trusted(host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in networks)
-
-    def trusted(carrier: Any) -> bool:
-        if "REMOTE_ADDR" in carrier:  # WSGI environ
-            host = carrier.get("REMOTE_ADDR")
-        else:  # ASGI scope: client is (host, port) or None
-            client = carrier.get("client")
-            host = client[0] if client else None
-        return isinstance(host, str) and address_trusted(host)
-
-    trusted.networks = networks  # type: ignore[attr-defined]  # for introspection and repr in logs
-    return trusted
 
 
 def _asgi_gray_headers(headers: Iterable[Any], wanted: frozenset[bytes]) -> dict[str, str]:
@@ -137,7 +83,7 @@ class GrayASGIMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]], *, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
         self.app = app
         self.codec = codec if codec is not None else HeaderCodec()
-        self._untrusted_check = _trust_check(trust)
+        self._untrusted_check = trust_check(trust)
         self._wanted = frozenset(n.encode("latin-1") for n in self.codec._extract_names)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -183,7 +129,7 @@ class GrayWSGIMiddleware:
     def __init__(self, app: Callable[..., Iterable[bytes]], *, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
         self.app = app
         self.codec = codec if codec is not None else HeaderCodec()
-        self._untrusted_check = _trust_check(trust)
+        self._untrusted_check = trust_check(trust)
         self._environ_keys = {name: _environ_key(name) for name in self.codec._extract_names}
         self._plain_keys = tuple(_environ_key(name) for name in self.codec.header_names)
 

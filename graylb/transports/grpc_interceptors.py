@@ -46,17 +46,16 @@ import collections
 import contextvars
 import functools
 import inspect
-import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Any, Union
-from urllib.parse import unquote
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from ..propagation.codec import BAGGAGE_HEADER, MAX_HEADER_LENGTH, HeaderCodec
 from ..propagation.context import EMPTY, ContextIterator, GrayContext, attach, current, detach
+from ..propagation.trust import Trust, peer_address, trust_check
 
 __all__ = [
     "GrayClientInterceptor",
@@ -69,7 +68,6 @@ __all__ = [
 
 _logger = logging.getLogger("graylb.propagation")
 
-Trust = Union[bool, Callable[[Any], bool]]
 
 
 def _checked_codec(codec: HeaderCodec | None) -> HeaderCodec:
@@ -247,63 +245,10 @@ def aio_client_interceptors(codec: HeaderCodec | None = None) -> list[grpc.aio.C
 # ---------------------------------------------------------------------------------- server
 
 
-def peer_address(peer: Any) -> str | None:
-    """The IP address in a gRPC peer string (``ipv4:10.0.0.1:5678``, ``ipv6:[::1]:5678``, also
-    percent-encoded ``ipv6:%5B::1%5D:5678``); ``None`` for ``unix:`` and anything else."""
-    if not isinstance(peer, str):
-        return None
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return None
-    rest = unquote(rest)
-    if rest.startswith("["):
-        end = rest.find("]")
-        host = rest[1:end] if end > 0 else ""
-    elif kind == "ipv4":
-        host = rest.rpartition(":")[0] if ":" in rest else rest
-    else:
-        host = rest
-    return host or None
-
-
-def _peer_in(networks: tuple[Any, ...]) -> Callable[[Any], bool]:
-    @functools.lru_cache(maxsize=1024)
-    def address_trusted(host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in networks)
-
-    def trusted(servicer_context: Any) -> bool:
-        host = peer_address(servicer_context.peer())
-        return host is not None and address_trusted(host)
-
-    trusted.networks = networks  # type: ignore[attr-defined]
-    return trusted
-
-
 def _server_trust_check(trust: Trust) -> Callable[[Any], bool] | None:
-    """``None`` for "always trusted"; otherwise a fail-closed predicate on the servicer context."""
-    if trust is True:
-        return None
-    if trust is False:
-        return lambda servicer_context: False
-    if not callable(trust):
-        raise TypeError(f"trust must be a bool or a callable(servicer_context) -> bool, not {trust!r}")
-    networks = getattr(trust, "networks", None)
-    predicate = _peer_in(tuple(networks)) if networks is not None else trust  # graylb.trust_networks(...)
-
-    def check(servicer_context: Any) -> bool:
-        try:
-            return bool(predicate(servicer_context))
-        except Exception:
-            _logger.warning("graylb: gRPC trust check failed; treating the caller as untrusted", exc_info=True)
-            return False
-
-    return check
+    """``None`` for "always trusted"; otherwise a fail-closed predicate on the servicer context
+    (``graylb.trust_networks(...)`` checks ``context.peer()``)."""
+    return trust_check(trust, "servicer_context")
 
 
 def _metadata_get(metadata: Any, wanted: frozenset[str]) -> Callable[[str], str | None]:
