@@ -117,3 +117,39 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {message or predicate}")
         time.sleep(interval)
+
+
+class BackgroundTraffic:
+    """Sends GET http://<service>/x through ``balancer`` from a thread until the block ends,
+    every ``beta_every``-th request as a beta user; ``sent`` counts, ``failures`` collects."""
+
+    def __init__(self, balancer: graylb.Balancer, service: str = "orders", beta_every: int = 2) -> None:
+        import threading
+
+        self.balancer, self.service, self.beta_every = balancer, service, beta_every
+        self.sent = 0
+        self.failures: list[Exception] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-traffic")
+
+    def _run(self) -> None:
+        with httpx.Client(transport=graylb.GrayTransport(self.balancer)) as client:
+            while not self._stop.is_set():
+                beta = "beta" if self.sent % self.beta_every == 0 else ""
+                try:
+                    client.get(f"http://{self.service}/x", headers={"user-group": beta}).raise_for_status()
+                except Exception as exc:  # noqa: BLE001 - the test inspects them
+                    self.failures.append(exc)
+                self.sent += 1
+
+    def wait_for_more(self, count: int) -> None:
+        start = self.sent
+        wait_until(lambda: self.sent > start + count, message=f"{count} more requests")
+
+    def __enter__(self) -> BackgroundTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

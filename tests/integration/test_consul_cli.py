@@ -18,33 +18,11 @@ from graylb.consul.admin import ConsulKVStore, RuleConflict, push, rollback, sta
 from graylb.errors import RuleError
 from graylb.rules.load import validate_rules
 from graylb.testing.fake_consul import FakeConsul
+from tests.integration.cli_rules import RULES_A, RULES_B
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "graylb/rules"
 
-RULES_A = """\
-version: 1
-services:
-  orders:
-    subsets:
-      stable: {version: "^1.4"}
-      canary: {version: "^2.0"}
-    default: stable
-    routes:
-      - name: beta-users
-        match: [{headers: {user-group: {exact: beta}}}]
-        to: [{subset: canary}]
-      - name: ten-percent
-        to: [{subset: canary, weight: 10}, {subset: stable, weight: 90}]
-        sticky: {header: x-user-id}
-  payments:
-    subsets: {v1: {version: "^1"}, v2: {version: "^2"}}
-    default: v1
-    routes:
-      - name: half
-        to: [{subset: v2, weight: 50}, {subset: v1, weight: 50}]
-"""
-RULES_B = RULES_A.replace("weight: 10}, {subset: stable, weight: 90}", "weight: 50}, {subset: stable, weight: 50}")
 
 
 def run(fake: FakeConsul | None, *args: str, token: str | None = None, address: str | None = None) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from graylb.discovery.consul import ConsulDiscovery
 from graylb.rules.consul_kv import ConsulRuleSource
 from graylb.testing.fake_consul import FakeConsul
 from graylb.testing.http_server import serve_wsgi
-from tests.conftest import version_app, wait_until
+from tests.conftest import BackgroundTraffic, version_app, wait_until
 
 RULES = """
 services:
@@ -114,36 +113,19 @@ def test_consul_down_under_traffic_zero_failures(consul: FakeConsul, servers) ->
     for version in ("1.4.2", "1.4.2", "2.0.0"):
         register(consul, servers(version), version)
     balancer = graylb.Balancer(ConsulDiscovery(ConsulConfig(consul.url)), RULES)
-    failures: list[Exception] = []
-    stop = threading.Event()
-    counted = [0]
-
-    def traffic() -> None:
-        with httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
-            while not stop.is_set():
-                try:
-                    client.get("http://orders/x", headers={"user-group": "beta" if counted[0] % 3 == 0 else ""}).raise_for_status()
-                except Exception as exc:  # noqa: BLE001
-                    failures.append(exc)
-                counted[0] += 1
-
-    t = threading.Thread(target=traffic)
-    t.start()
     try:
-        wait_until(lambda: counted[0] > 50)
-        consul.stop()
-        before = counted[0]
-        wait_until(lambda: counted[0] > before + 200)
-        watch = balancer.discovery.watch("orders")
-        wait_until(lambda: watch.stale, message="the watch notices the outage")
-        assert len(watch.snapshot.instances) == 3 and watch.snapshot.age >= 0
-        consul.start()
-        wait_until(lambda: not watch.stale, message="the watch recovers")
+        with BackgroundTraffic(balancer, beta_every=3) as traffic:
+            traffic.wait_for_more(50)
+            consul.stop()
+            traffic.wait_for_more(200)
+            watch = balancer.discovery.watch("orders")
+            wait_until(lambda: watch.stale, message="the watch notices the outage")
+            assert len(watch.snapshot.instances) == 3 and watch.snapshot.age >= 0
+            consul.start()
+            wait_until(lambda: not watch.stale, message="the watch recovers")
     finally:
-        stop.set()
-        t.join()
-        balancer.close()
-    assert failures == []
+        balancer.close()  # after the traffic thread has stopped
+    assert traffic.failures == []
 
 
 def test_restart_while_consul_down_routes_from_disk_snapshot(consul: FakeConsul, servers, tmp_path) -> None:

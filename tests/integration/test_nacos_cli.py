@@ -19,35 +19,13 @@ from graylb.nacos import NacosConfig
 from graylb.nacos.admin import NacosConfigStore, content_md5
 from graylb.rules.load import validate_rules
 from graylb.testing.fake_nacos import FakeNacos, RecordedRequest
+from tests.integration.cli_rules import RULES_A, RULES_B
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "graylb-rules"
 GROUP = "DEFAULT_GROUP"
 USER, PASSWORD = "nacos", "pw-cli-5e1d-secret"
 
-RULES_A = """\
-version: 1
-services:
-  orders:
-    subsets:
-      stable: {version: "^1.4"}
-      canary: {version: "^2.0"}
-    default: stable
-    routes:
-      - name: beta-users
-        match: [{headers: {user-group: {exact: beta}}}]
-        to: [{subset: canary}]
-      - name: ten-percent
-        to: [{subset: canary, weight: 10}, {subset: stable, weight: 90}]
-        sticky: {header: x-user-id}
-  payments:
-    subsets: {v1: {version: "^1"}, v2: {version: "^2"}}
-    default: v1
-    routes:
-      - name: half
-        to: [{subset: v2, weight: 50}, {subset: v1, weight: 50}]
-"""
-RULES_B = RULES_A.replace("weight: 10}, {subset: stable, weight: 90}", "weight: 50}, {subset: stable, weight: 50}")
 
 
 def run(fake: FakeNacos | None, *args: str, address: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from graylb.nacos.config import NacosConfig
 from graylb.rules.nacos_config import NacosRuleSource, content_md5
 from graylb.testing.fake_nacos import FakeNacos
 from graylb.testing.http_server import serve_wsgi
-from tests.conftest import version_app, wait_until
+from tests.conftest import BackgroundTraffic, version_app, wait_until
 
 RULES = """
 services:
@@ -112,35 +111,18 @@ def test_nacos_down_under_traffic_zero_failures(nacos: FakeNacos, servers) -> No
     for version in ("1.4.2", "2.0.0"):
         add(nacos, servers(version), version)
     balancer = graylb.Balancer(NacosDiscovery(NacosConfig(nacos.url), refresh_interval=0.05), RULES)
-    failures: list[Exception] = []
-    stop = threading.Event()
-    count = [0]
-
-    def traffic() -> None:
-        with httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
-            while not stop.is_set():
-                try:
-                    client.get("http://orders/x", headers={"user-group": "beta" if count[0] % 2 else ""}).raise_for_status()
-                except Exception as exc:  # noqa: BLE001
-                    failures.append(exc)
-                count[0] += 1
-
-    t = threading.Thread(target=traffic)
-    t.start()
     try:
-        wait_until(lambda: count[0] > 50)
-        nacos.stop()
-        watch = balancer.discovery.watch("orders")
-        wait_until(lambda: watch.stale)
-        before = count[0]
-        wait_until(lambda: count[0] > before + 200)
-        nacos.start()
-        wait_until(lambda: not watch.stale)
+        with BackgroundTraffic(balancer) as traffic:
+            traffic.wait_for_more(50)
+            nacos.stop()
+            watch = balancer.discovery.watch("orders")
+            wait_until(lambda: watch.stale)
+            traffic.wait_for_more(200)
+            nacos.start()
+            wait_until(lambda: not watch.stale)
     finally:
-        stop.set()
-        t.join()
-        balancer.close()
-    assert failures == []
+        balancer.close()  # after the traffic thread has stopped
+    assert traffic.failures == []
 
 
 def test_disk_snapshot_when_nacos_is_down_at_start(nacos: FakeNacos, servers, tmp_path) -> None:
