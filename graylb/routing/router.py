@@ -100,11 +100,11 @@ class ServiceState:
             except ValueError:
                 picker = make_picker(self.policy, (), self.stats)
             else:
-                picker = make_picker(
-                    self.policy,
-                    [i for i in self._routable() if sel.matches(i.version, i.semver)],
-                    self.stats,
-                )
+                matching = [i for i in self._routable() if sel.matches(i.version, i.semver)]
+                # Lane instances take only their lane's traffic, pinned or not: a pin reaches
+                # one only when no instance outside a lane has the version.
+                outside_lanes = [i for i in matching if i.lane is None]
+                picker = make_picker(self.policy, outside_lanes or matching, self.stats)
             self.pin_pickers[selector] = picker
         return picker
 
@@ -194,7 +194,7 @@ def route(state: ServiceState, request: RequestInfo, ctx: GrayContext) -> Decisi
         if selector is not None:
             picker = state.pin_picker(selector)
             if not len(picker):
-                raise NoInstanceAvailable(service, f"pin {selector}", "no routable instance has a version matching the pin")
+                raise NoInstanceAvailable(service, f"pin {selector}", f"no routable instance has a version matching the pin ({_versions_on_offer(state)})")
             return Decision(service, "pin", f"pin:{selector}", picker, hash_key)
     lane = ctx.lane
     if lane is not None:
@@ -216,6 +216,16 @@ def route(state: ServiceState, request: RequestInfo, ctx: GrayContext) -> Decisi
                 i = len(names) - 1
             return Decision(service, name, names[i], pickers[i], hash_key)
     return _default(state, "default", hash_key)
+
+
+def _versions_on_offer(state: ServiceState) -> str:
+    """``routable versions: 1.4.2 x2, 2.0.0`` for error messages (never on the hot path)."""
+    counts: dict[str, int] = {}
+    for inst in state._routable():
+        counts[inst.version or "(none)"] = counts.get(inst.version or "(none)", 0) + 1
+    if not counts:
+        return "the service has no routable instance at all"
+    return "routable versions: " + ", ".join(f"{v} x{n}" if n > 1 else v for v, n in sorted(counts.items()))
 
 
 def _first_subset(state: ServiceState, route_name: str) -> str | None:

@@ -521,11 +521,17 @@ def test_pin_wins_over_lanes() -> None:
         ("1.4", {"s1"}),
         ("1.5.2", {"s2"}),  # "v1.5.2" in the registry: same version
         ("~1.3", {"old1"}),
-        ("2.0.0-rc.1", {"c1", "c2", "b1"}),  # a pin names versions, lanes do not hide them
+        ("2.0.0-rc.1", {"c1", "c2"}),  # b1 has it too, but a lane instance takes only its lane
     ],
 )
 def test_pin_selects_by_version_selector(pin: str, ids: set[str]) -> None:
     assert candidates(decide(make_state(FLEET, ROUTED), gray=ctx(pins={SERVICE: pin}))) == ids
+
+
+def test_pin_reaches_a_lane_instance_when_only_a_lane_has_the_version() -> None:
+    lane_only = inst("b7", "3.0.0-feature", lane="beta")
+    d = decide(make_state([*FLEET, lane_only], ROUTED), gray=ctx(pins={SERVICE: "3.0.0-feature"}))
+    assert (d.route, candidates(d)) == ("pin", {"b7"})
 
 
 def test_pin_to_a_non_semver_build() -> None:
