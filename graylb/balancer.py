@@ -20,7 +20,7 @@ from .errors import NoInstanceAvailable
 from .picking.outlier import OutlierDetector
 from .picking.pickers import LoadStats
 from .propagation.codec import HeaderCodec
-from .propagation.context import GrayContext, current
+from .propagation.context import GrayContext, active_override, current
 from .routing.request import RequestInfo
 from .routing.router import Decision, ServiceState, build_state, route
 from .rules.compiled import CompiledRules, OutlierPolicy
@@ -118,6 +118,9 @@ class Balancer:
         except NoInstanceAvailable as exc:
             if watch.last_error and (state.snapshot is None or not state.snapshot.instances):
                 exc.args = (f"{exc}; registry error: {watch.last_error}",)
+            override = active_override()
+            if override is not None and override.missed is not None:
+                override.missed(service, exc)  # a test pin/lane found nothing: the test hears of it
             raise
         return Call(self, entry, state, decision, request)
 

@@ -77,9 +77,57 @@ EMPTY = GrayContext()
 _CURRENT: contextvars.ContextVar[GrayContext] = contextvars.ContextVar("graylb.gray", default=EMPTY)
 
 
+class ProcessOverride:
+    """Gray context forced on every call in the process, whatever thread or task makes it.
+
+    Tests install one through :func:`graylb.testing.pin_version` / :func:`graylb.testing.lane`
+    (contextvars do not reach threads a library starts on its own, so a test pin cannot rely
+    on them). ``missed`` is told when a pinned call finds no instance, so the test can fail
+    even when the code under test swallowed the error.
+    """
+
+    __slots__ = ("ctx", "missed")
+
+    def __init__(self, ctx: GrayContext, missed: Callable[[str, Exception], None] | None = None) -> None:
+        self.ctx = ctx
+        self.missed = missed
+
+
+# None outside tests: current() pays one global read for the feature.
+_OVERRIDE: ProcessOverride | None = None
+_last_merge: tuple[GrayContext, ProcessOverride, GrayContext] | None = None
+
+
 def current() -> GrayContext:
-    """The gray context of the running task or thread (``EMPTY`` when none was set)."""
-    return _CURRENT.get()
+    """The gray context of the running task or thread (``EMPTY`` when none was set), with the
+    process-wide test override, if one is installed, on top."""
+    ctx = _CURRENT.get()
+    override = _OVERRIDE
+    if override is None:
+        return ctx
+    return _with_override(ctx, override)
+
+
+def _with_override(ctx: GrayContext, override: ProcessOverride) -> GrayContext:
+    global _last_merge
+    last = _last_merge  # one-entry cache: a test's calls mostly share one base context
+    if last is not None and last[0] is ctx and last[1] is override:
+        return last[2]
+    forced = override.ctx
+    merged = ctx.merged(lane=forced.lane, lane_forced=forced.lane_forced if forced.lane else None, pins=forced.pins, values=forced.values)
+    _last_merge = (ctx, override, merged)
+    return merged
+
+
+def install_override(override: ProcessOverride | None) -> None:
+    """Install (or, with None, remove) the process-wide override. For graylb.testing."""
+    global _OVERRIDE, _last_merge
+    _OVERRIDE = override
+    _last_merge = None
+
+
+def active_override() -> ProcessOverride | None:
+    return _OVERRIDE
 
 
 def attach(ctx: GrayContext) -> contextvars.Token[GrayContext]:
