@@ -11,6 +11,8 @@ import pytest
 import graylb
 from graylb.testing.http_server import WSGIServer, serve_wsgi
 
+pytest_plugins = ["pytester"]  # tests/plugin drives graylb's pytest plugin in inner sessions
+
 
 def version_app(service: str, version: str, *, status: Callable[[], int] = lambda: 200, lane: str | None = None, next_hop: str | None = None, client_box: dict | None = None):
     """A WSGI app that answers who it is and what gray context it saw; /chain calls next_hop."""
