@@ -35,13 +35,15 @@ DEFAULT_OUTLIER = OutlierPolicy()
 class _Service:
     """One routed service: its watch, its outlier state and its current routing state."""
 
-    __slots__ = ("name", "watch", "detector", "state", "lock")
+    __slots__ = ("name", "watch", "detector", "state", "revision", "rules", "lock")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.watch: Any = None
         self.detector: OutlierDetector | None = None
         self.state: ServiceState | None = None
+        self.revision = -1  # the watch revision ``state`` was built from
+        self.rules: CompiledRules | None = None  # the rules document ``state`` was built from
         self.lock = threading.Lock()  # serialises rebuilds only; calls never take it
 
 
@@ -109,7 +111,15 @@ class Balancer:
             watch = entry.watch
         watch.used = True
         state = entry.state
-        if state is None or (state.release_at is not None and self._clock() >= state.release_at):
+        # Rebuilt by listeners on every change; the identity checks close the gap between a
+        # watch (or rule source) publishing and its listener finishing, so a call never routes
+        # on a state older than what the registry and rules already show.
+        if (
+            state is None
+            or entry.revision != watch.revision
+            or entry.rules is not self.rule_source.current
+            or (state.release_at is not None and self._clock() >= state.release_at)
+        ):
             state = self._rebuild(entry)
         if ctx is None:
             ctx = current()
@@ -172,13 +182,16 @@ class Balancer:
 
     def _rebuild(self, entry: _Service) -> ServiceState:
         with entry.lock:
-            rules = self.rule_source.current.service(entry.name)
+            document = self.rule_source.current
+            rules = document.service(entry.name)
             policy = (rules.outlier if rules else None) or DEFAULT_OUTLIER
             if entry.detector is None:
                 entry.detector = OutlierDetector(policy, clock=self._clock)
             elif entry.detector.policy != policy:
                 entry.detector.policy = policy  # keeps current ejections and streaks
             detector = entry.detector
+            # Revision first: the watch sets it after the snapshot, so this snapshot is at least as new.
+            revision = entry.watch.revision if entry.watch is not None else 0
             snapshot: Snapshot | None = entry.watch.snapshot if entry.watch is not None else None
             ejected = detector.ejected()
             state = build_state(
@@ -190,6 +203,8 @@ class Balancer:
                 stats=self.stats,
             )
             detector.set_groups(state.groups)
+            entry.rules = document
+            entry.revision = revision
             entry.state = state
             return state
 

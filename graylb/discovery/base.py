@@ -61,6 +61,7 @@ class ServiceWatch:
         # sweep clears it and drops watches that stayed unused for a whole period.
         self.used = True
         self.closed = False
+        self.revision = 0  # the snapshot's revision: bumped on a change only, not on a refresh
         # Stale-if-error bookkeeping: the snapshot above stays in force while these say why
         # the registry could not confirm it.
         self.last_error: str | None = None
@@ -110,6 +111,7 @@ class ServiceWatch:
             return self.snapshot
         snap = Snapshot(self.service, instances, (old.revision + 1) if old else 1, now, source)
         self.snapshot = snap
+        self.revision = snap.revision  # after the snapshot: a reader of the revision finds it
         self._ready.set()
         for listener in self._listeners:
             try:
