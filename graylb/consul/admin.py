@@ -79,7 +79,8 @@ class RuleStore(Protocol):
         one line per registration that discovery would skip or correct."""
 
     # Optional: ``describe_version(version) -> str`` names a version in messages (Nacos:
-    # ``md5 ...``); without it a version reads ``index N`` (Consul).
+    # ``md5 ...``); without it a version reads ``index N`` (Consul). ``cli_flags``: what the
+    # ``graylb`` command needs to reach the store (`` --nacos URL``), for hints in messages.
 
 
 class RuleConflict(GraylbError):
@@ -319,7 +320,7 @@ def rollback(config: RuleStore | ConsulConfig, key: str, service: str) -> Change
                 f"rolled back service '{service}' in {key} ({_version(store, index)})",
                 f"  removed route(s): {', '.join(names)}",
                 f"  all its traffic now goes to {target}; lanes and version pins still apply",
-                f"  previous revision kept at {previous_key(key)} (graylb rules undo --key {key} restores it)",
+                f"  previous revision kept at {previous_key(key)} (graylb rules undo{getattr(store, 'cli_flags', '')} --key {key} restores it)",
             ),
         )
 

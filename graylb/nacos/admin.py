@@ -63,6 +63,10 @@ class NacosConfigStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def cli_flags(self) -> str:
+        return f" --nacos {self.config.address}"
+
     def __repr__(self) -> str:
         return f"NacosConfigStore({self.config.address}, group={self.group!r}, tenant={self.tenant!r})"
 
