@@ -5,7 +5,8 @@ code, ``py-consul`` or ``curl`` talk to it exactly as they would to a Consul age
 agent (a server in datacenter ``dc1``, node ``fake-node``) with the slice of the API graylb uses:
 health and catalog reads with blocking queries, agent service registration with TTL / HTTP / TCP
 checks, KV, and ACL tokens. Where behaviour had to be chosen it follows a real agent (Consul
-1.1x source: ``agent/http.go``, ``health_endpoint.go``, ``kvs_endpoint.go``, ``agent_endpoint.go``).
+1.16 source: ``agent/http.go``, ``health_endpoint.go``, ``kvs_endpoint.go``, ``agent_endpoint.go``),
+and ``tests/contract`` runs the same assertions against FakeConsul and a real Consul 1.16.1 agent.
 
 Example::
 
@@ -86,16 +87,22 @@ no index, except where a real agent sends one (KV 404; ``400 Invalid value for ?
   must match), ``node-meta=k:v``, ``filter`` (a go-bexpr subset: ``==``, ``!=``, ``in``, ``not in``,
   ``contains``, ``matches``, ``is empty``, ``and``/``or``/``not``/``()``, over ``Node.*`` and
   ``Service.*`` such as ``Service.Meta.lane == "gray"`` or ``"v2" in Service.Tags``; anything else
-  is a 400 ``Failed to create boolean expression evaluator: ...``), ``index``/``wait``, ``dc``,
+  is a 500 ``Failed to create boolean expression evaluator: ...``, as in Consul 1.16), ``index``/``wait``, ``dc``,
   ``stale``/``consistent``, ``pretty``. Unknown service: ``200 []``. Service JSON as Consul's
   ``structs.NodeService``: ``Kind`` and ``Port`` are omitted when empty/0 (Go ``omitempty``),
-  ``Meta`` is ``null`` when not registered, ``Weights`` defaults to ``{Passing:1, Warning:1}``.
+  ``Meta`` is ``null`` when not registered, ``Weights`` defaults to ``{Passing:1, Warning:1}``; a
+  service registered with an IP address gets ``TaggedAddresses`` ``lan_ipv4`` / ``wan_ipv4`` (or
+  ``_ipv6``) = that address and port, as the agent adds them. ``Checks``: the node's checks
+  (``serfHealth``) first, then the service's. The node's ``Meta`` has ``consul-version``.
 - Blocking queries: ``index`` > 0 parks until the result's index exceeds it or ``wait`` (Go
   duration, default 5m, capped at ``max_wait``, plus up to wait/16 jitter) expires, then answers
   200 with the same body and index. Result indexes: per service name (register, deregister and
   check changes of its instances; node checks count for every instance on the node); a name
   without instances reports the index of the last time any service lost its last instance
-  (Consul's "extinction" index), else the catalog's. KV: the key's ModifyIndex; a missing key
+  (Consul's "extinction" index), else the catalog's. A *blocking* health query
+  (``X-Consul-Query-Backend: streaming``) is answered like the agent's streaming view of the
+  service: the view's index starts at that index when the name is first watched and then moves
+  only with changes of that name, so other services never wake it. KV: the key's ModifyIndex; a missing key
   reports the KV table index and keeps waiting until *that* key appears; ``recurse``/``keys`` the
   highest ModifyIndex (or tombstone) under the prefix. ``catalog/services``: the services table.
 - ``GET /v1/catalog/services``: ``{"consul": [], "name": [tags...]}`` (a server agent sees the
@@ -142,6 +149,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
+import ipaddress
 import json
 import random
 import re
@@ -172,6 +180,7 @@ _STATUSES = ("passing", "warning", "critical")
 _META_KEY_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _DEFAULT_FAIL_BODIES = {500: "rpc error making call: EOF", 429: "rate limit exceeded", 503: "No cluster leader"}
 _ACCESSOR_NS = uuid.UUID("5b1f3c1e-8f6e-4d0a-9a57-6f0c2a1b7e11")
+_CONSUL_VERSION = "1.16.1"  # the agent version the fake reports (node Meta, the consul service)
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,7 +576,7 @@ class _Filter:
             try:
                 node = ("matches", sel, re.compile(pattern))
             except re.error as exc:
-                raise _FilterError(f"Failed to compile regular expression: {exc}") from None
+                raise _FilterError(f"Failed to compile regular expression {_q(pattern)}: error parsing regexp: {exc}") from None
         else:
             raise self._expect_fail()
         return ("not", node) if negate else node
@@ -575,7 +584,9 @@ class _Filter:
     def _value(self) -> str:
         t = self._peek()
         if t is None or t[0] not in ("str", "num", "word"):
-            raise self._expect_fail()
+            # go-bexpr's grammar expects a value here: its error lists a value's first characters
+            offset = t[2] if t else len(self.expression)
+            raise _FilterError(f"1:{offset + 1} ({offset}): no match found, expected: \"-\", \"0\", \"\\\"\", \"`\", [ \\t\\r\\n], [1-9] or [a-zA-Z]")
         self.i += 1
         if t[0] == "str":
             return t[1][1:-1] if t[1][0] == "`" else json.loads(t[1])
@@ -617,13 +628,17 @@ class _Filter:
         kind = sel[1]
         if kind in ("list", "map", "any"):
             raise _FilterError(f'Invalid match operator "Equal" for selector {_q(".".join(sel[0]))}')
+        selector = _q(".".join(sel[0]))
         if kind == "int":
             try:
                 int(value)
             except ValueError:
-                raise _FilterError(f'Failed to convert value to type int: {_q(value)}') from None
-        if kind == "bool" and value.lower() not in ("true", "false"):
-            raise _FilterError(f'Failed to convert value to type bool: {_q(value)}')
+                raise _FilterError(f'Failed to coerce value {_q(value)} for selector {selector}: strconv.ParseInt: parsing {_q(value)}: invalid syntax') from None
+        if kind == "bool":
+            try:
+                _parse_bool(value)
+            except ValueError:
+                raise _FilterError(f'Failed to coerce value {_q(value)} for selector {selector}: strconv.ParseBool: parsing {_q(value)}: invalid syntax') from None
 
     @staticmethod
     def _resolve(item: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
@@ -652,7 +667,7 @@ class _Filter:
             if kind == "int":
                 return int(value) == int(node[2])
             if kind == "bool":
-                return bool(value) == (node[2].lower() == "true")
+                return bool(value) == _parse_bool(node[2])
             return str(value) == node[2]
         if op == "in":
             if isinstance(value, (list, dict)):
@@ -672,7 +687,8 @@ def _make_filter(expression: str, schema: dict[str, Any]) -> _Filter | None:
     try:
         return _Filter(expression, schema)
     except _FilterError as exc:
-        raise _HTTPError(400, f"Failed to create boolean expression evaluator: {exc}") from None
+        # Consul 1.16 answers 500 for any bad ?filter (the evaluator's error comes back from the RPC)
+        raise _HTTPError(500, f"Failed to create boolean expression evaluator: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,12 +745,17 @@ class FakeConsul(FakeBase[RecordedRequest]):
         self._nodes_index = self._services_index = self._checks_index = self._kv_index = 0
         self._svc_index: dict[str, int] = {}
         self._extinction_index = 0
+        # The agent serves blocking health queries from a streaming "materialized view" per
+        # service name: its index starts at the name's index when the view is first made, then
+        # moves only with changes of that name (see _view_index).
+        self._name_events: dict[str, int] = {}
+        self._views: dict[str, int] = {}
         self._index = 4
         with self._txn() as t:  # the agent's node, its serfHealth and (a server agent) the consul service
             self._ensure_node(t, node_address)
             idx = t.bump()
             self._services[(node, "consul")] = _Service("consul", "consul", node, [], "", 8300, {"non_voter": "false", "raft_version": "3", "read_replica": "false", "serf_protocol_current": "2",
-                                                                                                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": "1.17.0"},
+                                                                                                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": _CONSUL_VERSION},
                                                         (1, 1), local=False, create_index=idx, modify_index=idx)
             self._services_index = idx
             self._svc_index["consul"] = idx
@@ -754,6 +775,7 @@ class FakeConsul(FakeBase[RecordedRequest]):
         return server
 
     def _restarted(self, now: float) -> None:
+        self._views.clear()  # a restarted agent has no materialized views yet
         for chk in self._checks.values():  # an agent restart restarts the check timers
             if chk.ttl_ns:
                 chk.ttl_deadline = now + chk.ttl_ns / 1e9
@@ -808,8 +830,9 @@ class FakeConsul(FakeBase[RecordedRequest]):
         now = time.monotonic()
         with self._txn() as t:
             node = self._ensure_node(t, self.node_address if node_address is None else node_address)
+            local = node.name == self.node
             svc = _Service(sid, name, node.name, list(tags) if tags is not None else None, address, int(port), dict(meta) if meta is not None else None, w,
-                           local=node.name == self.node)
+                           tagged_addresses=_default_tagged_addresses(None, address, int(port)) if local else None, local=local)
             checks = [_Check(f"service:{sid}", f"Service '{name}' check", node.name, check_status)] if check_status else []
             self._apply_registration(t, svc, checks, replace=True, now=now, restore=False)
         return sid
@@ -873,6 +896,8 @@ class FakeConsul(FakeBase[RecordedRequest]):
             self._nodes_index, self._services_index = clamp(self._nodes_index), clamp(self._services_index)
             self._checks_index, self._kv_index = clamp(self._checks_index), clamp(self._kv_index)
             self._extinction_index = clamp(self._extinction_index)
+            self._name_events = {k: clamp(v) for k, v in self._name_events.items()}
+            self._views.clear()  # the agent's streaming views start over from the restored state
             self._index = to
             self._abandon += 1
             self._cond.notify_all()
@@ -918,7 +943,7 @@ class FakeConsul(FakeBase[RecordedRequest]):
         return next((c for c in self._checks.values() if c.id == check_id), None)
 
     def _touch_name(self, t: _Txn, name: str) -> None:
-        self._svc_index[name.lower()] = t.bump()
+        self._svc_index[name.lower()] = self._name_events[name.lower()] = t.bump()
 
     def _apply_registration(self, t: _Txn, svc: _Service, checks: list[_Check], *, replace: bool, now: float, restore: bool = True) -> None:
         key = (svc.node, svc.id)
@@ -978,10 +1003,10 @@ class FakeConsul(FakeBase[RecordedRequest]):
     def _after_instance_removed(self, t: _Txn, name: str) -> None:
         lname = name.lower()
         if any(s.name.lower() == lname for s in self._services.values()):
-            self._svc_index[lname] = t.bump()
+            self._svc_index[lname] = self._name_events[lname] = t.bump()
         else:
             self._svc_index.pop(lname, None)
-            self._extinction_index = t.bump()
+            self._extinction_index = self._name_events[lname] = t.bump()
 
     def _write_check(self, t: _Txn, chk: _Check, status: str, output: str, now: float) -> None:
         """A change the catalog sees at once (status changes; synced output)."""
@@ -1278,7 +1303,7 @@ class FakeConsul(FakeBase[RecordedRequest]):
         fam = "ipv6" if ":" in node.address else "ipv4"
         return {"ID": node.id, "Node": node.name, "Address": node.address, "Datacenter": self.datacenter,
                 "TaggedAddresses": dict(sorted({"lan": node.address, f"lan_{fam}": node.address, "wan": node.address, f"wan_{fam}": node.address}.items())),
-                "Meta": {"consul-network-segment": ""}, "CreateIndex": node.create_index, "ModifyIndex": node.modify_index}
+                "Meta": {"consul-network-segment": "", "consul-version": _CONSUL_VERSION}, "CreateIndex": node.create_index, "ModifyIndex": node.modify_index}
 
     def _tags_json(self, tags: list[str] | None) -> list[str] | None:
         if tags is None:
@@ -1333,6 +1358,17 @@ class FakeConsul(FakeBase[RecordedRequest]):
             return self._extinction_index
         return max(self._nodes_index, self._services_index, self._checks_index)
 
+    def _view_index(self, lname: str) -> int:
+        """Index of a blocking (``?index=N``) health query, which a real agent answers from its
+        streaming view of the service: the view starts at the name's index when it is first
+        made and from then on moves only with events for that name. So, unlike a non-blocking
+        read of a service without instances (extinction or catalog index), a blocking one is not
+        woken by other services' changes."""
+        created = self._views.get(lname)
+        if created is None:
+            created = self._views[lname] = self._health_index(lname)
+        return max(created, self._name_events.get(lname, 0))
+
     def _h_health_service(self, req: _Request) -> _Response:
         min_index, wait = self._parse_query_options(req)
         name = req.path[len("/v1/health/service/"):]
@@ -1359,12 +1395,13 @@ class FakeConsul(FakeBase[RecordedRequest]):
                 if not (authz.can("node:read") and authz.can("service:read")):
                     filtered = True
                     continue
-                checks = sorted((c for c in self._checks.values() if c.node == svc.node and (c.service_id in ("", svc.id))), key=lambda c: c.id)
+                # node-level checks first, then the service's (Consul's parseCheckServiceNodes)
+                checks = sorted((c for c in self._checks.values() if c.node == svc.node and (c.service_id in ("", svc.id))), key=lambda c: (c.service_id != "", c.id.lower()))
                 entry = {"Node": self._node_json(self._nodes[svc.node]), "Service": self._service_json(svc), "Checks": [self._check_json(c) for c in checks]}
                 if flt is not None and not flt(entry):
                     continue
                 entries.append(entry)
-            return _Result(self._health_index(lname), entries, filtered)
+            return _Result(self._view_index(lname) if min_index else self._health_index(lname), entries, filtered)
 
         res = self._blocking(req, min_index, wait, compute)
         backend = "streaming" if min_index else "blocking-query"
@@ -1405,6 +1442,8 @@ class FakeConsul(FakeBase[RecordedRequest]):
                     filtered = True
                     continue
                 out.setdefault(svc.name, set()).update(svc.tags or [])
+            # A real agent's tag order here is whatever its Go map gives (it varies between
+            # calls); sorted is one of those orders, and a stable one.
             return _Result(self._services_index, {name: sorted(tags) for name, tags in sorted(out.items())}, filtered)
 
         res = self._blocking(req, min_index, wait, compute)
@@ -1458,7 +1497,7 @@ class FakeConsul(FakeBase[RecordedRequest]):
                     raise _HTTPError(500, "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true")
             node = self._nodes[self.node]
             svc = _Service(sid, name, node.name, args.get("tags"), address, args.get("port", 0), meta, weights or (1, 1), args.get("enabletagoverride", False),
-                           args.get("taggedaddresses"), args.get("kind", ""), local=True)
+                           _default_tagged_addresses(args.get("taggedaddresses"), address, args.get("port", 0)), args.get("kind", ""), local=True)
             chks = []
             for i, c in enumerate(checks):
                 cid = c.id or (f"service:{sid}" + (f":{i + 1}" if len(checks) > 1 else ""))
@@ -1825,7 +1864,7 @@ def _check_from_definition(raw: dict[str, Any]) -> _CheckDef:
     if interval > 0 and ttl > 0:
         raise _HTTPError(400, "Invalid check: Interval and TTL cannot both be specified")
     if interval_check and interval <= 0:
-        raise _HTTPError(400, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or GRPC checks")
+        raise _HTTPError(400, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
     if not interval_check and not alias and ttl <= 0:
         raise _HTTPError(400, "Invalid check: TTL must be > 0 for TTL checks")
     kind = "ttl" if ttl > 0 else ("docker" if docker else "script" if script else kinds[0] if kinds else "alias")
@@ -1838,6 +1877,21 @@ def _check_from_definition(raw: dict[str, Any]) -> _CheckDef:
                      interval_ns=interval, timeout_ns=timeout, ttl_ns=ttl, deregister_ns=dereg, http=_as_str(c.get("http"), "CheckType.HTTP"),
                      method=_as_str(c.get("method"), "CheckType.Method"), header={k: list(v) if isinstance(v, list) else [str(v)] for k, v in (header or {}).items()} or None,
                      tls_skip_verify=_as_bool(c.get("tlsskipverify"), "CheckType.TLSSkipVerify"), tcp=_as_str(c.get("tcp"), "CheckType.TCP"))
+
+
+def _default_tagged_addresses(tagged: dict[str, dict[str, Any]] | None, address: str, port: int) -> dict[str, dict[str, Any]] | None:
+    """What the agent adds to a service registered with an IP address (``addServiceInternal``):
+    ``lan_ipv4`` / ``wan_ipv4`` (or ``lan_ipv6`` / ``wan_ipv6``) = that address and port, unless
+    the registration gave them. A host name or an empty address adds nothing."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return tagged
+    fam = "ipv4" if ip.version == 4 else "ipv6"
+    out = dict(tagged or {})
+    for key in (f"lan_{fam}", f"wan_{fam}"):
+        out.setdefault(key, {"Address": address, "Port": port})
+    return out
 
 
 def _weights_error(w: tuple[int, int]) -> str | None:

@@ -7,7 +7,7 @@ uses: naming (instance register / deregister / update / list / beat, service lis
 wrappers), config (get / publish / delete and the long-polling listener) and the JWT login. Where
 behaviour had to be chosen it follows a real 2.x server (alibaba/nacos ``InstanceController``,
 ``InstanceControllerV2``, ``HttpRequestInstanceBuilder``, ``ServiceUtil``, ``ConfigController``,
-``ConfigServletInner``, ``LongPollingService``, ``MD5Util``, ``UserController`` and the JWT auth plugin).
+``ConfigServletInner``, ``ConfigOperationService``, ``LongPollingService``, ``MD5Util``, ``UserController`` and the JWT auth plugin).
 
 Example::
 
@@ -127,7 +127,10 @@ missing ``@RequestParam`` on the config API, auth 403) are Spring Boot's JSON er
   ``Content-MD5``, ``Config-Type``, ``Content-Type`` by type (``text/plain;charset=UTF-8``,
   ``application/json;charset=UTF-8``...), ``Last-Modified`` and no-cache headers; missing -> 404
   ``config data not exist\\n``. ``POST`` (form ``dataId``, ``group``, ``content`` required and not blank,
-  ``tenant``, ``type``, ``appName``) -> ``true``; ``DELETE`` -> ``true``. dataId/group must be
+  ``tenant``, ``type``, ``appName``) -> ``true``; with a ``casMd5`` *header* (2.x compare-and-set; a
+  form field of that name is ignored) an existing item is written only if its md5 is still that
+  value, else ``500 caused: Cas publish fail, server md5 may have changed.;`` (a missing item is
+  created whatever the header says); ``DELETE`` -> ``true``. dataId/group must be
   ``[A-Za-z0-9_.:-]`` (else 400 ``caused: invalid dataId : x;``).
   **Tenants**: ``""`` and ``"public"`` are different keys for publish, delete and long polling, but
   ``GET`` maps a blank, ``public`` or ``null`` tenant to ``""`` first, exactly as 2.x's
@@ -1175,7 +1178,13 @@ class FakeNacos(FakeBase[RecordedRequest]):
             type_ = "text"
         self._check_tenant(tenant)
         self._check_config_params(data_id, group, content)
+        cas_md5 = req.headers.get("casmd5", "")  # only the header counts (request.getHeader), not a form field
         with self._lock:
+            current = self._configs.get((data_id, group, tenant))
+            # ConfigOperationService.publishConfig -> insertOrUpdateCas: an existing item is only
+            # updated when its md5 is still casMd5; a missing one is simply created.
+            if cas_md5.strip() and current is not None and current.md5 != cas_md5:
+                raise _config_error(500, "Cas publish fail, server md5 may have changed.")
             self._config_set((data_id, group, tenant), content, type_)
         return _json(200, True)
 
