@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench proto clean
+.PHONY: install demo test bench proto clean real-registries
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The real registries tests/contract runs against (besides the fakes): builds Consul 1.16.1 (the
+# last MPL-2.0 release) from source with the local Go toolchain, caches it outside the repo in
+# ${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}, and records in its manifest.json that no
+# Nacos server can be obtained here. Idempotent: once built, a run takes a few seconds (the Nacos
+# attempt). Standard library only: no venv needed (the venv's python is used when there is one).
+real-registries:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/real_registries.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/hot_path.py
