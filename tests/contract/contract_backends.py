@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ import graylb
 from graylb.consul import ConsulConfig, ConsulKVStore, ConsulRegistration
 from graylb.nacos import NacosAuth, NacosConfig, NacosConfigStore, NacosRegistration
 from graylb.registration import Registration
+from tests.conftest import wait_until
 
 BACKENDS = ("fake-consul", "real-consul", "fake-nacos", "real-nacos")
 REPO = Path(__file__).resolve().parents[2]
@@ -50,14 +50,7 @@ def recipe() -> Any:
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(interval)
+    return wait_until(predicate, timeout=timeout, interval=interval, message=what)
 
 
 def free_port() -> int:
