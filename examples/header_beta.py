@@ -2,9 +2,8 @@
 
 One service "orders" (v1 and v2 on 127.0.0.1) and routes that pick v2 by what a request carries:
 an exact header (`user-group: beta`, or the same value in the gray context from upstream), a
-regex on an e-mail header, a prefix on a client header, and a list of user ids (a regex
-alternation — a regex is a full match, so `bob` does not let `bobby` in). Prints which version
-each kind of caller got.
+regex on an e-mail header, a prefix on a client header, and a list of user ids (`in:` compares
+whole values, so `bob` does not let `bobby` in). Prints which version each kind of caller got.
 
     python examples/header_beta.py
 
@@ -39,7 +38,7 @@ services:
         match: [{headers: {x-client: {prefix: internal-}}}]
         to: [{subset: beta}]
       - name: pilot-users
-        match: [{headers: {x-user-id: {regex: 'alice|bob|carol'}}}]
+        match: [{headers: {x-user-id: {in: [alice, bob, carol]}}}]
         to: [{subset: beta}]
 """
 

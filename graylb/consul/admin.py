@@ -385,6 +385,9 @@ def _describe_string_match(m: StringMatch) -> str:
         text = f"== {m.exact!r}"
     elif kind == "prefix":
         text = f"starts with {m.prefix!r}"
+    elif kind == "in":
+        values = m.one_of or []
+        text = f"in {values[:5]!r}" + (f" (+{len(values) - 5} more)" if len(values) > 5 else "")
     else:
         text = f"matches /{m.regex}/"
     return f"not {text}" if m.invert else text

@@ -127,6 +127,23 @@ def compile_condition(get: Getter, spec: StringMatch, subject: str, *, ignore_ca
 
         return _named(prefix_cs, f"{subject} {neg}starts with {prefix!r}")
 
+    if kind == "in":
+        values = frozenset(v.upper() for v in spec.one_of or ()) if ignore_case else frozenset(spec.one_of or ())
+        shown = sorted(values)
+        label = f"{subject} {neg}in {shown[:5]!r}{f' (+{len(shown) - 5} more)' if len(shown) > 5 else ''}"
+        if ignore_case:
+
+            def one_of_ci(request: RequestInfo, ctx: GrayContext) -> bool:
+                value = get(request, ctx)
+                return (value is not None and value.upper() in values) is not invert
+
+            return _named(one_of_ci, label)
+
+        def one_of(request: RequestInfo, ctx: GrayContext) -> bool:
+            return (get(request, ctx) in values) is not invert  # a set lookup, however long the list
+
+        return _named(one_of, label)
+
     want = spec.exact if spec.exact is not None else ""
     if ignore_case:
         want = want.upper()

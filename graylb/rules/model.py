@@ -98,14 +98,18 @@ class _Model(BaseModel):
 
 
 class StringMatch(_Model):
-    """Exactly one of ``exact``, ``prefix``, ``regex`` (full match), ``present``; plus ``invert``.
+    """Exactly one of ``exact``, ``prefix``, ``regex`` (full match), ``in`` (one of a list, e.g.
+    user ids), ``present``; plus ``invert``.
 
     A plain string is shorthand for ``{exact: ...}`` and is written back as a plain string.
     """
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     exact: Optional[Text] = None
     prefix: Optional[Text] = None
     regex: Optional[Text] = None
+    one_of: Optional[list[Text]] = Field(default=None, alias="in", max_length=100_000)
     present: Optional[bool] = None
     invert: bool = False
 
@@ -130,26 +134,41 @@ class StringMatch(_Model):
                 raise _error("invalid regex {pattern}: {reason}", pattern=repr(value), reason=str(exc)) from None
         return value
 
+    @field_validator("one_of")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise _error("'in' needs at least one value (an empty list matches nothing)")
+        return value
+
     @model_validator(mode="after")
     def _exactly_one(self) -> StringMatch:
-        given = [k for k in ("exact", "prefix", "regex", "present") if getattr(self, k) is not None]
+        given = [_KIND_NAMES.get(k, k) for k in _KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             got = f"got {', '.join(given)}" if given else "got none"
-            raise _error("needs exactly one of exact, prefix, regex, present ({got})", got=got)
+            raise _error("needs exactly one of exact, prefix, regex, in, present ({got})", got=got)
         return self
 
     @property
     def kind(self) -> str:
-        for k in ("exact", "prefix", "regex", "present"):
+        """``exact`` | ``prefix`` | ``regex`` | ``in`` | ``present``."""
+        for k in _KINDS:
             if getattr(self, k) is not None:
-                return k
+                return _KIND_NAMES.get(k, k)
         raise AssertionError("validated StringMatch without a kind")
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> Any:
         if self._shorthand and not self.invert:
             return self.exact
-        return handler(self)
+        data = handler(self)
+        if isinstance(data, dict) and "one_of" in data:  # written back under its YAML name
+            data["in"] = data.pop("one_of")
+        return data
+
+
+_KINDS = ("exact", "prefix", "regex", "one_of", "present")
+_KIND_NAMES = {"one_of": "in"}
 
 
 class MatchClause(_Model):

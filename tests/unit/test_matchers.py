@@ -52,6 +52,37 @@ def test_regex_is_a_full_match():
     assert not m(req(), EMPTY)
 
 
+def test_in_matches_one_of_a_list_of_values():
+    users = [f"user-{i}" for i in range(5000)]  # a pilot list: a set lookup, however long
+    m = matcher({"headers": {"x-user-id": {"in": ["alice", "bob", *users]}}})
+    assert m(req(headers={"x-user-id": "bob"}), EMPTY)
+    assert m(req(headers={"x-user-id": "user-4999"}), EMPTY)
+    assert not m(req(headers={"x-user-id": "bobby"}), EMPTY)  # whole values, not prefixes
+    assert not m(req(headers={"x-user-id": "Bob"}), EMPTY)  # case-sensitive, like exact
+    assert not m(req(), EMPTY)
+    outside = matcher({"headers": {"x-user-id": {"in": ["alice"], "invert": True}}})
+    assert outside(req(headers={"x-user-id": "bob"}), EMPTY) and not outside(req(headers={"x-user-id": "alice"}), EMPTY)
+    method = matcher({"method": {"in": ["get", "HEAD"]}})
+    assert method(req(method="GET"), EMPTY) and method(req(method="head"), EMPTY) and not method(req(method="POST"), EMPTY)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"in": []}, "'in' needs at least one value"),
+        ({"in": ["a"], "exact": "a"}, "needs exactly one of exact, prefix, regex, in, present (got exact, in)"),
+        ({"in": "alice"}, "expected a list, got a string ('alice')"),
+    ],
+)
+def test_in_refuses_bad_lists_with_its_location(spec, message):
+    from graylb.errors import RuleError
+
+    doc = {"services": {"orders": {"routes": [{"name": "pilot", "match": [{"headers": {"x-user-id": spec}}], "to": [{"subset": "*"}]}]}}}
+    with pytest.raises(RuleError) as err:
+        parse_rules(doc)
+    assert "services.orders.routes[0].match[0].headers.x-user-id" in str(err.value) and message in str(err.value)
+
+
 def test_present_true_and_false():
     present = matcher({"headers": {"x-debug": {"present": True}}})
     absent = matcher({"headers": {"x-debug": {"present": False}}})

@@ -199,7 +199,7 @@ def test_multiple_problems_are_reported_together_model_and_reference_errors():
 def test_string_matcher_needs_exactly_one_kind():
     doc = with_service("routes: [{match: [{path: {exact: /a, prefix: /b}}], to: [{subset: canary}]}]")
     assert errors_of(doc) == [
-        ("services.orders.routes[0].match[0].path", "needs exactly one of exact, prefix, regex, present (got exact, prefix)")
+        ("services.orders.routes[0].match[0].path", "needs exactly one of exact, prefix, regex, in, present (got exact, prefix)")
     ]
 
 
