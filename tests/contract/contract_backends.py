@@ -341,6 +341,9 @@ acl {{
         stop()
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-5:])
         raise StartFailed(f"{exc}; log ({log_path}): {tail}") from None
+    except BaseException:  # a bug here, an HTTP error, Ctrl-C: never leave the agent running
+        stop()
+        raise
     return ConsulBackend("real-consul", url, management, secrets[0], secrets[1], stop=stop)
 
 
