@@ -63,6 +63,7 @@ class ConsulDiscovery(RegistryDiscovery):
         # httpx's pool (whose queue behaves badly with hundreds of waiters).
         self._blocking_slots: asyncio.Semaphore | None = None
         self._quick_slots: asyncio.Semaphore | None = None
+        self._warned_anonymous: set[str] = set()
         super().__init__(**kwargs)
 
     def namespace(self) -> str:
@@ -129,6 +130,16 @@ class ConsulDiscovery(RegistryDiscovery):
             raise ConsulError(f"Consul answered {what} with {type(entries).__name__}, not a list")
         if not entries and resp.headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
             raise ConsulACLError(f"Consul hid every instance while {what}: the ACL token lacks service:read on '{watch.service}'", 403)
+        if not entries and not self.config.token and resp.headers.get("X-Consul-Default-Acl-Policy", "").lower() == "deny":
+            # Consul answers the anonymous token 200 [] without saying it filtered anything, so an
+            # empty list may mean "cannot see" rather than "none": say so once per service.
+            if watch.service not in self._warned_anonymous:
+                self._warned_anonymous.add(watch.service)
+                log.warning(
+                    "graylb: service '%s' has no instances visible to Consul's anonymous token (ACL default policy deny, "
+                    "no token configured): set CONSUL_HTTP_TOKEN or ConsulConfig(token=...) if it should have some",
+                    watch.service,
+                )
         return instances_from_health(watch.service, entries, self.bad_entry), next_cursor
 
     async def _aclose(self) -> None:

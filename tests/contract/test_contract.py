@@ -25,7 +25,7 @@ import httpx
 import pytest
 from contract_backends import VALID_RULES, Backend, ConsulBackend, NacosBackend, closing, only, wait_for
 
-from graylb.consul import ConsulACLError
+from graylb.consul import ConsulACLError, ConsulConfig
 from graylb.instance import Health
 from graylb.nacos import NacosAuthError
 
@@ -322,7 +322,7 @@ def test_consul_ttl_expiry_on_the_wire(backend: Backend) -> None:
     assert http.put(f"/v1/agent/service/deregister/{service}-{IP}-7100").status_code == 200
 
 
-def test_consul_acl_errors_on_the_wire(backend: Backend) -> None:
+def test_consul_acl_errors_on_the_wire(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
     only(backend, "consul", "Consul's ACL answers")
     assert isinstance(backend, ConsulBackend)
     key, service = backend.unique("key"), backend.unique("acl")
@@ -350,6 +350,11 @@ def test_consul_acl_errors_on_the_wire(backend: Backend) -> None:
         with closing(type(backend.discovery())(backend.config(backend.no_token))) as discovery:
             w = discovery.watch(service)
             assert w.wait_ready(10) and w.snapshot is None and "service:read" in (w.last_error or "")
+        # no token at all: Consul says nothing was filtered, so graylb warns that empty may mean hidden
+        with caplog.at_level("WARNING", logger="graylb.discovery"), closing(type(backend.discovery())(ConsulConfig(backend.url, timeout=10))) as discovery:
+            w = discovery.watch(service)
+            assert w.wait_ready(10) and w.snapshot is not None and w.snapshot.instances == ()
+        assert any(f"service '{service}' has no instances visible to Consul's anonymous token" in r.getMessage() for r in caplog.records)
         with closing(type(backend.store())(backend.config(backend.read_token))) as store:
             with pytest.raises(ConsulACLError, match="lacks a permission"):
                 store.put(key, "z")
