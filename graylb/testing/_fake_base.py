@@ -6,11 +6,13 @@ serve-until-interrupted loop. Each fake keeps its own wire behaviour (routing, e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import parse_qs
 
@@ -122,6 +124,29 @@ class FakeBase(Generic[Rec]):
         self._thread: threading.Thread | None = None
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
+        # Requests parked server-side (Consul blocking queries, Nacos long polls), so tests can
+        # wait for a client to be parked before changing something.
+        self._parked = threading.Condition(self._lock)
+        self._held = 0
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        """Count a request as parked for the block. Call with the lock held."""
+        self._held += 1
+        self._parked.notify_all()
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self._parked.notify_all()
+
+    def _held_count(self) -> int:
+        with self._lock:
+            return self._held
+
+    def _wait_held(self, count: int, timeout: float) -> bool:
+        with self._lock:
+            return self._parked.wait_for(lambda: self._held >= count, timeout)
 
     # ---- hooks ------------------------------------------------------------------------------
 

@@ -733,9 +733,7 @@ class FakeConsul(FakeBase[RecordedRequest]):
         self._acl_tokens = dict(acl_tokens) if acl_tokens is not None else None
 
         self._cond = threading.Condition(self._lock)  # every write and stop() notify it
-        self._parked = threading.Condition(self._lock)  # a blocking query parked (wait_blocking)
         self._abandon = 0  # bumped by reset_index(): parked queries answer at once
-        self._blocked = 0
 
         self._nodes: dict[str, _Node] = {}
         self._services: dict[tuple[str, str], _Service] = {}
@@ -797,13 +795,11 @@ class FakeConsul(FakeBase[RecordedRequest]):
 
     @property
     def blocking_queries(self) -> int:
-        with self._lock:
-            return self._blocked
+        return self._held_count()
 
     def wait_blocking(self, count: int = 1, timeout: float = 5.0) -> bool:
         """Wait until at least ``count`` blocking queries are parked; False on timeout."""
-        with self._lock:
-            return self._parked.wait_for(lambda: self._blocked >= count, timeout)
+        return self._wait_held(count, timeout)
 
     def accessor_id(self, secret: str) -> str:
         """The AccessorID the fake reports for a token secret."""
@@ -1272,12 +1268,8 @@ class FakeConsul(FakeBase[RecordedRequest]):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return res
-                self._blocked += 1
-                self._parked.notify_all()
-                try:
+                with self._holding():
                     self._cond.wait(remaining)
-                finally:
-                    self._blocked -= 1
                 if self._gen != req.gen:
                     raise _Killed
                 res = compute()

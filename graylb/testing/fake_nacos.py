@@ -501,8 +501,6 @@ class FakeNacos(FakeBase[RecordedRequest]):
         self._auth = dict(auth) if auth is not None else None
 
         self._cond = threading.Condition(self._lock)  # config changes and stop() notify it
-        self._parked = threading.Condition(self._lock)  # a long poll parked (wait_long_polls)
-        self._held = 0
 
         self._services: dict[tuple[str, str], _Service] = {}
         self._configs: dict[tuple[str, str, str], _Config] = {}
@@ -542,13 +540,11 @@ class FakeNacos(FakeBase[RecordedRequest]):
 
     @property
     def long_polls(self) -> int:
-        with self._lock:
-            return self._held
+        return self._held_count()
 
     def wait_long_polls(self, count: int = 1, timeout: float = 5.0) -> bool:
         """Wait until at least ``count`` config long polls are held; False on timeout."""
-        with self._lock:
-            return self._parked.wait_for(lambda: self._held >= count, timeout)
+        return self._wait_held(count, timeout)
 
     def stall(self, seconds: float) -> None:
         with self._lock:
@@ -1250,9 +1246,7 @@ class FakeNacos(FakeBase[RecordedRequest]):
                 return _Response(200, b"")
             versions = {k: self._config_versions.get(k, 0) for k in watched}
             deadline = time.monotonic() + hold
-            self._held += 1
-            self._parked.notify_all()
-            try:
+            with self._holding():
                 while True:
                     if self._gen != req.gen:
                         raise _Killed()
@@ -1263,9 +1257,6 @@ class FakeNacos(FakeBase[RecordedRequest]):
                     if remaining <= 0:
                         return _Response(200, b"")
                     self._cond.wait(remaining)
-            finally:
-                self._held -= 1
-                self._parked.notify_all()
 
 
 def main(argv: list[str] | None = None) -> int:
