@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from .config import NacosAuthError, NacosConfig, NacosError, NacosUnavailable
+from .config import NacosAuthError, NacosConfig, NacosError, NacosUnavailable, _body_text
 
 __all__ = ["NacosAuth", "LOGIN_PATH", "redact"]
 
@@ -162,7 +162,7 @@ class NacosAuth:
     def _accept_login(self, response: httpx.Response, started: float) -> tuple[str, int]:
         user = self.config.username
         status = response.status_code
-        text = self._scrub(_short_body(response))
+        text = self._scrub(_body_text(response))
         if status in (401, 403):
             raise NacosAuthError(f"Nacos login failed for user '{user}': wrong username or password ({status} {text!r})", status)
         if status == 429 or status >= 500:
@@ -276,10 +276,10 @@ class NacosAuth:
         return response
 
     def _log_relogin(self, what: str, response: httpx.Response) -> None:
-        log.info("graylb: Nacos at %s answered 403 to %s (%s); logging in again", self.config.address, what, self._scrub(_short_body(response, 80)))
+        log.info("graylb: Nacos at %s answered 403 to %s (%s); logging in again", self.config.address, what, self._scrub(_body_text(response, 80)))
 
     def _forbidden(self, what: str, response: httpx.Response) -> NacosAuthError:
-        text = self._scrub(_short_body(response))
+        text = self._scrub(_body_text(response))
         return NacosAuthError(f"Nacos refused {what} for user '{self.config.username}' even after logging in again: 403 {text!r} (does the user have the permission this needs?)", 403)
 
     # ------------------------------------------------------------------ the wire
@@ -363,18 +363,3 @@ def _with_token(params: Mapping[str, Any] | None, token: str) -> dict[str, Any]:
     out = dict(params or {})
     out["accessToken"] = token
     return out
-
-
-def _short_body(response: httpx.Response, limit: int = 300) -> str:
-    try:
-        text = response.text.strip()
-    except Exception:  # noqa: BLE001
-        return ""
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("message"), str) and data["message"]:
-            text = data["message"]
-    return text[:limit]
