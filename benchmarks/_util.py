@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 
 def machine() -> str:
@@ -85,3 +86,24 @@ class InChildProcess:
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+# A rules document whose beta route points at the subset given by ``%`` (stable / canary): the
+# latency benchmarks flip it and time how long the balancer takes to route the new way.
+FLIP_RULES = """
+services:
+  orders:
+    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
+    default: stable
+    routes: [{name: beta, match: [{headers: {user-group: beta}}], to: [{subset: %s}]}]
+"""
+
+
+def wait_for(predicate, timeout: float) -> float:
+    """Spin (0.5 ms) until ``predicate()``; returns the perf_counter time it became true."""
+    start = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"change not seen within {timeout:g} s")
+        time.sleep(0.0005)
+    return time.perf_counter()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import InChildProcess, machine, percentile, table  # noqa: E402
+from _util import FLIP_RULES as RULES, InChildProcess, machine, percentile, table, wait_for  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -26,22 +26,7 @@ from graylb.consul.config import ConsulConfig  # noqa: E402
 from graylb.discovery.consul import ConsulDiscovery  # noqa: E402
 from graylb.rules.consul_kv import ConsulRuleSource  # noqa: E402
 
-RULES = """
-services:
-  orders:
-    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
-    default: stable
-    routes: [{name: beta, match: [{headers: {user-group: beta}}], to: [{subset: %s}]}]
-"""
-
-
-def wait_for(predicate, timeout: float = 5.0) -> float:
-    start = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError("change not seen within 5 s")
-        time.sleep(0.0005)
-    return time.perf_counter()
+TIMEOUT = 5.0  # s: a change not seen by then fails the run
 
 
 def main() -> None:
@@ -61,7 +46,7 @@ def main() -> None:
             time.sleep(0.2)  # changes a few times a second, not a flood: the watch loop is rate-limited
             t0 = time.perf_counter()
             admin.put("/v1/kv/graylb/rules", content=RULES % target).raise_for_status()
-            rule_ms.append((wait_for(lambda: balancer.decide("orders", beta).subset == target) - t0) * 1000)
+            rule_ms.append((wait_for(lambda: balancer.decide("orders", beta).subset == target, TIMEOUT) - t0) * 1000)
 
         reg_ms = []
         for r in range(rounds):
@@ -77,7 +62,7 @@ def main() -> None:
                 except graylb.NoInstanceAvailable:
                     return False
 
-            reg_ms.append((wait_for(routable) - t0) * 1000)
+            reg_ms.append((wait_for(routable, TIMEOUT) - t0) * 1000)
         balancer.close()
 
     rows = [[name, f"{statistics.median(xs):.1f}", f"{percentile(xs, 0.9):.1f}", f"{max(xs):.1f}", "yes" if statistics.median(xs) <= 50 else "NO"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import InChildProcess, machine, percentile, table  # noqa: E402
+from _util import FLIP_RULES as RULES, InChildProcess, machine, percentile, table, wait_for  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -26,23 +26,8 @@ from graylb.discovery.nacos import NacosDiscovery  # noqa: E402
 from graylb.nacos.config import NacosConfig  # noqa: E402
 from graylb.rules.nacos_config import NacosRuleSource  # noqa: E402
 
-RULES = """
-services:
-  orders:
-    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
-    default: stable
-    routes: [{name: beta, match: [{headers: {user-group: beta}}], to: [{subset: %s}]}]
-"""
 REFRESH = 1.0
-
-
-def wait_for(predicate, timeout: float = 10.0) -> float:
-    start = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError("change not seen in time")
-        time.sleep(0.0005)
-    return time.perf_counter()
+TIMEOUT = 10.0  # s: a change not seen by then fails the run
 
 
 def main() -> None:
@@ -62,7 +47,7 @@ def main() -> None:
             time.sleep(0.2)
             t0 = time.perf_counter()
             admin.post("/v1/cs/configs", data={"dataId": "graylb-rules", "group": "DEFAULT_GROUP", "content": RULES % target}).raise_for_status()
-            rule_ms.append((wait_for(lambda: balancer.decide("orders", beta).subset == target) - t0) * 1000)
+            rule_ms.append((wait_for(lambda: balancer.decide("orders", beta).subset == target, TIMEOUT) - t0) * 1000)
 
         reg_ms = []
         for r in range(rounds // 2):
@@ -77,7 +62,7 @@ def main() -> None:
                 except graylb.NoInstanceAvailable:
                     return False
 
-            reg_ms.append((wait_for(routable) - t0) * 1000)
+            reg_ms.append((wait_for(routable, TIMEOUT) - t0) * 1000)
             time.sleep(random.uniform(0, REFRESH))  # land at different points of the refresh cycle
         balancer.close()
 
