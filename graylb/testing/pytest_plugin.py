@@ -67,52 +67,45 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _activate(item: pytest.Item, override: Override) -> Override:
+    """Start ``override`` for the test; ``_graylb_overrides`` stops it when the test ends."""
     override.start()
     item.stash.setdefault(_OVERRIDES, []).append(override)
     return override
 
 
+@pytest.fixture(autouse=True)
+def _graylb_overrides(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Applies ``graylb_pin`` / ``graylb_lane`` markers (class and module markers too), and at
+    the end of the test stops every override the markers or the fixtures started (autouse:
+    set up first, torn down last)."""
+    node = request.node
+    for marker in node.iter_markers("graylb_pin"):
+        _activate(node, pin_version(*marker.args, **marker.kwargs))
+    for marker in node.iter_markers("graylb_lane"):
+        _activate(node, lane(*marker.args, **marker.kwargs))
+    yield
+    for override in node.stash.get(_OVERRIDES, []):
+        override.stop()
+
+
 @pytest.fixture
-def graylb_pin(request: pytest.FixtureRequest) -> Iterator[Callable[..., Override]]:
+def graylb_pin(request: pytest.FixtureRequest) -> Callable[..., Override]:
     """``graylb_pin("orders", "2.0.0")`` (or a mapping of pins): active until the test ends."""
-    made: list[Override] = []
 
     def pin(service: Any, version: str | None = None, *, strict: bool = True) -> Override:
-        override = _activate(request.node, pin_version(service, version, strict=strict))
-        made.append(override)
-        return override
+        return _activate(request.node, pin_version(service, version, strict=strict))
 
-    yield pin
-    for override in made:
-        override.stop()
+    return pin
 
 
 @pytest.fixture
-def graylb_lane(request: pytest.FixtureRequest) -> Iterator[Callable[..., Override]]:
+def graylb_lane(request: pytest.FixtureRequest) -> Callable[..., Override]:
     """``graylb_lane("beta", forced=False)``: active until the test ends."""
-    made: list[Override] = []
 
     def in_lane(name: str, *, forced: bool = False, strict: bool = True) -> Override:
-        override = _activate(request.node, lane(name, forced=forced, strict=strict))
-        made.append(override)
-        return override
+        return _activate(request.node, lane(name, forced=forced, strict=strict))
 
-    yield in_lane
-    for override in made:
-        override.stop()
-
-
-@pytest.fixture(autouse=True)
-def _graylb_markers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Applies ``graylb_pin`` / ``graylb_lane`` markers (class and module markers too)."""
-    made: list[Override] = []
-    for marker in request.node.iter_markers("graylb_pin"):
-        made.append(_activate(request.node, pin_version(*marker.args, **marker.kwargs)))
-    for marker in request.node.iter_markers("graylb_lane"):
-        made.append(_activate(request.node, lane(*marker.args, **marker.kwargs)))
-    yield
-    for override in made:
-        override.stop()
+    return in_lane
 
 
 @pytest.hookimpl(wrapper=True)

@@ -38,21 +38,20 @@ class MemoryRuleStore:
         return text, version
 
     def put(self, key: str, value: str) -> None:
-        with self._lock:
-            version = self._keys.get(key, ("", 0))[1] + 1
-            self._keys[key] = (value, version)
-            sources = list(self._sources.get(key, ()))
-        for source in sources:  # a bad document is logged and refused there; the old rules stay
-            source.apply(value, revision=str(version), origin=self.describe(key))
+        self._write(key, value, expected=None)
 
     def cas_put(self, key: str, value: str, version: Any) -> bool:
+        return self._write(key, value, expected=version)
+
+    def _write(self, key: str, value: str, expected: Any) -> bool:
         with self._lock:
-            if self._keys.get(key, (None, 0))[1] != version:
+            current = self._keys.get(key, (None, 0))[1]
+            if expected is not None and current != expected:
                 return False
-            self._keys[key] = (value, int(version) + 1)
+            self._keys[key] = (value, current + 1)
             sources = list(self._sources.get(key, ()))
-        for source in sources:
-            source.apply(value, revision=str(int(version) + 1), origin=self.describe(key))
+        for source in sources:  # a bad document is logged and refused there; the old rules stay
+            source.apply(value, revision=str(current + 1), origin=self.describe(key))
         return True
 
     def instances(self, service: str) -> tuple[list[tuple[str, Instance]], list[str]]:
