@@ -111,9 +111,9 @@ class Balancer:
             watch = entry.watch
         watch.used = True
         state = entry.state
-        # Rebuilt by listeners on every change; the identity checks close the gap between a
-        # watch (or rule source) publishing and its listener finishing, so a call never routes
-        # on a state older than what the registry and rules already show.
+        # Listeners rebuild the state on every change; these checks (an int compare, an identity
+        # test) close the gap between a watch or rule source publishing and its listener
+        # finishing, so a call never routes on a state older than the registry and rules show.
         if (
             state is None
             or entry.revision != watch.revision
