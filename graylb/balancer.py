@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .call import Call
-from .discovery.base import Discovery, Snapshot
-from .errors import NoInstanceAvailable
+from .discovery.base import Discovery, ServiceWatch, Snapshot
+from .errors import NoInstanceAvailable, NoSnapshot
 from .picking.outlier import OutlierDetector
 from .picking.pickers import LoadStats
 from .propagation.codec import HeaderCodec
@@ -35,11 +35,13 @@ DEFAULT_OUTLIER = OutlierPolicy()
 class _Service:
     """One routed service: its watch, its outlier state and its current routing state."""
 
-    __slots__ = ("name", "watch", "detector", "state", "revision", "rules", "lock")
+    __slots__ = ("name", "watch", "opened_at", "warned", "detector", "state", "revision", "rules", "lock")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, watch: ServiceWatch) -> None:
         self.name = name
-        self.watch: Any = None
+        self.watch = watch
+        self.opened_at = time.monotonic()  # first-snapshot waits all end first_snapshot_timeout after this
+        self.warned = False  # the "no snapshot" warning is logged once per entry
         self.detector: OutlierDetector | None = None
         self.state: ServiceState | None = None
         self.revision = -1  # the watch revision ``state`` was built from
@@ -103,12 +105,36 @@ class Balancer:
     # -- the per-call path ------------------------------------------------------------------
     def start(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Call:
         """Route one call: returns a :class:`Call` that hands out instances (first try, retries)
-        and takes the outcome of each attempt. Raises :class:`NoInstanceAvailable`."""
-        entry = self._services.get(service) or self._open(service)
+        and takes the outcome of each attempt. Raises :class:`NoInstanceAvailable`.
+
+        The first calls to a service wait (in this thread, up to ``first_snapshot_timeout``) for
+        its first snapshot; :meth:`astart` is the twin for asyncio callers."""
+        entry = self._services.get(service)
+        if entry is None or entry.watch.snapshot is None or entry.watch.closed:
+            entry = self._entry_with_snapshot(service)
+        return self._start(entry, request, ctx)
+
+    async def astart(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Call:
+        """:meth:`start` for asyncio callers: a wait for the first snapshot awaits, never blocks
+        the event loop. Once the snapshot is there both are the same lock-free, I/O-free path."""
+        entry = self._services.get(service)
+        if entry is None or entry.watch.snapshot is None or entry.watch.closed:
+            entry = await self._aentry_with_snapshot(service)
+        return self._start(entry, request, ctx)
+
+    def ready(self, service: str) -> bool:
+        """True when calls to ``service`` can route without waiting (its first snapshot is here)."""
+        entry = self._services.get(service)
+        return entry is not None and entry.watch.snapshot is not None and not entry.watch.closed
+
+    async def wait_ready(self, service: str) -> None:
+        """Await the first snapshot of ``service`` (starting its watch if needed); raises
+        :class:`~graylb.errors.NoSnapshot` when none comes within ``first_snapshot_timeout``."""
+        if not self.ready(service):
+            await self._aentry_with_snapshot(service)
+
+    def _start(self, entry: _Service, request: RequestInfo, ctx: GrayContext | None) -> Call:
         watch = entry.watch
-        if watch.closed:  # the registry stopped watching it after a quiet spell
-            entry = self._reopen(service)
-            watch = entry.watch
         watch.used = True
         state = entry.state
         # Listeners rebuild the state on every change; these checks (an int compare, an identity
@@ -130,7 +156,7 @@ class Balancer:
                 exc.args = (f"{exc}; registry error: {watch.last_error}",)
             override = active_override()
             if override is not None and override.missed is not None:
-                override.missed(service, exc)  # a test pin/lane found nothing: the test hears of it
+                override.missed(entry.name, exc)  # a test pin/lane found nothing: the test hears of it
             raise
         return Call(self, entry, state, decision, request)
 
@@ -139,8 +165,46 @@ class Balancer:
         return self.start(service, request, ctx).decision
 
     def state(self, service: str) -> ServiceState:
-        entry = self._services.get(service) or self._open(service)
+        """The service's current routing state; waits for its first snapshot like a call, but
+        returns a state without instances rather than raise when none comes."""
+        entry = self._open(service)
+        if entry.watch.snapshot is None:
+            entry.watch.wait_snapshot(self._time_left(entry))
         return entry.state or self._rebuild(entry)
+
+    # -- the first snapshot (off the hot path: once per service, or after a watch was dropped) --
+    def _entry_with_snapshot(self, service: str) -> _Service:
+        entry = self._open(service)
+        if entry.watch.snapshot is None:
+            entry.watch.wait_snapshot(self._time_left(entry))
+            self._check_snapshot(entry)
+        return entry
+
+    async def _aentry_with_snapshot(self, service: str) -> _Service:
+        entry = self._open(service)
+        if entry.watch.snapshot is None:
+            await entry.watch.wait_snapshot_async(self._time_left(entry))
+            self._check_snapshot(entry)
+        return entry
+
+    def _time_left(self, entry: _Service) -> float:
+        """Every caller waits until the same deadline: ``first_snapshot_timeout`` after the watch
+        was opened. Callers arriving later wait what is left (nothing, once it has passed)."""
+        return max(0.0, entry.opened_at + self.first_snapshot_timeout - time.monotonic())
+
+    def _check_snapshot(self, entry: _Service) -> None:
+        watch = entry.watch
+        if watch.snapshot is not None:
+            return
+        waited = time.monotonic() - entry.opened_at
+        if not entry.warned:
+            entry.warned = True
+            log.warning("graylb: no snapshot of service '%s' from %s after %.1fs: %s", entry.name, self.discovery.describe(), waited, watch.last_error or "no answer yet")
+        error = NoSnapshot(entry.name, self.discovery.describe(), waited, watch.last_error)
+        override = active_override()
+        if override is not None and override.missed is not None:
+            override.missed(entry.name, error)
+        raise error
 
     # -- outcomes ---------------------------------------------------------------------------
     def _record(self, entry: _Service, instance_id: str, ok: bool) -> None:
@@ -155,25 +219,25 @@ class Balancer:
 
     # -- change handling (off the hot path) ---------------------------------------------------
     def _open(self, service: str) -> _Service:
+        """The service's entry, with a live watch; never waits for a snapshot.
+
+        An entry is published in ``_services`` only once it is whole (watch set, listener
+        attached), so the lock-free readers in :meth:`start` never see a half-built one. A
+        dropped watch (closed after an idle spell) is replaced here too, by one thread only.
+        """
+        entry = self._services.get(service)
+        if entry is not None and not entry.watch.closed:
+            return entry
         with self._create_lock:
             entry = self._services.get(service)
-            if entry is not None:
+            if entry is not None and not entry.watch.closed:
                 return entry
-            entry = _Service(service)
+            entry = _Service(service, self.discovery.watch(service))
+            entry.watch.add_listener(lambda snap, e=entry: self._rebuild(e))
+            if entry.state is None:
+                self._rebuild(entry)
             self._services = {**self._services, service: entry}
-        watch = self.discovery.watch(service)
-        entry.watch = watch
-        if watch.snapshot is None and not watch.wait_ready(self.first_snapshot_timeout):
-            log.warning("graylb: no snapshot of service '%s' after %.1fs", service, self.first_snapshot_timeout)
-        watch.add_listener(lambda snap, e=entry: self._rebuild(e))
-        if entry.state is None:
-            self._rebuild(entry)
         return entry
-
-    def _reopen(self, service: str) -> _Service:
-        with self._create_lock:
-            self._services = {k: v for k, v in self._services.items() if k != service}
-        return self._open(service)
 
     def _on_rules(self, rules: CompiledRules) -> None:
         self._known = self._extra_services | frozenset(rules.services)
@@ -191,8 +255,8 @@ class Balancer:
                 entry.detector.policy = policy  # keeps current ejections and streaks
             detector = entry.detector
             # Revision first: the watch sets it after the snapshot, so this snapshot is at least as new.
-            revision = entry.watch.revision if entry.watch is not None else 0
-            snapshot: Snapshot | None = entry.watch.snapshot if entry.watch is not None else None
+            revision = entry.watch.revision
+            snapshot: Snapshot | None = entry.watch.snapshot
             ejected = detector.ejected()
             state = build_state(
                 entry.name,

@@ -18,6 +18,21 @@ class NoInstanceAvailable(GraylbError):
         super().__init__(f"no instance available for {where}" + (f": {reason}" if reason else ""))
 
 
+class NoSnapshot(NoInstanceAvailable):
+    """The registry has not delivered a first snapshot of the service within the wait.
+
+    Not "no instance": graylb does not know the service's instances yet. The message names the
+    registry, how long callers waited and the last error the registry gave, if any.
+    """
+
+    def __init__(self, service: str, registry: str, waited: float, last_error: str | None = None) -> None:
+        self.registry = registry
+        self.waited = waited
+        self.last_error = last_error
+        why = last_error or "no answer yet"
+        super().__init__(service, None, f"no snapshot of '{service}' from {registry} after {waited:.1f} s: {why}")
+
+
 class RuleError(GraylbError, ValueError):
     """A rules document is invalid. ``errors`` lists ``(location, message)`` pairs.
 

@@ -8,6 +8,8 @@ reference, then tell listeners.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import threading
@@ -68,7 +70,10 @@ class ServiceWatch:
         self.error_since: float | None = None
         self.failures = 0
         self._listeners: list[Listener] = []
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # first snapshot *or* first failure
+        # Resolved by the first snapshot only: a thread waits on it with ``result(timeout)``, an
+        # asyncio task through ``asyncio.wrap_future`` (no thread parked per waiting task).
+        self._first_snapshot: concurrent.futures.Future[bool] = concurrent.futures.Future()
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners = [*self._listeners, listener]
@@ -81,6 +86,35 @@ class ServiceWatch:
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the first snapshot arrives (used once, on the first call to a service)."""
         return self._ready.wait(timeout)
+
+    def wait_snapshot(self, timeout: float | None = None) -> bool:
+        """Block until the first snapshot is here (True) or ``timeout`` passes (False). Unlike
+        :meth:`wait_ready`, a failed fetch does not end the wait: the registry may still answer."""
+        if self.snapshot is not None:
+            return True
+        try:
+            return self._first_snapshot.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return self.snapshot is not None
+
+    async def wait_snapshot_async(self, timeout: float | None = None) -> bool:
+        """:meth:`wait_snapshot` for asyncio callers: awaits without blocking the event loop."""
+        if self.snapshot is not None:
+            return True
+        # shield: a timed-out or cancelled waiter must not cancel the shared future.
+        waiter = asyncio.shield(asyncio.wrap_future(self._first_snapshot))
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return self.snapshot is not None
+
+    def _got_snapshot(self) -> None:
+        self._ready.set()
+        if not self._first_snapshot.done():
+            try:
+                self._first_snapshot.set_result(True)
+            except concurrent.futures.InvalidStateError:  # another publisher was first
+                pass
 
     @property
     def stale(self) -> bool:
@@ -107,12 +141,12 @@ class ServiceWatch:
         old = self.snapshot
         if old is not None and old.instances == instances:
             self.snapshot = dataclasses.replace(old, fetched_at=now, source=source)
-            self._ready.set()
+            self._got_snapshot()
             return self.snapshot
         snap = Snapshot(self.service, instances, (old.revision + 1) if old else 1, now, source)
         self.snapshot = snap
         self.revision = snap.revision  # after the snapshot: a reader of the revision finds it
-        self._ready.set()
+        self._got_snapshot()
         for listener in self._listeners:
             try:
                 listener(snap)
@@ -153,6 +187,10 @@ class Discovery:
 
     def services(self) -> list[str]:
         return sorted(self._watches)
+
+    def describe(self) -> str:
+        """Where the instances come from, for messages (``consul at 127.0.0.1:8500``)."""
+        return self.name
 
     def _start_watch(self, watch: ServiceWatch) -> None:
         raise NotImplementedError

@@ -69,6 +69,9 @@ class ConsulDiscovery(RegistryDiscovery):
     def namespace(self) -> str:
         return f"consul-{self.config.host}-{self.config.port}"
 
+    def describe(self) -> str:
+        return f"consul at {self.config.address}"
+
     def _client_on_loop(self) -> httpx.AsyncClient:
         if self._client is None:  # created on the background loop, which owns its connections
             self._client = self.config.async_client(self.max_connections)

@@ -55,6 +55,9 @@ class NacosDiscovery(RegistryDiscovery):
         c = self.config
         return f"nacos-{c.address.split('://', 1)[-1]}-{c.namespace}-{c.group}"
 
+    def describe(self) -> str:
+        return f"nacos at {self.config.address}"
+
     async def _fetch(self, watch: ServiceWatch, cursor: Any) -> tuple[list[Instance] | None, Any]:
         if cursor is not None:
             await asyncio.sleep(self.refresh_interval)

@@ -172,7 +172,9 @@ class RegistryDiscovery(Discovery):
             for service, watch in list(self._watches.items()):
                 if watch.used:
                     watch.used = False
-                else:
+                elif watch.snapshot is not None:
+                    # Never one still waiting for its first answer: its callers wait on it (and
+                    # only mark it used once routed), so dropping it would strand them.
                     self._drop(service, watch)
 
     def _drop(self, service: str, watch: ServiceWatch) -> None:

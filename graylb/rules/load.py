@@ -31,7 +31,13 @@ from .compile import compile_rules
 from .compiled import CompiledRules
 from .model import RulesDocument, check_references, format_loc
 
-__all__ = ["load_document", "validate_rules", "parse_rules"]
+__all__ = ["load_document", "validate_rules", "parse_rules", "MAX_DEPTH"]
+
+# No real rules document nests more than ~10 levels; a limit far above that keeps a hostile or
+# broken one (``services: [[[[...]]]]``) from reaching Python's recursion limit in the YAML
+# parser, pydantic or the compiler.
+MAX_DEPTH = 64
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
 
 
 class _Loader(yaml.SafeLoader):
@@ -90,6 +96,15 @@ def load_document(text: str | bytes, source: str = "") -> Any:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise RuleError([("", f"not UTF-8 text: {exc}")], source) from None
+    try:
+        data = _parse(text, source)
+    except RecursionError:  # the parsers recurse per level: far too deep to be a rules document
+        raise RuleError([("", _TOO_DEEP)], source) from None
+    _check_depth(data, source)
+    return data
+
+
+def _parse(text: str, source: str) -> Any:
     if text.lstrip().startswith(("{", "[")):
         try:
             return json.loads(text)
@@ -106,9 +121,30 @@ def load_document(text: str | bytes, source: str = "") -> Any:
         raise RuleError([("", _yaml_error(exc))], source) from None
 
 
+def _check_depth(data: Any, source: str) -> None:
+    """Reject a document nested deeper than :data:`MAX_DEPTH`, naming where (iterative: a deep
+    document must not be able to overflow the check meant to stop it)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, Mapping):
+            children = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        if len(loc) >= MAX_DEPTH:
+            raise RuleError([(format_loc(loc[:8]) + "...", _TOO_DEEP)], source)
+        stack.extend((child, (*loc, key)) for key, child in children)
+
+
 def validate_rules(doc: str | bytes | Mapping[str, Any], source: str = "") -> RulesDocument:
     """Load (if text) and validate; raise RuleError listing every problem found."""
-    data = load_document(doc, source) if isinstance(doc, (str, bytes)) else doc
+    if isinstance(doc, (str, bytes)):
+        data = load_document(doc, source)
+    else:
+        data = doc
+        _check_depth(data, source)
     if data is None:
         # An empty file is far more often a half-written one than an intent to drop every rule.
         raise RuleError([("", "document is empty (write `services: {}` to have no rules)")], source)

@@ -69,7 +69,10 @@ class RuleSource:
         origin = origin or self.name
         try:
             compiled = parse_rules(doc, source=origin, revision=revision)
-        except RuleError as exc:
+        except Exception as exc:
+            if not isinstance(exc, RuleError):  # a shape no check foresaw: still only a bad document
+                log.debug("graylb: unexpected error validating rules from %s", origin, exc_info=True)
+                exc = RuleError([("", f"cannot validate ({type(exc).__name__}: {exc})")], origin)
             with self._lock:
                 self.last_error = exc
                 self.rejected_count += 1

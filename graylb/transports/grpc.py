@@ -104,6 +104,16 @@ class _Router:
             raise
         return call, md
 
+    async def astart(self, method: str, metadata: Metadata | None) -> tuple[Call, list[tuple[str, Any]]]:
+        """:meth:`start` for grpc.aio: the first RPCs await the service's first snapshot."""
+        if not self.balancer.ready(self.service):
+            try:
+                await self.balancer.wait_ready(self.service)
+            except NoInstanceAvailable as exc:
+                telemetry.record_no_instance(exc.service, exc.subset)
+                raise
+        return self.start(method, metadata)
+
     def finish(self, call: Call, instance: Instance, started: float, outcome: str) -> Served:
         served = call.served(instance)
         telemetry.annotate_span(served)
@@ -287,7 +297,7 @@ class _AioUnaryCall:
         owner = self._owner
         owner._ch._reap_soon()
         router = owner._ch._router
-        call, md = router.start(owner._method, self._kw.pop("metadata", None))
+        call, md = await router.astart(owner._method, self._kw.pop("metadata", None))
         timeout = self._kw.pop("timeout", None)
         started = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -327,18 +337,124 @@ class _AioStreaming:
 
     def __call__(self, request=None, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
         self._ch._reap_soon()
+        kw = {"timeout": timeout, "metadata": metadata, "credentials": credentials, "wait_for_ready": wait_for_ready, "compression": compression}
         router = self._ch._router
-        call, md = router.start(self._method, metadata)
+        if router.balancer.ready(router.service):
+            return self._begin(request, kw)
+        # grpc.aio hands the call object back at once: before the first snapshot, hand back one
+        # that starts the RPC when the snapshot is here instead of blocking the event loop.
+        return _DeferredAioCall(self._begin_when_ready(request, kw))
+
+    async def _begin_when_ready(self, request: Any, kw: dict) -> Any:
+        router = self._ch._router
+        waited = time.monotonic()
+        try:
+            await router.balancer.wait_ready(router.service)
+        except NoInstanceAvailable as exc:
+            telemetry.record_no_instance(exc.service, exc.subset)
+            raise
+        if kw["timeout"] is not None:  # the wait counts against the call's deadline
+            kw["timeout"] = max(0.0, kw["timeout"] - (time.monotonic() - waited))
+        return self._begin(request, kw)
+
+    def _begin(self, request: Any, kw: dict) -> Any:
+        router = self._ch._router
+        call, md = router.start(self._method, kw.pop("metadata"))
         instance = call.next_instance()
         sub = getattr(router.subchannels.get(instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
         args = () if request is None and self._kind == "stream_stream" else (request,)
-        rpc = sub(*args, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        rpc = sub(*args, metadata=md, **kw)
+
         async def report(finished: Any) -> None:  # aio code() is a coroutine (instant once done)
             call.done(instance, ok=(await finished.code()) not in _FAILURES)
 
         rpc.add_done_callback(lambda finished: asyncio.ensure_future(report(finished)))
         rpc.graylb = call.served(instance)
         return rpc
+
+
+class _DeferredAioCall:
+    """A grpc.aio streaming call made before its service's first snapshot arrived.
+
+    The real call starts as soon as the snapshot is here (in a task started at once); every
+    awaitable method waits for it and then forwards, so code written for a grpc.aio call —
+    ``async for``, ``read``/``write``/``done_writing``, ``await call``, ``code()`` — works
+    unchanged. Without a snapshot in time, they raise :class:`~graylb.errors.NoSnapshot`.
+    """
+
+    _FORWARDED = frozenset({"read", "write", "done_writing", "initial_metadata", "trailing_metadata", "code", "details", "wait_for_connection"})
+
+    def __init__(self, begin: Any) -> None:
+        self._task: asyncio.Task[Any] = asyncio.ensure_future(begin)
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            for callback in self._callbacks:  # it never started: it is done, with no RPC
+                callback(self)
+            return
+        for callback in self._callbacks:
+            task.result().add_done_callback(callback)
+
+    async def _rpc(self) -> Any:
+        return await asyncio.shield(self._task)  # a reader giving up must not cancel the start
+
+    @property
+    def graylb(self) -> Served | None:
+        rpc = self._started_rpc()
+        return None if rpc is None else rpc.graylb
+
+    def _started_rpc(self) -> Any:
+        task = self._task
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self._FORWARDED:
+            raise AttributeError(name)
+
+        async def forward(*args: Any, **kw: Any) -> Any:
+            return await getattr(await self._rpc(), name)(*args, **kw)
+
+        return forward
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        async for item in await self._rpc():
+            yield item
+
+    def __await__(self):
+        return self._response().__await__()
+
+    async def _response(self) -> Any:
+        return await (await self._rpc())
+
+    def cancel(self) -> bool:
+        rpc = self._started_rpc()
+        return rpc.cancel() if rpc is not None else self._task.cancel()
+
+    def cancelled(self) -> bool:
+        rpc = self._started_rpc()
+        return rpc.cancelled() if rpc is not None else self._task.cancelled()
+
+    def done(self) -> bool:
+        rpc = self._started_rpc()
+        return rpc.done() if rpc is not None else self._task.done()
+
+    def time_remaining(self) -> float | None:
+        rpc = self._started_rpc()
+        return rpc.time_remaining() if rpc is not None else None
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        rpc = self._started_rpc()
+        if rpc is not None:
+            rpc.add_done_callback(callback)
+        else:
+            self._callbacks.append(callback)
 
 
 class _AioUnaryStream(_AioStreaming, grpc.aio.UnaryStreamMultiCallable):
@@ -406,7 +522,9 @@ class AioGrayChannel(grpc.aio.Channel):
         raise NotImplementedError("a gray channel has no single connectivity state")
 
     async def channel_ready(self) -> None:
-        return None
+        """Waits for the service's first snapshot (raises :class:`~graylb.errors.NoSnapshot`
+        when none comes within the balancer's ``first_snapshot_timeout``)."""
+        await self._router.balancer.wait_ready(self._router.service)
 
     async def __aenter__(self) -> AioGrayChannel:
         return self

@@ -22,23 +22,43 @@ from ..balancer import Balancer
 from ..call import CONNECT_FAILURE, RESET, TIMEOUT, Call
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
-from ..propagation.context import current
+from ..propagation.codec import HeaderCodec
+from ..propagation.context import GrayContext, current
 from ..routing.request import RequestInfo
 
 __all__ = ["GrayTransport", "AsyncGrayTransport"]
 
 
 def _start(balancer: Balancer, request: httpx.Request) -> Call:
-    service = balancer.service_name(request.url.host)
-    ctx = current()
-    info = RequestInfo(request.method, request.url.path, request.headers.get, request.url.query.decode("ascii", "replace"))
+    service, info, ctx = _routing_input(balancer, request)
     try:
         call = balancer.start(service, info, ctx)
     except NoInstanceAvailable as exc:
         telemetry.record_no_instance(exc.service, exc.subset)
         raise
-    headers = request.headers
-    codec = balancer.codec
+    _inject(balancer.codec, request.headers, ctx)
+    return call
+
+
+async def _astart(balancer: Balancer, request: httpx.Request) -> Call:
+    # The twin of _start: the first call to a service awaits its first snapshot.
+    service, info, ctx = _routing_input(balancer, request)
+    try:
+        call = await balancer.astart(service, info, ctx)
+    except NoInstanceAvailable as exc:
+        telemetry.record_no_instance(exc.service, exc.subset)
+        raise
+    _inject(balancer.codec, request.headers, ctx)
+    return call
+
+
+def _routing_input(balancer: Balancer, request: httpx.Request) -> tuple[str, RequestInfo, GrayContext]:
+    url = request.url
+    info = RequestInfo(request.method, url.path, request.headers.get, url.query.decode("ascii", "replace"))
+    return balancer.service_name(url.host), info, current()
+
+
+def _inject(codec: HeaderCodec, headers: httpx.Headers, ctx: GrayContext) -> None:
     if "baggage" in headers:
         # Also with an empty context: stale gray.* members (say, copied on by OpenTelemetry
         # from an untrusted caller) must not reach the next hop.
@@ -53,7 +73,6 @@ def _start(balancer: Balancer, request: httpx.Request) -> Call:
     elif not ctx.is_empty:
         for name, value in codec.inject(ctx):
             headers[name] = value
-    return call
 
 
 def _failure_kind(exc: Exception) -> str | None:
@@ -149,7 +168,7 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
         if not self.balancer.is_service(request.url.host):
             return await self.transport.handle_async_request(request)
         started = time.perf_counter()
-        call = _start(self.balancer, request)
+        call = await _astart(self.balancer, request)
         url = request.url
         replayable = isinstance(request.stream, httpx.ByteStream)
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +26,7 @@ import httpx
 import pytest
 from contract_backends import VALID_RULES, Backend, ConsulBackend, NacosBackend, closing, only, wait_for
 
+import graylb
 from graylb.consul import ConsulACLError, ConsulConfig
 from graylb.instance import Health
 from graylb.nacos import NacosAuthError
@@ -71,6 +73,30 @@ def test_discovery_follows_registration_and_deregistration(backend: Backend) -> 
             _watch_until(discovery, service, lambda s: _hosts(s) == {(IP, 9001)}, 10, "deregistered instance gone")
         _watch_until(discovery, service, lambda s: s.instances == (), 10, "last instance gone")
         assert not w.stale
+
+
+def test_concurrent_first_calls_all_wait_for_the_first_snapshot(backend: Backend) -> None:
+    """Many threads make the first call to a service at the same moment, on a fresh Balancer:
+    every one routes to the registered instance (none sees a half-built entry or routes on an
+    empty state while another thread waits for the registry's first answer)."""
+    service = backend.unique("first")
+    threads = 16
+    with backend.registration(service, ip=IP, port=8181, version="1.0.0", lane=None, weight=100):
+        with closing(backend.discovery()) as discovery:  # wait until the registry lists it
+            _watch_until(discovery, service, lambda s: s.instances, 10, "the registered instance")
+        with graylb.Balancer(backend.discovery(), services=[service]) as balancer:
+            barrier = threading.Barrier(threads)
+
+            def first_call(_: int) -> Any:
+                barrier.wait()
+                try:
+                    return balancer.start(service, graylb.RequestInfo("GET", "/")).next_instance().address
+                except Exception as exc:  # noqa: BLE001 - asserted below
+                    return exc
+
+            with ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(first_call, range(threads)))
+    assert results == [f"{IP}:8181"] * threads, [r for r in results if r != f"{IP}:8181"]
 
 
 def test_instance_without_heartbeats_expires(backend: Backend) -> None:

@@ -234,6 +234,28 @@ def test_rules_from_kv_apply_and_bad_document_is_kept_out(consul: FakeConsul, se
     balancer.close()
 
 
+def test_a_document_nested_too_deep_is_one_counted_rejection_and_the_watch_waits(consul: FakeConsul) -> None:
+    """``services: [[[[...]]]]`` 500 levels deep used to raise RecursionError out of the parser:
+    the watch logged "cannot read" and fetched the same document forever. It is a bad document
+    like any other: rejected once, counted, and the watch blocks until the key changes."""
+    consul.kv_put("graylb/rules", RULES)
+    rules = ConsulRuleSource(ConsulConfig(consul.url), "graylb/rules")
+    try:
+        good = rules.current.revision
+        consul.kv_put("graylb/rules", "services: " + "[" * 500 + "]" * 500)
+        wait_until(lambda: rules.rejected_count == 1, message="the deep document rejected")
+        assert "nested more than 64 levels deep" in str(rules.last_error)
+        assert rules.current.revision == good and rules.last_fetch_error is None
+        consul.clear_requests()
+        consul.kv_put("graylb/rules", RULES.replace("to: [{subset: canary}]", "to: [{subset: stable}]"))
+        wait_until(lambda: rules.current.revision != good, message="the next good document applied")
+        reads = [r for r in consul.requests if r.path.startswith("/v1/kv/")]
+        assert reads and all("index" in r.query for r in reads), "after the rejection the watch only blocks for the next change"
+        assert rules.rejected_count == 1
+    finally:
+        rules.close()
+
+
 def test_rules_snapshot_used_when_consul_is_down_at_start(consul: FakeConsul, tmp_path) -> None:
     consul.kv_put("graylb/rules", RULES)
     first = ConsulRuleSource(ConsulConfig(consul.url), "graylb/rules", snapshot_dir=str(tmp_path))

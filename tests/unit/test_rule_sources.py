@@ -84,6 +84,45 @@ def test_apply_never_raises_for_unparseable_text():
     assert src.current is NO_RULES
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param("services: " + "[" * 500 + "]" * 500, id="yaml-500-deep"),
+        pytest.param('{"services": ' + "[" * 5000 + "]" * 5000 + "}", id="json-5000-deep"),
+        pytest.param("services: " + "[" * 70 + "]" * 70, id="yaml-70-deep"),
+    ],
+)
+def test_a_document_nested_too_deep_is_a_counted_rejection_not_a_crash(document):
+    src = RuleSource()
+    assert src.apply(document) is False
+    assert src.rejected_count == 1 and "nested more than 64 levels deep" in str(src.last_error)
+    assert src.current is NO_RULES
+
+
+def test_a_deep_mapping_given_as_data_is_rejected_naming_where():
+    deep: list = []
+    inner = deep
+    for _ in range(3000):
+        inner.append([])
+        inner = inner[0]
+    src = RuleSource()
+    assert src.apply({"services": deep}) is False
+    (location, message), = src.last_error.errors
+    assert location.startswith("services[0][0]") and message == "nested more than 64 levels deep"
+
+
+def test_an_unforeseen_validation_error_is_still_only_a_rejected_document(monkeypatch):
+    import graylb.rules.sources as sources
+
+    def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(sources, "parse_rules", broken)
+    src = RuleSource()
+    assert src.apply("services: {}") is False
+    assert src.rejected_count == 1 and "cannot validate (KeyError" in str(src.last_error)
+
+
 def test_a_failing_listener_does_not_stop_the_others(caplog):
     src = RuleSource()
     seen: list[CompiledRules] = []
