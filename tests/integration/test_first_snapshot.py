@@ -245,3 +245,22 @@ def test_a_reopened_watch_gives_the_same_guarantee(registry: Registry, upstreams
         registry.fake.stall(0.5)  # the re-opened watch's first answer takes a while
         results, _ = run_first_calls(caller, balancer)
     assert results == ["1.0.0"] * N, [r for r in results if r != "1.0.0"]
+
+
+def test_channel_ready_awaits_the_first_snapshot(registry: Registry, upstreams: None) -> None:
+    registry.fake.stall(0.5)
+
+    async def main(balancer: graylb.Balancer) -> tuple[bool, bool]:
+        channel = graylb.AioGrayChannel(balancer, "orders")
+        try:
+            before = balancer.ready("orders")
+            await channel.channel_ready()
+            return before, balancer.ready("orders")
+        finally:
+            await channel.close()
+
+    with _balancer(registry, "grpc-aio") as balancer:
+        assert asyncio.run(main(balancer)) == (False, True)
+    registry.fake.stall(60)
+    with _balancer(registry, "grpc-aio", first_snapshot_timeout=0.3) as balancer, pytest.raises(graylb.NoSnapshot):
+        asyncio.run(main(balancer))
