@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import telemetry
 from .call import Call
 from .discovery.base import Discovery, ServiceWatch, Snapshot
 from .errors import NoInstanceAvailable, NoSnapshot
@@ -35,13 +36,14 @@ DEFAULT_OUTLIER = OutlierPolicy()
 class _Service:
     """One routed service: its watch, its outlier state and its current routing state."""
 
-    __slots__ = ("name", "watch", "opened_at", "warned", "detector", "state", "revision", "rules", "lock")
+    __slots__ = ("name", "watch", "opened_at", "warned", "unmatched_seen", "detector", "state", "revision", "rules", "lock")
 
     def __init__(self, name: str, watch: ServiceWatch) -> None:
         self.name = name
         self.watch = watch
         self.opened_at = time.monotonic()  # first-snapshot waits all end first_snapshot_timeout after this
         self.warned = False  # the "no snapshot" warning is logged once per entry
+        self.unmatched_seen: set[tuple[int, str, str]] = set()  # (snapshot revision, subset, selector) reported
         self.detector: OutlierDetector | None = None
         self.state: ServiceState | None = None
         self.revision = -1  # the watch revision ``state`` was built from
@@ -270,7 +272,23 @@ class Balancer:
             entry.rules = document
             entry.revision = revision
             entry.state = state
+            if state.unmatched:
+                self._report_unmatched(entry, state, revision)
             return state
+
+    def _report_unmatched(self, entry: _Service, state: ServiceState, revision: int) -> None:
+        """Say it, once per (subset, selector, snapshot), when a subset selects nothing: labels
+        `v1`/`v2` under a selector written for `1.x.y` used to fail silently."""
+        seen = entry.unmatched_seen
+        if seen and next(iter(seen))[0] != revision:
+            seen.clear()  # a new snapshot: what was said about the old one may be said again
+        for subset, selector, offered in state.unmatched:
+            key = (revision, subset, selector)
+            if key in seen:
+                continue
+            seen.add(key)
+            log.warning("graylb: service '%s' subset '%s' %s matches none of: %s", entry.name, subset, selector, offered)
+            telemetry.record_subset_empty(entry.name, subset)
 
     def close(self) -> None:
         self.rule_source.close()

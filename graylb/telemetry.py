@@ -5,6 +5,8 @@ an SDK. One counter and one histogram for every transport, plus attributes on th
   ``graylb.version`` and ``graylb.outcome`` (``ok``, ``error``, ``http_5xx``, ``no_instance``...).
 - ``graylb.client.duration`` (histogram, seconds): the same attributes.
 - ``graylb.rules.rejected`` (counter): rule documents rejected by validation, by source.
+- ``graylb.subset.empty`` (counter): a declared subset found to select no instance of a service
+  that has some, once per (service, subset, snapshot) — a selector that matches nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from opentelemetry import metrics, trace
 
 from .call import Served
 
-__all__ = ["record", "record_no_instance", "record_rules_rejected", "annotate_span"]
+__all__ = ["record", "record_no_instance", "record_rules_rejected", "record_subset_empty", "annotate_span"]
 
 _meter = metrics.get_meter("graylb")
 _requests = _meter.create_counter("graylb.client.requests", unit="{request}", description="Routed calls by service, subset, version and outcome")
 _duration = _meter.create_histogram("graylb.client.duration", unit="s", description="Routed call duration, all attempts included")
 _rules_rejected = _meter.create_counter("graylb.rules.rejected", unit="{document}", description="Rule documents rejected by validation")
+_subset_empty = _meter.create_counter("graylb.subset.empty", unit="{event}", description="Declared subsets found to select no instance of a service that has some")
 
 
 def record(served: Served, outcome: str, seconds: float) -> None:
@@ -38,6 +41,10 @@ def record_no_instance(service: str, subset: str | None) -> None:
 
 def record_rules_rejected(source: str) -> None:
     _rules_rejected.add(1, {"graylb.rules.source": source})
+
+
+def record_subset_empty(service: str, subset: str) -> None:
+    _subset_empty.add(1, {"graylb.service": service, "graylb.subset": subset})
 
 
 def annotate_span(served: Served) -> None:

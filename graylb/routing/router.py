@@ -23,7 +23,7 @@ from ..versioning import VersionSelector
 from .hashing import unit_interval
 from .request import RequestInfo
 
-__all__ = ["Decision", "ServiceState", "RouteState", "route", "build_state", "ALL_SUBSET"]
+__all__ = ["Decision", "ServiceState", "RouteState", "route", "build_state", "versions_summary", "ALL_SUBSET"]
 
 #: The subset name used when a service has no ``default``: every instance outside a lane.
 ALL_SUBSET = "*"
@@ -85,6 +85,9 @@ class ServiceState:
     stats: LoadStats | None
     pin_pickers: dict[str, Picker]  # selector text -> picker, filled lazily (a cache, never stale)
     groups: tuple[frozenset[str], ...] = ()  # instance ids per subset and lane, for outlier caps
+    # Declared subsets whose selector matches no healthy instance although the service has some:
+    # (subset, its selector, the versions on offer) — almost always a selector/label mismatch.
+    unmatched: tuple[tuple[str, str, str], ...] = ()
     # The routes flattened to plain tuples: unpacking a tuple beats attribute lookups per call.
     route_table: tuple[tuple, ...] = ()
 
@@ -142,6 +145,11 @@ def build_state(
     def picker(pool: list[Instance]) -> Picker:
         return make_picker(policy, [i for i in pool if i.id not in ejected] if ejected else pool, stats)
 
+    unmatched = tuple(
+        (name, rules.subsets[name].describe(), versions_summary(instances if rules.subsets[name].selects_lane else base))
+        for name, pool in members.items()
+        if rules and name != ALL_SUBSET and not pool and (base or rules.subsets[name].selects_lane and instances)
+    )
     subsets = {name: picker(pool) for name, pool in members.items()}
     groups = tuple(frozenset(i.id for i in pool) for pool in (*members.values(), *lane_members.values()) if pool)
     routes = tuple(_route_state(r, subsets) for r in (rules.routes if rules else ()))
@@ -163,6 +171,7 @@ def build_state(
         stats=stats,
         pin_pickers={},
         groups=groups,
+        unmatched=unmatched,
         route_table=tuple((r.route.match, r.name, r.names, r.pickers, r.cumulative, r.total, r.route.sticky) for r in routes),
     )
 
@@ -194,7 +203,7 @@ def route(state: ServiceState, request: RequestInfo, ctx: GrayContext) -> Decisi
         if selector is not None:
             picker = state.pin_picker(selector)
             if not len(picker):
-                raise NoInstanceAvailable(service, f"pin {selector}", f"no routable instance has a version matching the pin ({_versions_on_offer(state)})")
+                raise NoInstanceAvailable(service, f"pin {selector}", _pin_miss(state, selector))
             return Decision(service, "pin", f"pin:{selector}", picker, hash_key)
     lane = ctx.lane
     if lane is not None:
@@ -218,14 +227,34 @@ def route(state: ServiceState, request: RequestInfo, ctx: GrayContext) -> Decisi
     return _default(state, "default", hash_key)
 
 
+def versions_summary(instances: Collection[Instance]) -> str:
+    """``1.4.2 x2, 2.0.0`` (sorted, counted) for messages; never on the hot path."""
+    counts: dict[str, int] = {}
+    for inst in instances:
+        counts[inst.version or "(no version)"] = counts.get(inst.version or "(no version)", 0) + 1
+    return ", ".join(f"{v} x{n}" if n > 1 else v for v, n in sorted(counts.items()))
+
+
 def _versions_on_offer(state: ServiceState) -> str:
     """``routable versions: 1.4.2 x2, 2.0.0`` for error messages (never on the hot path)."""
-    counts: dict[str, int] = {}
-    for inst in state._routable():
-        counts[inst.version or "(none)"] = counts.get(inst.version or "(none)", 0) + 1
-    if not counts:
+    routable = state._routable()
+    if not routable:
         return "the service has no routable instance at all"
-    return "routable versions: " + ", ".join(f"{v} x{n}" if n > 1 else v for v, n in sorted(counts.items()))
+    return "routable versions: " + versions_summary(routable)
+
+
+def _pin_miss(state: ServiceState, selector: str) -> str:
+    """Why a pin found nothing, and what a pin that matches would say."""
+    try:
+        VersionSelector(selector)
+    except ValueError as exc:
+        return f"the pin is not a version selector: {exc}"
+    message = f"no routable instance has a version matching the pin ({_versions_on_offer(state)})"
+    labels = sorted({i.version for i in state._routable() if i.version})
+    if labels:
+        shown = ", ".join(f"{state.service}={v}" for v in labels[:6]) + (", ..." if len(labels) > 6 else "")
+        message += f"; a pin that matches: {shown}"
+    return message
 
 
 def _first_subset(state: ServiceState, route_name: str) -> str | None:

@@ -79,9 +79,13 @@ def compile_service(name: str, svc: Service) -> CompiledService:
         labels = dict(subset.labels)
         if subset.lane is not None:
             labels["lane"] = subset.lane
+        # labels: {version: v2} is the version selector by another name (Istio / Spring Cloud
+        # habits): it matches v2, 2 and 2.x.y like `version: v2`, never as a plain string compare.
+        version = subset.version if subset.version is not None else labels.pop("version", None)
+        labels.pop("version", None)
         subsets[subset_name] = SubsetSpec(
             name=subset_name,
-            version=VersionSelector(subset.version) if subset.version is not None else None,
+            version=VersionSelector(version) if version is not None else None,
             labels=types.MappingProxyType(labels),
         )
     routes = tuple(

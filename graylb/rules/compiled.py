@@ -51,6 +51,11 @@ class SubsetSpec:
                 return False
         return True
 
+    def describe(self) -> str:
+        """``{version: ^2, zone: a}``: the selector as a rules document would write it."""
+        parts = ([f"version: {self.version.text}"] if self.version is not None else []) + [f"{k}: {v}" for k, v in self.labels.items()]
+        return "{" + ", ".join(parts) + "}"
+
     @property
     def selects_lane(self) -> bool:
         """True when the subset asks for a lane explicitly (so lane instances may join it)."""

@@ -246,10 +246,22 @@ class Subset(_Model):
                 raise _error("{reason}", reason=str(exc)) from None
         return value
 
+    @field_validator("labels")
+    @classmethod
+    def _label_version_parses(cls, value: dict[str, str]) -> dict[str, str]:
+        if "version" in value:  # a version selector too, read by the same rules as `version`
+            try:
+                VersionSelector(value["version"])
+            except InvalidVersion as exc:
+                raise _error("version: {reason}", reason=str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _selects_something(self) -> Subset:
         if self.version is None and not self.labels and self.lane is None:
             raise _error("needs at least one of version, labels, lane")
+        if self.version is not None and self.labels.get("version", self.version) != self.version:
+            raise _error("version {a} conflicts with labels.version {b}", a=repr(self.version), b=repr(self.labels["version"]))
         if self.lane is not None and self.labels.get("lane", self.lane) != self.lane:
             raise _error("lane {a} conflicts with labels.lane {b}", a=repr(self.lane), b=repr(self.labels["lane"]))
         return self

@@ -74,10 +74,13 @@ def test_matches_uses_the_parsed_form_when_given() -> None:
 def test_partial_version_selects_the_versions_it_prefixes(selector: str) -> None:
     sel = VersionSelector(selector)
     assert sel.is_range
-    assert matching(selector, "1.4.0", "v1.4.2", "1.4.17", "1.5.0", "1.3.9", "1.40.0", "2.4.0", "1.4") == [
+    assert matching(selector, "1.4.0", "v1.4.2", "1.4.17", "1.5.0", "1.3.9", "1.40.0", "2.4.0", "1.4", "v1.4", "1.4.3-rc.1") == [
         "1.4.0",
         "v1.4.2",
         "1.4.17",
+        "1.4",  # a short label is its own prefix
+        "v1.4",
+        "1.4.3-rc.1",  # a partial selector is a prefix: prereleases of 1.4.x are 1.4 too
     ]
 
 
@@ -112,7 +115,7 @@ def test_range(selector: str, yes: list[str], no: list[str]) -> None:
 
 
 @pytest.mark.parametrize("selector", ["^1.4", "~1.4", ">=1.2,<2", "*", "1.4", "1"])
-@pytest.mark.parametrize("raw", ["commit-abc123", "latest", "1.4-hotfix", "v1.4-beta", "1.4", "1", ""])
+@pytest.mark.parametrize("raw", ["commit-abc123", "latest", "1.4-hotfix", "v1.4-beta", "my-service:v1.4.0", ""])
 def test_non_semver_never_matches_a_range(selector: str, raw: str) -> None:
     assert not VersionSelector(selector).matches(raw)
 
