@@ -33,6 +33,16 @@ def _pairs(values: Sequence[str], sep: str, what: str) -> dict[str, str]:
     return out
 
 
+def _header_lines(values: Sequence[str]) -> dict[str, list[str]]:
+    """``-H name:value`` options -> lower-cased name -> every value given, in order: a header
+    repeated on several lines (``-H accept:a -H accept:b``) reaches rules as several lines."""
+    out: dict[str, list[str]] = {}
+    for item in values:
+        name, value = next(iter(_pairs([item], ":", "header").items()))
+        out.setdefault(name, []).append(value)
+    return out
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -76,7 +86,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     else:
         print("note: no --registry given, so subsets have no instances; explaining by rules alone", file=sys.stderr)
     path, _, query = args.path.partition("?")
-    request = RequestInfo(args.method.upper(), path, _pairs(args.header, ":", "header"), query)
+    request = RequestInfo(args.method.upper(), path, _header_lines(args.header), query)
     ctx = GrayContext(lane=args.lane, lane_forced=args.force_lane, pins=_pairs(args.pin, "=", "pin"), values=_pairs(args.context, "=", "context value"))
     if snapshot is None:
         print(explain_rules(args.service, svc, request, ctx))
@@ -245,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = rsub.add_parser("explain", help="show where a request would go, and why")
     e.add_argument("file")
     e.add_argument("--service", "-s", required=True)
-    e.add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE")
+    e.add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE", help="a request header, e.g. -H 'accept:application/vnd.myapp.v2+json'; repeat a name for several lines of one header")
     e.add_argument("--path", default="/")
     e.add_argument("--method", default="GET")
     e.add_argument("--lane")

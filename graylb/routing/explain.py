@@ -8,6 +8,7 @@ from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.context import EMPTY, GrayContext
 from .hashing import unit_interval
+from .matchers import observations
 from .request import RequestInfo
 from ..rules.compiled import CompiledService
 from .router import ServiceState, route
@@ -90,8 +91,10 @@ def _route_reasons(routes, request: RequestInfo, ctx: GrayContext, default: str,
     for r, targets in routes:
         if r.match is not None and not r.match(request, ctx):
             reasons.append(f"route '{r.name}' does not match")
+            _observed(r, request, reasons)
             continue
         reasons.append(f"route '{r.name}' matches" + (" (no match conditions)" if r.match is None else ""))
+        _observed(r, request, reasons)
         dropped = [t.subset for t in r.to if t.subset not in {n for n, _ in targets}]
         if dropped:
             reasons.append(f"subset(s) {', '.join(dropped)} have no routable instance: dropped from the split")
@@ -111,6 +114,13 @@ def _route_reasons(routes, request: RequestInfo, ctx: GrayContext, default: str,
         return r.name, targets[-1][0]
     reasons.append(f"no route matches: default subset '{default}'")
     return "default", default
+
+
+def _observed(r, request: RequestInfo, reasons: list[str]) -> None:
+    # Conditions that extract a value (an API version) say what they found: "does not match"
+    # alone would not tell a vendor mismatch from a version mismatch.
+    for description, seen in observations(r.match, request):
+        reasons.append(f"route '{r.name}': {description}; this call: {seen}")
 
 
 def _weights(cumulative: tuple[float, ...]) -> list[float]:

@@ -8,6 +8,11 @@ Contract:
 - Header names are lower-cased here, once, because :meth:`RequestInfo.header` takes lower-case
   names. Query parameter and gray-context names are case-sensitive.
 - ``regex`` is a *full* match, compiled once. ``method`` compares case-insensitively.
+- ``api_version`` extracts the version a request asks for (:mod:`.api_version`: preferred
+  ``Accept`` media type, or a ``v2`` path segment) and compares it, ``v`` included (``v2``), with
+  a :class:`~graylb.versioning.VersionSelector` compiled once. No version found, or a preferred
+  media type of another vendor, never matches. Each such matcher also has an ``observe(request)``
+  attribute saying what it found, for ``graylb rules explain`` (:func:`observations`).
 - A missing value (header/query parameter/gray value not present) never matches ``exact``,
   ``prefix`` or ``regex``; with ``invert: true`` it therefore matches. ``present: true`` matches
   any value, even an empty one.
@@ -15,7 +20,8 @@ Contract:
 Everything that can be decided at compile time is: each closure does one lookup and one
 comparison, with the comparison operands bound as closure cells. A single condition compiles to
 that condition's closure itself, with no loop around it. Each matcher carries a ``description``
-attribute (``header user-group == 'beta'``) for logs and ``graylb rules explain``.
+attribute (``header user-group == 'beta'``) for logs and ``graylb rules explain``; AND / OR
+combinations carry their ``parts``.
 """
 
 from __future__ import annotations
@@ -25,12 +31,22 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..propagation.context import GrayContext
+from ..versioning import VersionSelector
+from .api_version import accept_preference, normalise_prefix, path_version
 from .request import RequestInfo
 
 if TYPE_CHECKING:  # only attribute access at run time: keeps routing importable without rules
-    from ..rules.model import MatchClause, StringMatch
+    from ..rules.model import ApiVersionMatch, MatchClause, StringMatch
 
-__all__ = ["Matcher", "compile_match", "compile_clause", "compile_condition", "describe"]
+__all__ = [
+    "Matcher",
+    "compile_match",
+    "compile_clause",
+    "compile_condition",
+    "compile_api_version",
+    "describe",
+    "observations",
+]
 
 #: Same alias as :data:`graylb.rules.compiled.Matcher` (not imported, to avoid an import cycle).
 Matcher = Callable[[RequestInfo, GrayContext], bool]
@@ -44,9 +60,27 @@ def describe(matcher: Matcher | None) -> str:
     return getattr(matcher, "description", repr(matcher))
 
 
-def _named(fn: Matcher, description: str) -> Matcher:
+def observations(matcher: Matcher | None, request: RequestInfo) -> list[tuple[str, str]]:
+    """``(description, what the request offers)`` for each condition of ``matcher`` that can say
+    (the ``api_version`` ones): what ``graylb rules explain`` shows besides match / no match."""
+    out: list[tuple[str, str]] = []
+    stack = [matcher] if matcher is not None else []
+    while stack:
+        m = stack.pop()
+        observe = getattr(m, "observe", None)
+        if observe is not None:
+            seen = (describe(m), observe(request))
+            if seen not in out:
+                out.append(seen)
+        stack.extend(reversed(getattr(m, "parts", ())))
+    return out
+
+
+def _named(fn: Matcher, description: str, parts: Sequence[Matcher] = ()) -> Matcher:
     fn.description = description  # type: ignore[attr-defined]
     fn.__qualname__ = f"matcher<{description}>"
+    if parts:
+        fn.parts = tuple(parts)  # type: ignore[attr-defined]
     return fn
 
 
@@ -161,6 +195,85 @@ def compile_condition(get: Getter, spec: StringMatch, subject: str, *, ignore_ca
     return _named(exact, f"{subject} {'!=' if invert else '=='} {want!r}")
 
 
+# --------------------------------------------------------------------------- api version
+
+# Distinct versions a clause remembers its selector's answer for: requests ask for a handful
+# (v1, v2, ...); a client inventing new ones only makes the memo start over.
+_VERSION_MEMO = 64
+
+
+def _selector_test(text: str) -> Callable[[str], bool]:
+    """``VersionSelector(text).matches`` with its answers remembered per extracted version (the
+    same few strings every call; a plain dict is safe to share between threads under the GIL)."""
+    matches = VersionSelector(text).matches
+    memo: dict[str, bool] = {}
+
+    def test(version: str) -> bool:
+        hit = memo.get(version)
+        if hit is None:
+            hit = matches(version)
+            if len(memo) >= _VERSION_MEMO:
+                memo.clear()
+            memo[version] = hit
+        return hit
+
+    return test
+
+
+def compile_api_version(spec: ApiVersionMatch) -> Matcher:
+    """A matcher for one ``api_version`` condition (see the module docstring)."""
+    test = _selector_test(spec.version)
+    if spec.source == "accept":
+        vendor = spec.vendor.lower() if spec.vendor is not None else None
+        shown = f"vnd.{vendor}" if vendor is not None else "any vendor"
+
+        def accept(request: RequestInfo, ctx: GrayContext) -> bool:
+            pref = accept_preference(request.header_values("accept"))
+            if pref is None or pref[2] is None:
+                return False
+            return (vendor is None or pref[1] == vendor) and test(pref[2])
+
+        fn = _named(accept, f"api version from Accept ({shown}) matches {spec.version!r}")
+        fn.observe = lambda request: _observe_accept(request, vendor)  # type: ignore[attr-defined]
+        return fn
+
+    prefix = normalise_prefix(spec.prefix) if spec.prefix is not None else None
+
+    def path(request: RequestInfo, ctx: GrayContext) -> bool:
+        version = path_version(request.path, prefix)
+        return version is not None and test(version)
+
+    where = f" after {prefix!r}" if prefix is not None else ""
+    fn = _named(path, f"api version from path{where} matches {spec.version!r}")
+    fn.observe = lambda request: _observe_path(request, prefix)  # type: ignore[attr-defined]
+    return fn
+
+
+def _observe_accept(request: RequestInfo, vendor: str | None) -> str:
+    lines = request.header_values("accept")
+    if not lines:
+        return "no Accept header"
+    pref = accept_preference(lines)
+    if pref is None:
+        return "Accept has no acceptable media type graylb can read (malformed, all q=0, or too long)"
+    media_type, got_vendor, version = pref
+    if got_vendor is None:
+        return f"Accept prefers {media_type!r}: not a vendor media type"
+    if vendor is not None and got_vendor != vendor:
+        return f"Accept prefers {media_type!r}: vendor {got_vendor!r}, not {vendor!r}"
+    if version is None:
+        return f"Accept prefers {media_type!r}: no version in it"
+    return f"Accept prefers {media_type!r}: version {version!r}"
+
+
+def _observe_path(request: RequestInfo, prefix: str | None) -> str:
+    version = path_version(request.path, prefix)
+    if version is None:
+        where = f" right after {prefix!r}" if prefix is not None else ""
+        return f"path {request.path!r} has no v<N> segment{where}"
+    return f"path {request.path!r}: version {version!r}"
+
+
 # --------------------------------------------------------------------------- combinations
 
 
@@ -174,7 +287,7 @@ def _all_of(matchers: Sequence[Matcher]) -> Matcher:
         def both(request: RequestInfo, ctx: GrayContext) -> bool:
             return a(request, ctx) and b(request, ctx)
 
-        return _named(both, description)
+        return _named(both, description, matchers)
     ms = tuple(matchers)
 
     def every(request: RequestInfo, ctx: GrayContext) -> bool:
@@ -183,7 +296,7 @@ def _all_of(matchers: Sequence[Matcher]) -> Matcher:
                 return False
         return True
 
-    return _named(every, description)
+    return _named(every, description, ms)
 
 
 def _any_of(matchers: Sequence[Matcher]) -> Matcher:
@@ -198,7 +311,7 @@ def _any_of(matchers: Sequence[Matcher]) -> Matcher:
                 return True
         return False
 
-    return _named(some, description)
+    return _named(some, description, ms)
 
 
 def compile_clause(clause: MatchClause) -> Matcher | None:
@@ -215,6 +328,8 @@ def compile_clause(clause: MatchClause) -> Matcher | None:
         conditions.append(compile_condition(_path, clause.path, "path"))
     if clause.method is not None:
         conditions.append(compile_condition(_method, clause.method, "method", ignore_case=True))
+    if clause.api_version is not None:
+        conditions.append(compile_api_version(clause.api_version))
     return _all_of(conditions) if conditions else None
 
 

@@ -242,7 +242,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(str(part))
+            field = _document_fields(tp).get(str(part))
             if field is None:
                 return []
             tp = field.annotation
@@ -256,8 +256,14 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
             return []
     tp = _unwrap(tp)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
+        return list(_document_fields(tp))
     return []
+
+
+def _document_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the names a document uses: the alias where there is one (``in``,
+    ``from``), not the Python attribute name (``one_of``, ``source``)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
 
 
 def _unwrap(tp: Any) -> Any:

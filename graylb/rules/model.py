@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_serializer,
@@ -41,6 +42,7 @@ from ..versioning import VersionSelector
 
 __all__ = [
     "StringMatch",
+    "ApiVersionMatch",
     "MatchClause",
     "Target",
     "HashOn",
@@ -171,6 +173,66 @@ _KINDS = ("exact", "prefix", "regex", "one_of", "present")
 _KIND_NAMES = {"one_of": "in"}
 
 
+_VENDOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)*")
+_VERSION_PART = re.compile(r"[vV][0-9]+")
+
+
+class ApiVersionMatch(_Model):
+    """The API version a request asks for, compared with a version selector.
+
+    ``from: accept`` reads the preferred media type of ``Accept``
+    (``application/vnd.<vendor>.v2+json`` or ``application/vnd.<vendor>+json; version=2``),
+    optionally only for ``vendor``; ``from: path`` reads the first ``v<N>[.<M>]`` path segment,
+    optionally only right after ``prefix``. ``version`` is a selector as in subsets
+    (``"2"``, ``"v2"``, ``"^2"``, ``"v1.4"``); the extracted version is passed to it with its
+    ``v`` (``v2``). See :mod:`graylb.routing.api_version` for the parsing rules.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    # Declared first: the vendor / prefix checks below read it from the validated data.
+    source: Literal["accept", "path"] = Field(alias="from")
+    version: Name
+    vendor: Optional[Name] = None
+    prefix: Optional[Name] = None
+
+    @field_validator("version")
+    @classmethod
+    def _version_parses(cls, value: str) -> str:
+        try:
+            VersionSelector(value)
+        except InvalidVersion as exc:
+            raise _error("{reason}", reason=str(exc)) from None
+        return value
+
+    @field_validator("vendor")
+    @classmethod
+    def _vendor_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("source") == "path":
+            raise _error("vendor only applies to from: accept")
+        if value.lower().startswith("vnd."):
+            raise _error("write the vendor without 'vnd.' ({fixed} for {given})", fixed=repr(value[4:]), given=repr(value))
+        if not _VENDOR.fullmatch(value):
+            raise _error("invalid vendor {got}: letters, digits, '-', '_', parts joined by '.'", got=repr(value))
+        if any(_VERSION_PART.fullmatch(part) for part in value.split(".")):
+            # "myapp.v2" would never match: the ".v2" of a media type is read as its version.
+            raise _error("vendor {got} contains a version: put it in version", got=repr(value))
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _path_prefix(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("source") == "accept":
+            raise _error("prefix only applies to from: path")
+        if not value.startswith("/"):
+            raise _error("prefix must start with '/', got {got}", got=repr(value))
+        return value
+
+
 class MatchClause(_Model):
     """One item of a route's ``match`` list: every key given must match (AND)."""
 
@@ -179,10 +241,11 @@ class MatchClause(_Model):
     context: dict[str, StringMatch] = Field(default_factory=dict)
     path: Optional[StringMatch] = None
     method: Optional[StringMatch] = None
+    api_version: Optional[ApiVersionMatch] = None
 
     @property
     def is_empty(self) -> bool:
-        return not (self.headers or self.query or self.context or self.path or self.method)
+        return not (self.headers or self.query or self.context or self.path or self.method or self.api_version)
 
 
 # --------------------------------------------------------------------------- routes

@@ -77,6 +77,17 @@ class _SubChannels:
         return channels
 
 
+def _values_of(md: list[tuple[str, Any]]) -> Callable[[str], list[str]]:
+    """``header_values`` for a call's metadata: every text entry with that key, in order. The
+    list is built only when a rule asks (``header`` reads the one-value-per-key dict that
+    :meth:`_Router.start` builds)."""
+
+    def values(name: str) -> list[str]:
+        return [v for k, v in md if isinstance(v, str) and k.lower() == name]
+
+    return values
+
+
 def _metadata_with_context(balancer: Balancer, metadata: Metadata | None) -> list[tuple[str, Any]]:
     """The call's metadata plus the gray context, exactly as the client interceptors do it."""
     md = _outbound_metadata(balancer.codec, current(), metadata)
@@ -98,7 +109,7 @@ class _Router:
         md = _metadata_with_context(self.balancer, metadata)
         headers = {k.lower(): v for k, v in md if isinstance(v, str)}
         try:
-            call = self.balancer.start(self.service, RequestInfo("POST", method, headers.get), current())
+            call = self.balancer.start(self.service, RequestInfo("POST", method, headers.get, "", _values_of(md)), current())
         except NoInstanceAvailable as exc:
             telemetry.record_no_instance(exc.service, exc.subset)
             raise

@@ -54,7 +54,9 @@ async def _astart(balancer: Balancer, request: httpx.Request) -> Call:
 
 def _routing_input(balancer: Balancer, request: httpx.Request) -> tuple[str, RequestInfo, GrayContext]:
     url = request.url
-    info = RequestInfo(request.method, url.path, request.headers.get, url.query.decode("ascii", "replace"))
+    headers = request.headers
+    # Bound methods only: get_list builds its list only if a rule asks for every line.
+    info = RequestInfo(request.method, url.path, headers.get, url.query.decode("ascii", "replace"), headers.get_list)
     return balancer.service_name(url.host), info, current()
 
 
