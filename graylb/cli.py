@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,19 +81,48 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     svc = rules.service(args.service)
     if svc is None:
         print(f"note: {args.file} has no rules for service '{args.service}'", file=sys.stderr)
+    live = args.consul is not None or args.nacos is not None
+    if live and args.registry:
+        raise SystemExit("graylb: give --registry FILE or a live registry (--consul / --nacos), not both")
     snapshot = None
-    if args.registry:
+    if live:
+        snapshot = _live_snapshot(args, args.service)
+    elif args.registry:
         snapshot = StaticDiscovery.from_file(args.registry).watch(args.service).snapshot
     else:
-        print("note: no --registry given, so subsets have no instances; explaining by rules alone", file=sys.stderr)
+        print("note: no --registry / --consul / --nacos given, so subsets have no instances; explaining by rules alone", file=sys.stderr)
     path, _, query = args.path.partition("?")
     request = RequestInfo(args.method.upper(), path, _header_lines(args.header), query)
     ctx = GrayContext(lane=args.lane, lane_forced=args.force_lane, pins=_pairs(args.pin, "=", "pin"), values=_pairs(args.context, "=", "context value"))
     if snapshot is None:
         print(explain_rules(args.service, svc, request, ctx))
+        return 0
+    explanation = explain_state(build_state(args.service, snapshot, svc), request, ctx)
+    print(explanation)
+    return 1 if explanation.error else 0  # scripts and CI can gate on "this call would fail"
+
+
+def _live_snapshot(args: argparse.Namespace, service: str):
+    """The service's instances as the registry lists them now (what a caller would route on)."""
+    from .errors import NoSnapshot
+
+    if args.nacos is not None:
+        from .discovery.nacos import NacosDiscovery
+
+        discovery = NacosDiscovery(_nacos_config(args))
     else:
-        print(explain_state(build_state(args.service, snapshot, svc), request, ctx))
-    return 0
+        from .discovery.consul import ConsulDiscovery
+
+        discovery = ConsulDiscovery(_consul_config(args))
+    started = time.monotonic()
+    with discovery:
+        watch = discovery.watch(service)
+        # wait_ready also ends on a failed fetch: a CLI reports the registry's error at once.
+        watch.wait_ready(args.timeout)
+        if watch.snapshot is None:
+            raise NoSnapshot(service, discovery.describe(), time.monotonic() - started, watch.last_error)
+        print(f"note: {len(watch.snapshot.instances)} instance(s) of '{service}' from {discovery.describe()}", file=sys.stderr)
+        return watch.snapshot
 
 
 # ------------------------------------------------------------------------- registry commands
@@ -252,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = rsub.add_parser("validate", help="check a rules file; exits 1 with the precise errors when it is invalid")
     v.add_argument("file")
     v.set_defaults(func=_cmd_validate)
-    e = rsub.add_parser("explain", help="show where a request would go, and why")
+    registry = _registry_options()
+    e = rsub.add_parser("explain", parents=[registry], help="show where a request would go, and why; exits 1 when that call would fail (with a registry to check against)")
     e.add_argument("file")
     e.add_argument("--service", "-s", required=True)
     e.add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE", help="a request header, e.g. -H 'accept:application/vnd.myapp.v2+json'; repeat a name for several lines of one header")
@@ -263,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pin", action="append", default=[], metavar="SERVICE=VERSION")
     e.add_argument("--context", "-c", action="append", default=[], metavar="KEY=VALUE", help="a gray-context value")
     e.add_argument("--registry", help="a static registry file (YAML/JSON: service -> instances) to pick candidates from")
+    e.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the live registry's answer (with --consul / --nacos)")
     e.set_defaults(func=_cmd_explain)
 
-    registry = _registry_options()
     push = rsub.add_parser("push", parents=[registry], help="validate a rules file and write it to a Consul KV key or Nacos config item (previous revision kept at KEY.previous)")
     push.add_argument("file")
     push.add_argument("--key", required=True, help="where the rules document lives: a Consul KV key (e.g. graylb/rules) or, with --nacos, a config dataId (e.g. graylb-rules)")

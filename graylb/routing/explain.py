@@ -41,7 +41,7 @@ class Explanation:
 def explain_state(state: ServiceState, request: RequestInfo, ctx: GrayContext = EMPTY) -> Explanation:
     """Run the router on ``state`` and say why it decided what it did."""
     service = state.service
-    reasons: list[str] = []
+    reasons: list[str] = [f"subset '{subset}' {selector} matches none of: {offered}" for subset, selector, offered in state.unmatched]
     if state.rules is None:
         reasons.append("no rules for this service: every instance outside a lane is a candidate")
     lane_picker = state.lanes.get(ctx.lane) if ctx.lane is not None else None
