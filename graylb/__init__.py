@@ -15,7 +15,7 @@ from .discovery.consul import ConsulDiscovery
 from .discovery.nacos import NacosDiscovery
 from .nacos.config import NacosConfig
 from .nacos.registration import NacosRegistration
-from .errors import GraylbError, InvalidVersion, NoInstanceAvailable, NoSnapshot, RuleError
+from .errors import GraylbError, InvalidVersion, MissingVersion, NoInstanceAvailable, NoSnapshot, RuleError
 from .instance import Health, Instance
 from .propagation.codec import HeaderCodec
 from .propagation.context import EMPTY, GrayContext, bind, current, gray
@@ -62,6 +62,7 @@ __all__ = [
     "Health",
     "Instance",
     "InvalidVersion",
+    "MissingVersion",
     "NacosConfig",
     "NacosDiscovery",
     "NacosRegistration",

@@ -50,3 +50,16 @@ class RuleError(GraylbError, ValueError):
 
 class InvalidVersion(GraylbError, ValueError):
     """A version range could not be parsed."""
+
+
+class MissingVersion(GraylbError, ValueError):
+    """A registration found no version: none was passed and the build environment sets none.
+
+    ``owner`` names the registration (``ConsulRegistration('orders')``); the message ends with
+    what was looked at, so the fix is in the message. Pass ``require_version=False`` to
+    register an instance without a version on purpose.
+    """
+
+    def __init__(self, owner: str, looked_at: str) -> None:
+        self.owner = owner
+        super().__init__(f"{owner}: no version: {looked_at}")

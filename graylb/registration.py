@@ -7,6 +7,11 @@ before, and the heartbeat thread that keeps trying through outages with one warn
 and one line on recovery. A subclass supplies only the wire: how to register, deregister and
 send one heartbeat (re-registering when the registry forgot the instance), plus its logger,
 error class and the names used in log lines.
+
+Both subclasses resolve the build they announce (version, image, commit) with
+:meth:`Registration._resolve_build`, i.e. :func:`graylb.build_info.resolve_build_info`: explicit
+arguments first, then the environment a container build sets. Without any version they refuse
+to be constructed (:class:`~graylb.errors.MissingVersion`) unless ``require_version=False``.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
+
+from .build_info import MISSING_VERSION_HINT, BuildInfo, resolve_build_info
+from .errors import MissingVersion
 
 __all__ = ["Registration"]
 
@@ -42,6 +50,8 @@ class Registration:
     _thread_prefix: ClassVar[str]
 
     config: Any
+    #: what this instance announces and where each value came from (set by :meth:`_resolve_build`)
+    build: BuildInfo = BuildInfo()
 
     def __init__(self) -> None:
         self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
@@ -51,6 +61,33 @@ class Registration:
         self._outage = False
         self._atexit_installed = False
         self._prev_handlers: dict[int, Any] = {}
+
+    def _resolve_build(
+        self,
+        service: str,
+        *,
+        version: object,
+        image: object,
+        commit: object,
+        meta: Mapping[str, object],
+        meta_name: str,
+        env: Mapping[str, str] | None,
+        require_version: bool,
+    ) -> BuildInfo:
+        """Resolve (and keep in :attr:`build`) the version, image and commit to announce.
+        Raises :class:`MissingVersion` when there is no version and ``require_version``."""
+        build = resolve_build_info(version=version, image=image, commit=commit, meta=meta, meta_name=meta_name, env=env)
+        if build.version is None and require_version:
+            raise MissingVersion(f"{type(self).__name__}({service!r})", MISSING_VERSION_HINT)
+        self.build = build
+        return build
+
+    @property
+    def version_source(self) -> str | None:
+        """Where the version came from: ``"argument"``, ``"meta"`` / ``"metadata"`` (the
+        caller's own metadata), ``"SERVICE_VERSION"``, ``"OTEL_SERVICE_VERSION"`` or
+        ``"OTEL_RESOURCE_ATTRIBUTES"``; None when registering without a version."""
+        return self.build.version_source
 
     # ------------------------------------------------------------------ hooks (the wire)
 
@@ -99,7 +136,9 @@ class Registration:
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._heartbeat, name=f"{self._thread_prefix}{self._log_id}", daemon=True)
                 self._thread.start()
-        self._log.info("graylb: registered %s in %s at %s (%s)", self._log_id, self._registry, self.config.address, self._registered_note())
+        # The build (and where its version came from) goes in this one line: it is what an
+        # operator checks first when the registry shows an unexpected version.
+        self._log.info("graylb: registered %s in %s at %s (%s; %s)", self._log_id, self._registry, self.config.address, self._registered_note(), self.build.describe())
 
     def deregister(self) -> None:
         """Stop the heartbeat and remove the instance. Idempotent."""

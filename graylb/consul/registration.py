@@ -11,7 +11,12 @@ with reg:                         # register(); close() on the way out
 
 What the agent receives (``PUT /v1/agent/service/register``, sent through py-consul):
 
-- ``Meta``: ``version``, ``lane`` (when set), ``weight`` (always) and the caller's ``meta``;
+- ``Meta``: ``version``, ``image`` and ``commit`` (each when known), ``lane`` (when set),
+  ``weight`` (always) and the caller's ``meta``. Version, image and commit come from the
+  arguments, else from the build's environment (``SERVICE_VERSION``, ``OTEL_SERVICE_VERSION``,
+  ``OTEL_RESOURCE_ATTRIBUTES``, ``SERVICE_IMAGE``, ``SERVICE_COMMIT``: see
+  :mod:`graylb.build_info`); with no version at all the constructor raises
+  :class:`~graylb.errors.MissingVersion` unless ``require_version=False``;
 - ``Weights``: ``{"Passing": weight, "Warning": 1}`` for Consul's own consumers (DNS SRV
   weights). graylb's discovery reads ``Meta["weight"]`` first (0..10000), so the weight it
   routes by is exactly the one given here. Consul rejects ``Passing`` < 1, while in graylb
@@ -71,6 +76,10 @@ class ConsulRegistration(Registration):
 
     ``service_id`` defaults to ``<service>-<address>-<port>`` (unique per agent). ``weight`` is
     graylb's 0..10000 (0 = no traffic, see the module docs for how it is carried).
+    ``version`` / ``image`` / ``commit`` default to the build's environment (``env``, default
+    ``os.environ``; see :mod:`graylb.build_info`); :attr:`version_source` says where the version
+    came from. No version anywhere raises :class:`~graylb.errors.MissingVersion` here, unless
+    ``require_version=False``.
     ``register()`` returns once the instance is passing (TTL check) or registered (HTTP check:
     the agent's first probe decides). ``close()`` is idempotent and safe from a signal handler
     and at interpreter exit (``register()`` installs an ``atexit`` hook that ``close()`` removes).
@@ -98,6 +107,10 @@ class ConsulRegistration(Registration):
         http_check: str | None = None,
         check_interval: float = 10.0,
         deregister_after: float | None = 60.0,
+        image: str | None = None,
+        commit: str | None = None,
+        require_version: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if not service:
             raise ValueError("service name must not be empty")
@@ -110,8 +123,8 @@ class ConsulRegistration(Registration):
         if check_interval <= 0:
             raise ValueError(f"service '{service}': check_interval must be positive, got {check_interval!r}")
         full_meta: dict[str, str] = {str(k): str(v) for k, v in (meta or {}).items()}
-        if version is not None:
-            full_meta["version"] = str(version)
+        build = self._resolve_build(service, version=version, image=image, commit=commit, meta=full_meta, meta_name="meta", env=env, require_version=require_version)
+        full_meta.update(build.metadata())
         if lane is not None:
             full_meta["lane"] = str(lane)
         full_meta["weight"] = str(int(weight))  # what graylb's discovery routes by (Weights.Passing can't be 0)
@@ -122,7 +135,9 @@ class ConsulRegistration(Registration):
         self.service = service
         self.address = address
         self.port = int(port)
-        self.version = version
+        self.version = build.version
+        self.image = build.image
+        self.commit = build.commit
         self.lane = lane
         self.weight = int(weight)
         self.meta: dict[str, str] = full_meta

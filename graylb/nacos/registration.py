@@ -13,9 +13,14 @@ What Nacos receives (``POST /{v1|v2}/ns/instance``, form body): ``serviceName``,
 ``namespaceId``, ``clusterName``, ``ip``, ``port``, ``weight`` (Nacos's double, 0..10000;
 graylb's discovery routes by weight × 100, so 1.0 weighs like graylb's default 100 and 0 means
 no traffic), ``enabled``, ``healthy``, ``ephemeral`` and ``metadata`` — the caller's metadata
-plus ``version`` and ``lane`` (when set), as JSON; a ``beat_interval`` other than Nacos's 5 s is
-declared as ``preserved.heart.beat.interval`` (ms) — the server echoes it back as the beat
-interval to use — and, from 15 s up, with unhealthy / delete timeouts of 3× / 6× the interval.
+plus ``version``, ``image`` and ``commit`` (each when known) and ``lane`` (when set), as JSON.
+Version, image and commit come from the arguments, else from the build's environment
+(``SERVICE_VERSION``, ``OTEL_SERVICE_VERSION``, ``OTEL_RESOURCE_ATTRIBUTES``, ``SERVICE_IMAGE``,
+``SERVICE_COMMIT``: see :mod:`graylb.build_info`); with no version at all the constructor
+raises :class:`~graylb.errors.MissingVersion` unless ``require_version=False``. A
+``beat_interval`` other than Nacos's 5 s is declared as ``preserved.heart.beat.interval`` (ms)
+— the server echoes it back as the beat interval to use — and, from 15 s up, with unhealthy /
+delete timeouts of 3× / 6× the interval.
 
 Ephemeral instances (the default) live only while they beat: a daemon thread sends
 ``PUT /v1/ns/instance/beat`` (the one beat endpoint every 1.x / 2.x server has, whatever
@@ -62,9 +67,13 @@ class NacosRegistration(Registration):
     """One instance of ``service`` in Nacos, for as long as this object is open.
 
     The instance ID is Nacos's ``ip#port#cluster#group@@service``. ``weight`` is Nacos's
-    0..10000 double (0 = no traffic). ``register()`` returns once Nacos accepted the instance
-    (it is healthy from then on). ``close()`` is idempotent and safe from a signal handler and
-    at interpreter exit (``register()`` installs an ``atexit`` hook that ``close()`` removes).
+    0..10000 double (0 = no traffic). ``version`` / ``image`` / ``commit`` default to the
+    build's environment (``env``, default ``os.environ``; see :mod:`graylb.build_info`);
+    :attr:`version_source` says where the version came from. No version anywhere raises
+    :class:`~graylb.errors.MissingVersion` here, unless ``require_version=False``.
+    ``register()`` returns once Nacos accepted the instance (it is healthy from then on).
+    ``close()`` is idempotent and safe from a signal handler and at interpreter exit
+    (``register()`` installs an ``atexit`` hook that ``close()`` removes).
     """
 
     _log = log
@@ -86,6 +95,10 @@ class NacosRegistration(Registration):
         cluster: str = "DEFAULT",
         ephemeral: bool = True,
         beat_interval: float = 5.0,
+        image: str | None = None,
+        commit: str | None = None,
+        require_version: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if not service or "@@" in service:
             raise ValueError(f"service name {service!r} must not be empty or contain '@@' (give the group in NacosConfig.group)")
@@ -104,8 +117,8 @@ class NacosRegistration(Registration):
         if not cluster:
             raise ValueError(f"service '{service}': cluster must not be empty")
         meta: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
-        if version is not None:
-            meta["version"] = str(version)
+        build = self._resolve_build(service, version=version, image=image, commit=commit, meta=meta, meta_name="metadata", env=env, require_version=require_version)
+        meta.update(build.metadata())
         if lane is not None:
             meta["lane"] = str(lane)
         # The server answers every beat with clientBeatInterval = this instance's
@@ -122,7 +135,9 @@ class NacosRegistration(Registration):
         self.service = service
         self.ip = str(ip)
         self.port = int(port)
-        self.version = version
+        self.version = build.version
+        self.image = build.image
+        self.commit = build.commit
         self.lane = lane
         self.weight = weight
         self.metadata: dict[str, str] = meta

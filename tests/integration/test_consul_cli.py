@@ -142,7 +142,8 @@ def test_push_validates_before_any_request(fake: FakeConsul) -> None:
 def register_fleet(fake: FakeConsul) -> None:
     fake.register("orders", id="orders-1", address="10.0.0.1", port=8080, meta={"version": "1.4.2"}, weights={"Passing": 100, "Warning": 1})
     fake.register("orders", id="orders-2", address="10.0.0.2", port=8080, meta={"version": "1.4.3", "weight": "250"})
-    fake.register("orders", id="orders-3", address="10.0.0.3", port=8080, meta={"version": "2.0.0"}, weights={"Passing": 50, "Warning": 1})
+    fake.register("orders", id="orders-3", address="10.0.0.3", port=8080, meta={"version": "2.0.0", "image": "registry.example.com/orders:2.0.0", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"},
+                  weights={"Passing": 50, "Warning": 1})
     fake.register("orders", id="orders-lane", address="", port=8081, tags=["version=2.1.0", "lane=feature-x"])
     fake.register("orders", id="orders-4", address="10.0.0.4", port=8080, meta={"version": "1.4.2"}, check_status="critical")
     fake.register("orders", id="orders-bad", address="10.0.0.9")  # no port: discovery skips it
@@ -153,15 +154,16 @@ def test_status_table(fake: FakeConsul) -> None:
     out = ok(run(fake, "status", "orders"))
     lines = out.splitlines()
     assert lines[0] == "service 'orders': 5 instance(s): 4 passing, 0 warning, 1 critical"
-    assert lines[1].split() == ["VERSION", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID"]
+    assert lines[1].split() == ["VERSION", "IMAGE", "COMMIT", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID"]
     rows = [line.split() for line in lines[2:] if not line.startswith("  !")]
     assert "  ! orders-bad on node fake-node: port None is not 1..65535; skipped" in lines
-    assert ["1.4.2", "-", "10000", "passing", "10.0.0.1:8080", "fake-node/orders-1"] in rows
-    assert ["1.4.2", "-", "100", "critical", "10.0.0.4:8080", "fake-node/orders-4"] in rows
-    assert ["2.0.0", "-", "5000", "passing", "10.0.0.3:8080", "fake-node/orders-3"] in rows  # Weights.Passing x 100
-    assert ["1.4.3", "-", "250", "passing", "10.0.0.2:8080", "fake-node/orders-2"] in rows  # Meta weight wins
+    assert ["1.4.2", "-", "-", "-", "10000", "passing", "10.0.0.1:8080", "fake-node/orders-1"] in rows
+    assert ["1.4.2", "-", "-", "-", "100", "critical", "10.0.0.4:8080", "fake-node/orders-4"] in rows
+    # Weights.Passing x 100; Meta image and commit (a full hash shown to 12 characters)
+    assert ["2.0.0", "registry.example.com/orders:2.0.0", "9fceb02d0ae5", "-", "5000", "passing", "10.0.0.3:8080", "fake-node/orders-3"] in rows
+    assert ["1.4.3", "-", "-", "-", "250", "passing", "10.0.0.2:8080", "fake-node/orders-2"] in rows  # Meta weight wins
     # Tags k=v as the fallback, empty Service.Address -> the node's address.
-    assert ["2.1.0", "feature-x", "100", "passing", "127.0.0.1:8081", "fake-node/orders-lane"] in rows
+    assert ["2.1.0", "-", "-", "feature-x", "100", "passing", "127.0.0.1:8081", "fake-node/orders-lane"] in rows
     assert len(rows) == 5
 
 

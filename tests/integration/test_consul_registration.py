@@ -70,7 +70,7 @@ def read_back(fake: FakeConsul) -> list:
 
 
 def make(fake: FakeConsul, **kw) -> ConsulRegistration:
-    args = {"address": "127.0.0.1", "port": 9001, "version": "2.0.0", "ttl": TTL}
+    args = {"address": "127.0.0.1", "port": 9001, "version": "2.0.0", "ttl": TTL, "env": {}}  # env: the runner's own SERVICE_IMAGE etc. must not leak in
     args.update(kw)
     return ConsulRegistration(ConsulConfig(fake.url), "orders", **args)
 
@@ -206,12 +206,12 @@ def test_http_check_variant(fake: FakeConsul) -> None:
 
 def test_acl_read_token_cannot_register_and_token_stays_out_of_urls() -> None:
     with FakeConsul(acl_tokens={"w-secret-1": "write", "r-secret-2": "read"}) as fake:
-        reg = ConsulRegistration(ConsulConfig(fake.url, token="r-secret-2"), "orders", address="127.0.0.1", port=9001)
+        reg = ConsulRegistration(ConsulConfig(fake.url, token="r-secret-2"), "orders", address="127.0.0.1", port=9001, version="2.0.0")
         with pytest.raises(ConsulACLError) as err:
             reg.register()
         assert "403" in str(err.value) and "lacks a permission" in str(err.value)
         assert "r-secret-2" not in str(err.value)
-        with ConsulRegistration(ConsulConfig(fake.url, token="w-secret-1"), "orders", address="127.0.0.1", port=9001, ttl=TTL) as ok:
+        with ConsulRegistration(ConsulConfig(fake.url, token="w-secret-1"), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=TTL) as ok:
             wait_for(lambda: passes(fake, ok.check_id) >= 2, what="heartbeats")
         for r in fake.requests:
             assert "secret" not in r.target
@@ -221,9 +221,9 @@ def test_acl_read_token_cannot_register_and_token_stays_out_of_urls() -> None:
 def test_rejects_bad_arguments() -> None:
     cfg = ConsulConfig("http://127.0.0.1:1")
     with pytest.raises(ValueError, match="weight"):
-        ConsulRegistration(cfg, "orders", address="h", port=1, weight=10001)
+        ConsulRegistration(cfg, "orders", address="h", port=1, version="2.0.0", weight=10001)
     with pytest.raises(ValueError, match="meta key"):
-        ConsulRegistration(cfg, "orders", address="h", port=1, meta={"consul-x": "1"})
+        ConsulRegistration(cfg, "orders", address="h", port=1, version="2.0.0", meta={"consul-x": "1"})
 
 
 def test_install_signal_handlers_refuses_other_threads(fake: FakeConsul) -> None:
@@ -247,7 +247,7 @@ SERVER_SCRIPT = textwrap.dedent(
     """
     import sys, threading
     from graylb.consul import ConsulConfig, ConsulRegistration
-    reg = ConsulRegistration(ConsulConfig(sys.argv[1]), "orders", address="127.0.0.1", port=9001, ttl=0.6)
+    reg = ConsulRegistration(ConsulConfig(sys.argv[1]), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=0.6)
     reg.register()
     reg.install_signal_handlers()
     reg.install_signal_handlers()  # twice: must not chain to itself

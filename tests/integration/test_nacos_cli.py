@@ -157,7 +157,8 @@ def test_push_validates_before_any_request(fake: FakeNacos) -> None:
 def register_fleet(fake: FakeNacos, **where: str) -> None:
     fake.register("orders", "10.0.0.1", 8080, metadata={"version": "1.4.2"}, weight=100, **where)
     fake.register("orders", "10.0.0.2", 8080, metadata={"version": "1.4.3", "weight": "250"}, **where)  # metadata weight wins
-    fake.register("orders", "10.0.0.3", 8080, metadata={"version": "2.0.0"}, weight=0.5, **where)
+    fake.register("orders", "10.0.0.3", 8080, metadata={"version": "2.0.0", "image": "registry.example.com/orders:2.0.0", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"},
+                  weight=0.5, **where)
     fake.register("orders", "10.0.0.5", 8081, metadata={"version": "2.1.0", "lane": "feature-x"}, **where)
     fake.register("orders", "10.0.0.4", 8080, metadata={"version": "1.4.2"}, healthy=False, **where)
     fake.register("orders", "10.0.0.6", 8080, metadata={"version": "1.4.2"}, weight=0, **where)
@@ -169,15 +170,16 @@ def test_status_table(fake: FakeNacos) -> None:
     out = ok(run(fake, "status", "orders"))
     lines = out.splitlines()
     assert lines[0] == "service 'orders': 6 instance(s): 5 passing, 0 warning, 1 critical"
-    assert lines[1].split() == ["VERSION", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID"]
+    assert lines[1].split() == ["VERSION", "IMAGE", "COMMIT", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID"]
     rows = [line.split() for line in lines[2:]]
     g = "DEFAULT_GROUP@@orders"
-    assert ["1.4.2", "-", "10000", "passing", "10.0.0.1:8080", f"10.0.0.1#8080#DEFAULT#{g}"] in rows  # 100 x 100, capped
-    assert ["1.4.3", "-", "250", "passing", "10.0.0.2:8080", f"10.0.0.2#8080#DEFAULT#{g}"] in rows
-    assert ["2.0.0", "-", "50", "passing", "10.0.0.3:8080", f"10.0.0.3#8080#DEFAULT#{g}"] in rows  # 0.5 x 100
-    assert ["2.1.0", "feature-x", "100", "passing", "10.0.0.5:8081", f"10.0.0.5#8081#DEFAULT#{g}"] in rows
-    assert ["1.4.2", "-", "100", "critical", "10.0.0.4:8080", f"10.0.0.4#8080#DEFAULT#{g}"] in rows
-    assert ["1.4.2", "-", "0", "(no", "traffic)", "passing", "10.0.0.6:8080", f"10.0.0.6#8080#DEFAULT#{g}"] in rows
+    assert ["1.4.2", "-", "-", "-", "10000", "passing", "10.0.0.1:8080", f"10.0.0.1#8080#DEFAULT#{g}"] in rows  # 100 x 100, capped
+    assert ["1.4.3", "-", "-", "-", "250", "passing", "10.0.0.2:8080", f"10.0.0.2#8080#DEFAULT#{g}"] in rows
+    # 0.5 x 100; metadata image and commit (a full hash shown to 12 characters)
+    assert ["2.0.0", "registry.example.com/orders:2.0.0", "9fceb02d0ae5", "-", "50", "passing", "10.0.0.3:8080", f"10.0.0.3#8080#DEFAULT#{g}"] in rows
+    assert ["2.1.0", "-", "-", "feature-x", "100", "passing", "10.0.0.5:8081", f"10.0.0.5#8081#DEFAULT#{g}"] in rows
+    assert ["1.4.2", "-", "-", "-", "100", "critical", "10.0.0.4:8080", f"10.0.0.4#8080#DEFAULT#{g}"] in rows
+    assert ["1.4.2", "-", "-", "-", "0", "(no", "traffic)", "passing", "10.0.0.6:8080", f"10.0.0.6#8080#DEFAULT#{g}"] in rows
     assert len(rows) == 6 and "10.0.0.9" not in out
 
 

@@ -49,7 +49,7 @@ def fake() -> Iterator[FakeNacos]:
 
 
 def make(fake: FakeNacos, config: NacosConfig | None = None, **kw) -> NacosRegistration:
-    args = {"ip": "127.0.0.1", "port": 9001, "version": "2.0.0", "beat_interval": BEAT}
+    args = {"ip": "127.0.0.1", "port": 9001, "version": "2.0.0", "beat_interval": BEAT, "env": {}}  # env: the runner's own SERVICE_IMAGE etc. must not leak in
     args.update(kw)
     return NacosRegistration(config or NacosConfig(fake.url), "orders", **args)
 
@@ -159,9 +159,9 @@ def test_client_beat_interval_from_the_server_is_honoured(fake: FakeNacos) -> No
 
 
 def test_default_beat_interval_needs_no_declaration(fake: FakeNacos) -> None:
-    reg = NacosRegistration(NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001)
+    reg = NacosRegistration(NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001, version="2.0.0")
     assert "preserved.heart.beat.interval" not in reg.metadata and reg.current_interval == 5.0
-    slow = NacosRegistration(NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001, beat_interval=20)
+    slow = NacosRegistration(NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001, version="2.0.0", beat_interval=20)
     assert slow.metadata["preserved.heart.beat.interval"] == "20000"
     assert slow.metadata["preserved.heart.beat.timeout"] == "60000" and slow.metadata["preserved.ip.delete.timeout"] == "120000"
 
@@ -282,14 +282,14 @@ def test_rejects_bad_arguments() -> None:
     cfg = NacosConfig("http://127.0.0.1:1")
     for bad in (10000.5, -1, math.nan, "abc"):
         with pytest.raises(ValueError, match="weight"):
-            NacosRegistration(cfg, "orders", ip="h", port=1, weight=bad)  # type: ignore[arg-type]
+            NacosRegistration(cfg, "orders", ip="h", port=1, version="2.0.0", weight=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
-        NacosRegistration(cfg, "orders", ip="h", port=0)
+        NacosRegistration(cfg, "orders", ip="h", port=0, version="2.0.0")
     with pytest.raises(ValueError, match="@@"):
-        NacosRegistration(cfg, "G@@orders", ip="h", port=1)
+        NacosRegistration(cfg, "G@@orders", ip="h", port=1, version="2.0.0")
     with pytest.raises(ValueError, match="beat_interval"):
-        NacosRegistration(cfg, "orders", ip="h", port=1, beat_interval=0)
-    assert "password" not in repr(NacosRegistration(NacosConfig("h:1", username="u", password="pw-xyz-1"), "orders", ip="h", port=1))
+        NacosRegistration(cfg, "orders", ip="h", port=1, version="2.0.0", beat_interval=0)
+    assert "password" not in repr(NacosRegistration(NacosConfig("h:1", username="u", password="pw-xyz-1"), "orders", ip="h", port=1, version="2.0.0"))
 
 
 def test_install_signal_handlers_refuses_other_threads(fake: FakeNacos) -> None:
@@ -311,7 +311,7 @@ SERVER_SCRIPT = textwrap.dedent(
     """
     import sys, threading
     from graylb.nacos import NacosConfig, NacosRegistration
-    reg = NacosRegistration(NacosConfig(sys.argv[1]), "orders", ip="127.0.0.1", port=9001, beat_interval=0.1)
+    reg = NacosRegistration(NacosConfig(sys.argv[1]), "orders", ip="127.0.0.1", port=9001, version="2.0.0", beat_interval=0.1)
     reg.register()
     reg.install_signal_handlers()
     reg.install_signal_handlers()  # twice: must not chain to itself
@@ -347,7 +347,7 @@ def test_signal_deregisters_then_keeps_default_behaviour(fake: FakeNacos, sig: i
 
 
 def test_interpreter_exit_deregisters(fake: FakeNacos) -> None:
-    script = "import sys\nfrom graylb.nacos import NacosConfig, NacosRegistration\nNacosRegistration(NacosConfig(sys.argv[1]), 'orders', ip='127.0.0.1', port=9001).register()\n"
+    script = "import sys\nfrom graylb.nacos import NacosConfig, NacosRegistration\nNacosRegistration(NacosConfig(sys.argv[1]), 'orders', ip='127.0.0.1', port=9001, version='2.0.0').register()\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NACOS_")}
     subprocess.run([sys.executable, "-c", script, fake.url], check=True, timeout=30, cwd=ROOT, env=env)
     assert len(registrations(fake)) == 1 and len(deregistrations(fake)) == 1  # the atexit hook
