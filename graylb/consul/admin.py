@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -341,9 +342,9 @@ def _dump_like(original: str, data: Any) -> str:
 
 
 def status(config: RuleStore | ConsulConfig, service: str, key: str | None = None) -> str:
-    """A human report: every instance of ``service`` (version / lane / weight / health /
-    address) and, with ``key``, the service's rules and the live traffic split exactly as
-    graylb's router computes it from these instances."""
+    """A human report: every instance of ``service`` (version / image / commit / lane / weight /
+    health / address) and, with ``key``, the service's rules and the live traffic split exactly
+    as graylb's router computes it from these instances."""
     with _opened(config) as store:
         listed, problems = store.instances(service)
         instances = [inst for _, inst in listed]
@@ -359,15 +360,37 @@ def status(config: RuleStore | ConsulConfig, service: str, key: str | None = Non
     return "\n".join(lines)
 
 
+_FULL_HASH = re.compile(r"^[0-9a-fA-F]{40}$|^[0-9a-fA-F]{64}$")
+_SHORT_HASH = 12  # like `git rev-parse --short=12`: unique in any real repository
+
+
+def _cell(value: str | None) -> str:
+    """A table cell from registry metadata: "-" when absent; characters that would break the
+    row (newline, tab, other controls) shown as "?" — the registry accepts anything."""
+    if not value:
+        return "-"
+    return "".join(ch if ch.isprintable() else "?" for ch in value)
+
+
+def _commit_cell(commit: str | None) -> str:
+    """A full Git (SHA-1 or SHA-256) hash shortened to 12 characters: 40 or 64 columns of hex
+    would push the rest of the row off the screen. Anything else is shown as it is."""
+    if commit and _FULL_HASH.match(commit):
+        return commit[:_SHORT_HASH]
+    return _cell(commit)
+
+
 def _instance_table(service: str, listed: list[tuple[str, Instance]]) -> list[str]:
     counts = {h: sum(1 for _, i in listed if i.health is h) for h in Health}
     head = f"service '{service}': {len(listed)} instance(s): " + ", ".join(f"{counts[h]} {h.value}" for h in Health)
     if not listed:
         return [head]
-    rows = [("VERSION", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID")]
+    # Build identity first (what is running), then how it is routed, then where it is.
+    rows = [("VERSION", "IMAGE", "COMMIT", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID")]
     for rid, i in sorted(listed, key=lambda p: (p[1].version or "", p[1].lane or "", p[1].address, p[0])):
         weight = str(i.weight) + (" (no traffic)" if i.weight == 0 else "")
-        rows.append((i.version or "-", i.lane or "-", weight, i.health.value, i.address, rid))
+        labels = i.labels
+        rows.append((_cell(i.version), _cell(labels.get("image")), _commit_cell(labels.get("commit")), _cell(i.lane), weight, i.health.value, i.address, _cell(rid)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return [head] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -405,6 +428,10 @@ def _describe_match(match: list[MatchClause] | None) -> str:
             parts.append(f"path {_describe_string_match(clause.path)}")
         if clause.method is not None:
             parts.append(f"method {_describe_string_match(clause.method)}")
+        if clause.api_version is not None:
+            av = clause.api_version
+            where = f"Accept (vnd.{av.vendor})" if av.source == "accept" and av.vendor else ("Accept" if av.source == "accept" else "path")
+            parts.append(f"api version from {where} matches {av.version!r}")
         clauses.append(" and ".join(parts) or "always")
     return " or ".join(f"({c})" if len(match) > 1 and " and " in c else c for c in clauses)
 
@@ -427,8 +454,13 @@ def _split_report(service: str, instances: list[Instance], text: str, key: str, 
         return len(state.subsets[name])
 
     lines = [head, "  subsets (routable instances = not critical, weight > 0):"]
+    unmatched = {subset: (selector, offered) for subset, selector, offered in state.unmatched}
     for name in rules.subsets:
-        lines.append(f"    {name}: {size(name)} routable")
+        if name in unmatched:  # a selector that matches nothing here: say why, loudly
+            selector, offered = unmatched[name]
+            lines.append(f"    {name}: 0 routable — SELECTS NOTHING: {selector} matches none of: {offered}")
+        else:
+            lines.append(f"    {name}: {size(name)} routable")
     default_desc = f"default subset '{rules.default}'" if rules.default else "no default subset (every instance outside a lane)"
     lines.append(f"  {default_desc}: {size(state.default_name)} routable; fallback {state.fallback}")
     if state.lanes:

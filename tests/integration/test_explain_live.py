@@ -96,3 +96,19 @@ def test_explain_against_an_unreachable_registry_says_so(registry: Registry, rul
     r = registry.explain(rules, "--timeout", "5")
     assert r.returncode == 1
     assert f"no snapshot of 'orders' from {registry.kind} at " in r.stderr
+
+
+def test_status_names_a_subset_that_selects_nothing(registry: Registry, rules: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "NACOS_"))}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "graylb.cli", *args, f"--{registry.kind}", registry.fake.url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+    pushed = cli("rules", "push", str(rules), "--key", "graylb-rules")
+    assert pushed.returncode == 0, pushed.stderr
+    r = cli("status", "orders", "--key", "graylb-rules")
+    assert r.returncode == 0, r.stderr
+    assert "    stable: 2 routable" in r.stdout and "    canary: 1 routable" in r.stdout
+    assert "    next: 0 routable — SELECTS NOTHING: {version: ^3} matches none of: v1 x2, v2" in r.stdout
+    assert "route 'beta-users' when header user-group == 'beta'" in r.stdout
