@@ -43,6 +43,14 @@ EXPECTED: dict[str, list[str]] = {
         "pilot-users",
         "OK: every beta caller reached v2, everyone else v1",
     ],
+    "registry_labels.py": [
+        "10/90 split by labels v2/v1, 1000 users: v1 90.1%, v2 9.9%",
+        "-> my-service:v1.2.0  (route pin)",
+        "-> commit-abc123      (route pin)",
+        "Accept: application/vnd.myapp.v2+json                      -> v2                 (route api-v2)",
+        "GET /api/v2/users                                          -> v2                 (route api-v2)",
+        "OK: labels v1/v2, an image tag, a commit and API versions in Accept and path all routed as written",
+    ],
     "sticky_users.py": [
         "users whose version changed: 0",
         "OK: every user kept their version; the split matches the weights",
