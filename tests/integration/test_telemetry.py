@@ -67,3 +67,20 @@ def test_rejected_rules_are_counted() -> None:
     source = graylb.StaticRules({"services": {}})
     assert not source.apply("services: {orders: {fallback: sometimes}}")
     assert sum(p.value for p in _points("graylb.rules.rejected")) >= 1
+
+
+def test_a_subset_that_selects_nothing_is_counted_once_per_snapshot(fleet: Fleet) -> None:
+    fleet.start("a", "ledger", "v1")
+    fleet.start("b", "ledger", "v2")
+    rules = {"services": {"ledger": {"subsets": {"stable": {"version": "v1"}, "canary": {"version": "^3"}}, "default": "stable"}}}
+    balancer = graylb.Balancer(fleet.registry, rules)
+
+    def empty_count() -> int:
+        return sum(p.value for p in _points("graylb.subset.empty") if p.attributes == {"graylb.service": "ledger", "graylb.subset": "canary"})
+
+    for _ in range(3):
+        balancer.start("ledger", graylb.RequestInfo())
+    assert empty_count() == 1
+    fleet.start("c", "ledger", "v2")  # a new snapshot, still nothing for ^3
+    balancer.start("ledger", graylb.RequestInfo())
+    assert empty_count() == 2
