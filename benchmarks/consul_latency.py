@@ -22,9 +22,9 @@ from _util import FLIP_RULES as RULES, InChildProcess, machine, percentile, tabl
 import httpx  # noqa: E402
 
 import graylb  # noqa: E402
-from graylb.consul.config import ConsulConfig  # noqa: E402
-from graylb.discovery.consul import ConsulDiscovery  # noqa: E402
-from graylb.rules.consul_kv import ConsulRuleSource  # noqa: E402
+from graylb.consul.client import ConsulConfig  # noqa: E402
+from graylb.consul.discovery import ConsulDiscovery  # noqa: E402
+from graylb.consul.rules import ConsulRuleSource  # noqa: E402
 
 TIMEOUT = 5.0  # s: a change not seen by then fails the run
 

@@ -20,8 +20,8 @@ from _util import InChildProcess, machine, table  # noqa: E402
 
 import httpx  # noqa: E402
 
-from graylb.consul.config import ConsulConfig  # noqa: E402
-from graylb.discovery.consul import ConsulDiscovery  # noqa: E402
+from graylb.consul.client import ConsulConfig  # noqa: E402
+from graylb.consul.discovery import ConsulDiscovery  # noqa: E402
 
 
 def proc_status(field: str) -> str:

@@ -22,9 +22,9 @@ from _util import FLIP_RULES as RULES, InChildProcess, machine, percentile, tabl
 import httpx  # noqa: E402
 
 import graylb  # noqa: E402
-from graylb.discovery.nacos import NacosDiscovery  # noqa: E402
-from graylb.nacos.config import NacosConfig  # noqa: E402
-from graylb.rules.nacos_config import NacosRuleSource  # noqa: E402
+from graylb.nacos.discovery import NacosDiscovery  # noqa: E402
+from graylb.nacos.client import NacosConfig  # noqa: E402
+from graylb.nacos.rules import NacosRuleSource  # noqa: E402
 
 REFRESH = 1.0
 TIMEOUT = 10.0  # s: a change not seen by then fails the run

@@ -7,13 +7,13 @@
 """
 
 from .balancer import Balancer
-from .call import Served
-from .consul.config import ConsulConfig
+from .served import Served
+from .consul.client import ConsulConfig
 from .consul.registration import ConsulRegistration
 from .discovery import Discovery, Snapshot, StaticDiscovery
-from .discovery.consul import ConsulDiscovery
-from .discovery.nacos import NacosDiscovery
-from .nacos.config import NacosConfig
+from .consul.discovery import ConsulDiscovery
+from .nacos.discovery import NacosDiscovery
+from .nacos.client import NacosConfig
 from .nacos.registration import NacosRegistration
 from .errors import GraylbError, InvalidVersion, MissingVersion, NoInstanceAvailable, NoSnapshot, RuleError
 from .instance import Health, Instance
@@ -22,8 +22,8 @@ from .propagation.context import EMPTY, GrayContext, bind, current, gray
 from .propagation.middleware import GrayASGIMiddleware, GrayWSGIMiddleware, trust_networks
 from .routing.request import RequestInfo
 from .rules.load import parse_rules
-from .rules.consul_kv import ConsulRuleSource
-from .rules.nacos_config import NacosRuleSource
+from .consul.rules import ConsulRuleSource
+from .nacos.rules import NacosRuleSource
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 from .transports.grpc import AioGrayChannel, GrayChannel
 from .transports.grpc_interceptors import (

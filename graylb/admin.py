@@ -5,12 +5,391 @@ push / undo``, ``graylb rollback`` and ``graylb status`` run, for scripts and ex
     push_change(graylb.ConsulConfig("http://127.0.0.1:8500"), "graylb/rules", text)
     rollback(graylb.NacosConfig("http://127.0.0.1:8848"), "graylb-rules", "orders")
 
-Each function takes a :class:`RuleStore` or a registry config (the matching store is opened
-around the call): :class:`ConsulKVStore`, :class:`NacosConfigStore`, or
-:class:`graylb.testing.MemoryRuleStore` in process.
+Registry-neutral: a registry contributes only its :class:`RuleStore` — reading and writing keys
+(with compare-and-set) and listing a service's instances: :class:`graylb.consul.ConsulKVStore`,
+:class:`graylb.nacos.NacosConfigStore`, :class:`graylb.testing.MemoryRuleStore` in process.
+Every function takes a store, or a registry config whose ``rule_store()`` opens one (opened and
+closed around the call).
+
+Revisions: every write first copies the key's current value to ``<key>.previous``, then
+writes the key with compare-and-set on the version read, so a concurrent change is never
+overwritten (the command fails and can be retried). :func:`undo` swaps the two, so undoing
+twice redoes. A Consul ACL policy for these commands needs ``key:write`` on both the key and
+``<key>.previous`` (a ``key_prefix`` rule on the key covers both) and ``service:read`` for
+``status``.
+
+The CLI opens a store with ``with``: a store is also a context manager (``close()``).
 """
 
-from .consul.admin import Change, ConsulKVStore, RuleConflict, RuleStore, push, push_change, rollback, status, undo
-from .nacos.admin import NacosConfigStore
+from __future__ import annotations
 
-__all__ = ["Change", "ConsulKVStore", "NacosConfigStore", "RuleConflict", "RuleStore", "push", "push_change", "rollback", "status", "undo"]
+import dataclasses
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import yaml
+
+from .discovery.base import Snapshot
+from .errors import GraylbError, RuleError
+from .instance import Health, Instance
+from .rules.load import load_document, parse_rules, validate_rules
+from .rules.model import MatchClause, StringMatch
+from .routing.router import ALL_SUBSET, build_state
+
+__all__ = [
+    "RuleStore",
+    "Change",
+    "RuleConflict",
+    "push",
+    "push_change",
+    "undo",
+    "rollback",
+    "status",
+    "previous_key",
+]
+
+
+def previous_key(key: str) -> str:
+    return f"{key}.previous"
+
+
+class RuleStore(Protocol):
+    """What the admin functions need from a registry. ``version`` is opaque to callers: what
+    :meth:`get` returned, handed back to :meth:`cas_put` (Consul: ModifyIndex, 0 = absent)."""
+
+    def describe(self, key: str) -> str:
+        """Names a key for messages, e.g. ``Consul KV key 'graylb/rules'``."""
+
+    def get(self, key: str) -> tuple[str | None, Any]:
+        """(text, version); text is None when the key does not exist."""
+
+    def put(self, key: str, value: str) -> None:
+        """Unconditional write."""
+
+    def cas_put(self, key: str, value: str, version: Any) -> bool:
+        """Write only if the key is still at ``version`` (absent-version: create only)."""
+
+    def instances(self, service: str) -> tuple[list[tuple[str, Instance]], list[str]]:
+        """Every registered instance of ``service``, healthy or not, as (registry's own
+        instance id, Instance) pairs, read the way the registry's discovery reads them; plus
+        one line per registration that discovery would skip or correct."""
+
+    # Optional: ``describe_version(version) -> str`` names a version in messages (Nacos:
+    # ``md5 ...``); without it a version reads ``index N`` (Consul). ``cli_flags``: what the
+    # ``graylb`` command needs to reach the store (`` --nacos URL``), for hints in messages.
+
+
+class RuleConflict(GraylbError):
+    """The key changed between our read and our compare-and-set write."""
+
+
+@contextmanager
+def _opened(target: RuleStore | Any) -> Iterator[RuleStore]:
+    """A store as it is, or the store a registry config opens (``ConsulConfig.rule_store()``,
+    ``NacosConfig.rule_store()``), closed after the call. Each registry contributes its store;
+    this module knows none of them."""
+    open_store = getattr(target, "rule_store", None)
+    if open_store is None:
+        yield target
+        return
+    with open_store() as store:
+        yield store
+
+
+def _version(store: Any, version: Any) -> str:
+    """A key's version as the store names it: ``index 42`` (Consul), ``md5 ...`` (Nacos)."""
+    describe = getattr(store, "describe_version", None)
+    return describe(version) if callable(describe) else f"index {version}"
+
+
+# ------------------------------------------------------------------------------------- writes
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What a write did. ``index`` is the key's version after the write (Consul ModifyIndex);
+    ``lines`` is a human summary, one line each."""
+
+    key: str
+    index: Any
+    lines: tuple[str, ...] = ()
+    previous_saved: bool = True
+    changed: bool = True
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _conflict(store: RuleStore, key: str) -> RuleConflict:
+    return RuleConflict(f"{store.describe(key)} was changed by someone else while this command ran; nothing was overwritten — check the new content and retry the command")
+
+
+def _write_with_previous(store: RuleStore, key: str, new_text: str, current: str | None, version: Any) -> Any:
+    """Save ``current`` under ``<key>.previous`` (when there is one), then CAS ``key``."""
+    if current is not None:
+        store.put(previous_key(key), current)
+    if not store.cas_put(key, new_text, version):
+        raise _conflict(store, key)
+    return store.get(key)[1]
+
+
+def push_change(target: RuleStore | Any, key: str, text: str, source: str = "") -> Change:
+    """:func:`push`, returning a :class:`Change` with a summary."""
+    validate_rules(text, source or key)  # RuleError propagates; nothing is written
+    with _opened(target) as store:
+        current, version = store.get(key)
+        index = _write_with_previous(store, key, text, current, version)
+        prev = previous_key(key)
+        if current is not None:
+            note = f"previous revision kept at {prev}"
+        elif store.get(prev)[0] is not None:
+            note = f"{key} did not exist before ({prev} still holds an older revision)"
+        else:
+            note = f"{key} did not exist before, so there is no previous revision"
+        return Change(key, index, (f"pushed {source or 'rules'} to {key} ({_version(store, index)}); {note}",), previous_saved=current is not None)
+
+
+def push(config: RuleStore | Any, key: str, text: str, source: str = "") -> int:
+    """Validate ``text`` (a :class:`RuleError` propagates and nothing is written), keep the
+    key's current value under ``<key>.previous``, and write the new document with
+    compare-and-set on the index just read. Returns the key's new index. Raises
+    :class:`RuleConflict` when someone else changed the key in between."""
+    return push_change(config, key, text, source).index
+
+
+def undo(config: RuleStore | Any, key: str) -> Change:
+    """Swap ``key`` and ``<key>.previous``: the previous revision becomes current (with
+    compare-and-set on the current index), the replaced one becomes previous, so a second
+    undo redoes. The restored revision is validated first."""
+    prev = previous_key(key)
+    with _opened(config) as store:
+        current, version = store.get(key)
+        previous, _ = store.get(prev)
+        if previous is None:
+            raise GraylbError(f"no previous revision at {store.describe(prev)}: nothing to undo")
+        validate_rules(previous, prev)
+        # Current first (the compare-and-set guards it): if it fails, nothing has changed at all.
+        if not store.cas_put(key, previous, version):
+            raise _conflict(store, key)
+        if current is not None:
+            store.put(prev, current)
+        index = store.get(key)[1]
+        tail = f"the replaced revision is now at {prev} (undo again to redo)" if current is not None else f"{key} did not exist before"
+        return Change(key, index, (f"restored {key} from {prev} ({_version(store, index)}); {tail}",))
+
+
+def rollback(config: RuleStore | Any, key: str, service: str) -> Change:
+    """Send all of ``service``'s traffic to its default subset: its routes become ``[]``,
+    everything else in the document stays. One compare-and-set write; the previous revision is
+    kept (``graylb rules undo`` brings the routes back). The document is re-serialised (YAML
+    comments are not kept; the previous revision keeps the original text)."""
+    with _opened(config) as store:
+        where = store.describe(key)
+        current, version = store.get(key)
+        if current is None:
+            raise GraylbError(f"{where} does not exist: there are no rules to roll back")
+        data = load_document(current, key)
+        validate_rules(data, key)
+        services = data.get("services") or {}
+        if service not in services:
+            known = ", ".join(sorted(map(str, services))) or "none"
+            raise GraylbError(f"service '{service}' has no rules in {where} (services there: {known})")
+        svc = dict(services[service] or {})
+        routes = svc.get("routes") or []
+        names = [str(r.get("name") or f"routes[{i}]") if isinstance(r, Mapping) else f"routes[{i}]" for i, r in enumerate(routes)]
+        default = svc.get("default")
+        target = f"its default subset '{default}'" if default else "every instance outside a lane (the service has no default subset)"
+        if not names:
+            return Change(key, version, (f"service '{service}' in {key} has no routes: all its traffic already goes to {target}; nothing written",), previous_saved=False, changed=False)
+        svc["routes"] = []
+        new_data = {**data, "services": {**services, service: svc}}
+        validate_rules(new_data, key)
+        new_text = _dump_like(current, new_data)
+        index = _write_with_previous(store, key, new_text, current, version)
+        return Change(
+            key,
+            index,
+            (
+                f"rolled back service '{service}' in {key} ({_version(store, index)})",
+                f"  removed route(s): {', '.join(names)}",
+                f"  all its traffic now goes to {target}; lanes and version pins still apply",
+                f"  previous revision kept at {previous_key(key)} (graylb rules undo{getattr(store, 'cli_flags', '')} --key {key} restores it)",
+            ),
+        )
+
+
+def _dump_like(original: str, data: Any) -> str:
+    """Serialise ``data`` in the original document's syntax (JSON stays JSON)."""
+    if original.lstrip().startswith(("{", "[")):
+        try:
+            json.loads(original)
+        except ValueError:
+            pass
+        else:
+            return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+# ------------------------------------------------------------------------------------- status
+
+
+def status(config: RuleStore | Any, service: str, key: str | None = None) -> str:
+    """A human report: every instance of ``service`` (version / image / commit / lane / weight /
+    health / address) and, with ``key``, the service's rules and the live traffic split exactly
+    as graylb's router computes it from these instances."""
+    with _opened(config) as store:
+        listed, problems = store.instances(service)
+        instances = [inst for _, inst in listed]
+        lines = _instance_table(service, listed)
+        lines += [f"  ! {p}" for p in problems]
+        if key is not None:
+            text, version = store.get(key)
+            lines.append("")
+            if text is None:
+                lines.append(f"rules: {store.describe(key)} does not exist: every instance outside a lane receives traffic (by weight)")
+            else:
+                lines.extend(_split_report(service, instances, text, key, _version(store, version)))
+    return "\n".join(lines)
+
+
+_FULL_HASH = re.compile(r"^[0-9a-fA-F]{40}$|^[0-9a-fA-F]{64}$")
+_SHORT_HASH = 12  # like `git rev-parse --short=12`: unique in any real repository
+
+
+def _cell(value: str | None) -> str:
+    """A table cell from registry metadata: "-" when absent; characters that would break the
+    row (newline, tab, other controls) shown as "?" — the registry accepts anything."""
+    if not value:
+        return "-"
+    return "".join(ch if ch.isprintable() else "?" for ch in value)
+
+
+def _commit_cell(commit: str | None) -> str:
+    """A full Git (SHA-1 or SHA-256) hash shortened to 12 characters: 40 or 64 columns of hex
+    would push the rest of the row off the screen. Anything else is shown as it is."""
+    if commit and _FULL_HASH.match(commit):
+        return commit[:_SHORT_HASH]
+    return _cell(commit)
+
+
+def _instance_table(service: str, listed: list[tuple[str, Instance]]) -> list[str]:
+    counts = {h: sum(1 for _, i in listed if i.health is h) for h in Health}
+    head = f"service '{service}': {len(listed)} instance(s): " + ", ".join(f"{counts[h]} {h.value}" for h in Health)
+    if not listed:
+        return [head]
+    # Build identity first (what is running), then how it is routed, then where it is.
+    rows = [("VERSION", "IMAGE", "COMMIT", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID")]
+    for rid, i in sorted(listed, key=lambda p: (p[1].version or "", p[1].lane or "", p[1].address, p[0])):
+        weight = str(i.weight) + (" (no traffic)" if i.weight == 0 else "")
+        labels = i.labels
+        rows.append((_cell(i.version), _cell(labels.get("image")), _commit_cell(labels.get("commit")), _cell(i.lane), weight, i.health.value, i.address, _cell(rid)))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return [head] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _pct(x: float) -> str:
+    text = f"{x * 100:.2f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def _describe_string_match(m: StringMatch) -> str:
+    kind = m.kind
+    if kind == "present":
+        text = "present" if m.present else "absent"
+    elif kind == "exact":
+        text = f"== {m.exact!r}"
+    elif kind == "prefix":
+        text = f"starts with {m.prefix!r}"
+    elif kind == "in":
+        values = m.one_of or []
+        text = f"in {values[:5]!r}" + (f" (+{len(values) - 5} more)" if len(values) > 5 else "")
+    else:
+        text = f"matches /{m.regex}/"
+    return f"not {text}" if m.invert else text
+
+
+def _describe_match(match: list[MatchClause] | None) -> str:
+    if not match:
+        return "always"
+    clauses = []
+    for clause in match:
+        parts = []
+        for label, items in (("header", clause.headers), ("query", clause.query), ("context", clause.context)):
+            parts += [f"{label} {name} {_describe_string_match(m)}" for name, m in items.items()]
+        if clause.path is not None:
+            parts.append(f"path {_describe_string_match(clause.path)}")
+        if clause.method is not None:
+            parts.append(f"method {_describe_string_match(clause.method)}")
+        if clause.api_version is not None:
+            av = clause.api_version
+            where = f"Accept (vnd.{av.vendor})" if av.source == "accept" and av.vendor else ("Accept" if av.source == "accept" else "path")
+            parts.append(f"api version from {where} matches {av.version!r}")
+        clauses.append(" and ".join(parts) or "always")
+    return " or ".join(f"({c})" if len(match) > 1 and " and " in c else c for c in clauses)
+
+
+def _split_report(service: str, instances: list[Instance], text: str, key: str, version: str) -> list[str]:
+    try:
+        model = validate_rules(text, key)
+        compiled = parse_rules(text, key)
+    except RuleError as exc:
+        return [f"rules: {key} ({version}) is INVALID, so rule sources keep their last good rules:", *str(exc).splitlines()[1:]]
+    svc_model = model.services.get(service)
+    rules = compiled.service(service)
+    head = f"rules: {key} ({version}, revision {compiled.revision})"
+    if rules is None or svc_model is None:
+        known = ", ".join(sorted(model.services)) or "none"
+        return [head, f"  no rules for service '{service}' (services there: {known}): every instance outside a lane receives traffic (by weight)"]
+    state = build_state(service, Snapshot(service, tuple(instances), source="status"), rules)
+
+    def size(name: str) -> int:
+        return len(state.subsets[name])
+
+    lines = [head, "  subsets (routable instances = not critical, weight > 0):"]
+    unmatched = {subset: (selector, offered) for subset, selector, offered in state.unmatched}
+    for name in rules.subsets:
+        if name in unmatched:  # a selector that matches nothing here: say why, loudly
+            selector, offered = unmatched[name]
+            lines.append(f"    {name}: 0 routable — SELECTS NOTHING: {selector} matches none of: {offered}")
+        else:
+            lines.append(f"    {name}: {size(name)} routable")
+    default_desc = f"default subset '{rules.default}'" if rules.default else "no default subset (every instance outside a lane)"
+    lines.append(f"  {default_desc}: {size(state.default_name)} routable; fallback {state.fallback}")
+    if state.lanes:
+        lines.append("  lanes (lane traffic only): " + ", ".join(f"{lane} {len(p)} routable" for lane, p in sorted(state.lanes.items())))
+    lines.append("  live split:")
+    for rs, route_model in zip(state.routes, svc_model.routes):
+        when = _describe_match(route_model.match)
+        sticky = f", sticky on {rs.route.sticky.describe()}" if rs.route.sticky else ""
+        if rs.names:
+            shares, prev = [], 0.0
+            for name, cum in zip(rs.names, rs.cumulative):
+                shares.append(f"{name} {_pct((cum - prev) / rs.total)}")
+                prev = cum
+            split = ", ".join(shares)
+        else:
+            split = _fallback_outcome(state, rs.route.to[0].subset if rs.route.to else None)
+        dropped = [t.subset for t in rs.route.to if t.weight > 0 and t.subset not in rs.names]
+        note = f"  [dropped, no routable instance: {', '.join(dropped)}]" if dropped else ""
+        lines.append(f"    route '{rs.name}' when {when}{sticky}: {split}{note}")
+    otherwise = "no routes: all traffic" if not state.routes else "no route matches"
+    default_name = "every instance outside a lane" if state.default_name == ALL_SUBSET else f"default subset '{state.default_name}'"
+    if size(state.default_name):
+        lines.append(f"    {otherwise} -> {default_name} 100%")
+    else:
+        lines.append(f"    {otherwise} -> {default_name}, which is empty: {_fallback_outcome(state, state.default_name)}")
+    return lines
+
+
+def _fallback_outcome(state: Any, empty: str | None) -> str:
+    """What the router's fallback policy does when ``empty`` has no routable instance."""
+    policy = state.fallback
+    if policy == "default" and empty != state.default_name and len(state.subsets[state.default_name]):
+        name = "every instance outside a lane" if state.default_name == ALL_SUBSET else state.default_name
+        return f"no routable target -> fallback default: {name} 100%"
+    if policy == "any" and len(state.any_picker):
+        return "no routable target -> fallback any: any instance 100%"
+    return f"no routable target and fallback '{policy}' finds none: calls FAIL (NoInstanceAvailable)"

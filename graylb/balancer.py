@@ -21,26 +21,44 @@ from .errors import NoInstanceAvailable, NoSnapshot
 from .picking.outlier import OutlierDetector
 from .picking.pickers import LoadStats
 from .propagation.codec import HeaderCodec
-from .propagation.context import GrayContext, active_override, current
+from .propagation.context import GrayContext, current
 from .routing.request import RequestInfo
 from .routing.router import Decision, ServiceState, build_state, route
 from .rules.compiled import CompiledRules, OutlierPolicy
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 
-__all__ = ["Balancer"]
+__all__ = ["Balancer", "add_no_instance_hook", "remove_no_instance_hook"]
 
 log = logging.getLogger("graylb")
 DEFAULT_OUTLIER = OutlierPolicy()
 
 
+#: Called with (service, error) whenever a call finds no instance, from the calling thread.
+NoInstanceHook = Callable[[str, NoInstanceAvailable], None]
+_no_instance_hooks: tuple[NoInstanceHook, ...] = ()  # read per failed call: an immutable tuple, no lock
+
+
+def add_no_instance_hook(hook: NoInstanceHook) -> None:
+    """Be told of every call that finds no instance (``graylb.testing`` fails a test whose pin
+    or lane matched nothing even when the code under test swallowed the error)."""
+    global _no_instance_hooks
+    _no_instance_hooks = (*_no_instance_hooks, hook)
+
+
+def remove_no_instance_hook(hook: NoInstanceHook) -> None:
+    global _no_instance_hooks
+    _no_instance_hooks = tuple(h for h in _no_instance_hooks if h is not hook)
+
+
 class _Service:
     """One routed service: its watch, its outlier state and its current routing state."""
 
-    __slots__ = ("name", "watch", "opened_at", "warned", "unmatched_seen", "detector", "state", "revision", "rules", "lock")
+    __slots__ = ("name", "watch", "report", "opened_at", "warned", "unmatched_seen", "detector", "state", "revision", "rules", "lock")
 
-    def __init__(self, name: str, watch: ServiceWatch) -> None:
+    def __init__(self, name: str, watch: ServiceWatch, report: Callable[[str, bool], None]) -> None:
         self.name = name
         self.watch = watch
+        self.report = report  # what each Call of this service reports its attempts' outcomes to
         self.opened_at = time.monotonic()  # first-snapshot waits all end first_snapshot_timeout after this
         self.warned = False  # the "no snapshot" warning is logged once per entry
         self.unmatched_seen: set[tuple[int, str, str]] = set()  # (snapshot revision, subset, selector) reported
@@ -156,11 +174,10 @@ class Balancer:
         except NoInstanceAvailable as exc:
             if watch.last_error and (state.snapshot is None or not state.snapshot.instances):
                 exc.args = (f"{exc}; registry error: {watch.last_error}",)
-            override = active_override()
-            if override is not None and override.missed is not None:
-                override.missed(entry.name, exc)  # a test pin/lane found nothing: the test hears of it
+            for hook in _no_instance_hooks:  # graylb.testing: a test pin that found nothing fails its test
+                hook(entry.name, exc)
             raise
-        return Call(self, entry, state, decision, request)
+        return Call(self.stats, entry.report, state, decision, request)
 
     def decide(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Decision:
         """The routing decision alone (no instance picked): what ``explain`` builds on."""
@@ -203,13 +220,15 @@ class Balancer:
             entry.warned = True
             log.warning("graylb: no snapshot of service '%s' from %s after %.1fs: %s", entry.name, self.discovery.describe(), waited, watch.last_error or "no answer yet")
         error = NoSnapshot(entry.name, self.discovery.describe(), waited, watch.last_error)
-        override = active_override()
-        if override is not None and override.missed is not None:
-            override.missed(entry.name, error)
+        for hook in _no_instance_hooks:
+            hook(entry.name, error)
         raise error
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _record(self, entry: _Service, instance_id: str, ok: bool) -> None:
+    def _record(self, service: str, instance_id: str, ok: bool) -> None:
+        entry = self._services.get(service)
+        if entry is None:
+            return
         detector = entry.detector
         if detector is None:
             return
@@ -234,7 +253,7 @@ class Balancer:
             entry = self._services.get(service)
             if entry is not None and not entry.watch.closed:
                 return entry
-            entry = _Service(service, self.discovery.watch(service))
+            entry = _Service(service, self.discovery.watch(service), lambda instance_id, ok: self._record(service, instance_id, ok))
             entry.watch.add_listener(lambda snap, e=entry: self._rebuild(e))
             if entry.state is None:
                 self._rebuild(entry)

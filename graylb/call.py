@@ -7,18 +7,16 @@ into the failure kinds below.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .errors import NoInstanceAvailable
 from .instance import Instance
-from .picking.pickers import NO_PICK_INFO, PickInfo
+from .picking.pickers import NO_PICK_INFO, LoadStats, PickInfo
 from .routing.request import RequestInfo
 from .routing.router import Decision, ServiceState
+from .served import Served
 
-if TYPE_CHECKING:
-    from .balancer import Balancer, _Service
-
-__all__ = ["Call", "Served", "CONNECT_FAILURE", "RESET", "TIMEOUT", "IDEMPOTENT_METHODS"]
+__all__ = ["Call", "Report", "Served", "CONNECT_FAILURE", "RESET", "TIMEOUT", "IDEMPOTENT_METHODS"]
 
 CONNECT_FAILURE = "connect-failure"  # nothing was sent: safe to retry for any method
 RESET = "reset"  # the connection broke after (part of) the request was sent
@@ -27,48 +25,23 @@ TIMEOUT = "timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class Served:
-    """Which route, subset and instance served a call: ``response.extensions["graylb"]``.
-
-    ``instance`` is the instance id, ``address`` its ``host:port``; ``attempts`` counts tries
-    (1 = no retry); ``fallback_from`` names the empty subset when the fallback policy applied.
-    A slotted class, not a frozen dataclass: one is built per call.
-    """
-
-    __slots__ = ("service", "route", "subset", "instance", "address", "version", "lane", "attempts", "fallback_from")
-
-    def __init__(self, service: str, route: str, subset: str, instance: str, address: str, version: str | None, lane: str | None, attempts: int, fallback_from: str | None = None) -> None:
-        self.service = service
-        self.route = route
-        self.subset = subset
-        self.instance = instance
-        self.address = address
-        self.version = version
-        self.lane = lane
-        self.attempts = attempts
-        self.fallback_from = fallback_from
-
-    def _fields(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Served) and other._fields() == self._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return "Served(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+#: ``report(instance_id, ok)``: where a Call sends each attempt's outcome (the balancer's
+#: outlier detection for the service). Handed in, so the call path never reaches back into the
+#: balancer that made it.
+Report = Callable[[str, bool], None]
 
 
 class Call:
-    """The attempts of one call. Not shared between threads (one per call)."""
+    """The attempts of one call. Not shared between threads (one per call).
 
-    __slots__ = ("balancer", "entry", "state", "decision", "request", "tried", "attempts")
+    ``stats`` counts in-flight attempts per instance (the least-request picker reads it);
+    ``report`` takes each attempt's outcome."""
 
-    def __init__(self, balancer: Balancer, entry: _Service, state: ServiceState, decision: Decision, request: RequestInfo) -> None:
-        self.balancer = balancer
-        self.entry = entry
+    __slots__ = ("stats", "report", "state", "decision", "request", "tried", "attempts")
+
+    def __init__(self, stats: LoadStats, report: Report, state: ServiceState, decision: Decision, request: RequestInfo) -> None:
+        self.stats = stats
+        self.report = report
         self.state = state
         self.decision = decision
         self.request = request
@@ -95,7 +68,7 @@ class Call:
             raise NoInstanceAvailable(d.service, d.subset, "every instance of the subset was excluded")
         self.tried.append(inst.id)
         self.attempts += 1
-        self.balancer.stats.begin(inst.id)
+        self.stats.begin(inst.id)
         return inst
 
     def can_retry(self, kind: str | int, method: str, replayable: bool = True) -> bool:
@@ -116,8 +89,8 @@ class Call:
     def done(self, instance: Instance, ok: bool) -> None:
         """Report the attempt on ``instance``: ``ok=False`` for connect errors, resets and 5xx
         (they feed outlier detection)."""
-        self.balancer.stats.end(instance.id)
-        self.balancer._record(self.entry, instance.id, ok)
+        self.stats.end(instance.id)
+        self.report(instance.id, ok)
 
     def served(self, instance: Instance) -> Served:
         d = self.decision

@@ -1,8 +1,8 @@
 """The ``graylb`` command: ``demo``, ``rules validate / explain / push / undo``, ``rollback``,
 ``status``.
 
-The registry commands work through the registry-neutral actions in :mod:`graylb.consul.admin`;
-the registry-specific part is one :class:`~graylb.consul.admin.RuleStore` built by
+The registry commands work through the registry-neutral actions in :mod:`graylb.admin`;
+the registry-specific part is one :class:`~graylb.admin.RuleStore` built by
 :func:`_open_store` from the connection options: Consul (the default; ``--consul URL`` or
 ``CONSUL_HTTP_ADDR``) or Nacos (``--nacos URL``, with ``--namespace`` / ``--group``). Secrets
 never come from a flag (they would land in shell history and ``ps``): the Consul ACL token from
@@ -107,11 +107,11 @@ def _live_snapshot(args: argparse.Namespace, service: str):
     from .errors import NoSnapshot
 
     if args.nacos is not None:
-        from .discovery.nacos import NacosDiscovery
+        from .nacos.discovery import NacosDiscovery
 
         discovery = NacosDiscovery(_nacos_config(args))
     else:
-        from .discovery.consul import ConsulDiscovery
+        from .consul.discovery import ConsulDiscovery
 
         discovery = ConsulDiscovery(_consul_config(args))
     started = time.monotonic()
@@ -156,7 +156,7 @@ _NACOS_ONLY = (("namespace", "--namespace"), ("group", "--group"), ("username", 
 
 
 def _consul_config(args: argparse.Namespace):
-    from .consul.config import ConsulConfig
+    from .consul.client import ConsulConfig
 
     if args.token_flag is not None:
         raise SystemExit("graylb: there is no --token flag (it would be kept in shell history and visible in ps): set CONSUL_HTTP_TOKEN or use --token-file PATH")
@@ -190,7 +190,7 @@ def _tls_options(args: argparse.Namespace, registry: str) -> dict:
 
 
 def _nacos_config(args: argparse.Namespace):
-    from .nacos.config import NacosConfig, namespace_pair
+    from .nacos.client import NacosConfig, namespace_pair
 
     if args.password_flag is not None:
         raise SystemExit("graylb: there is no --password flag (it would be kept in shell history and visible in ps): set NACOS_PASSWORD or use --password-file PATH")
@@ -223,16 +223,16 @@ def _nacos_config(args: argparse.Namespace):
 def _open_store(args: argparse.Namespace):
     """The RuleStore the registry commands work on: Nacos with ``--nacos``, else Consul."""
     if args.nacos:
-        from .nacos.admin import NacosConfigStore
+        from .nacos.store import NacosConfigStore
 
         return NacosConfigStore(_nacos_config(args))
-    from .consul.admin import ConsulKVStore
+    from .consul.store import ConsulKVStore
 
     return ConsulKVStore(_consul_config(args))
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .consul.admin import push_change
+    from .admin import push_change
 
     try:
         text = Path(args.file).read_text(encoding="utf-8")
@@ -246,7 +246,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_undo(args: argparse.Namespace) -> int:
-    from .consul.admin import undo
+    from .admin import undo
 
     with _open_store(args) as store:
         print(undo(store, args.key))
@@ -254,7 +254,7 @@ def _cmd_undo(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from .consul.admin import rollback
+    from .admin import rollback
 
     with _open_store(args) as store:
         print(rollback(store, args.key, args.service))
@@ -262,7 +262,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .consul.admin import status
+    from .admin import status
 
     with _open_store(args) as store:
         print(status(store, args.service, args.key))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from opentelemetry import metrics, trace
 
-from .call import Served
+from .served import Served
 
 __all__ = ["record", "record_no_instance", "record_rules_rejected", "record_subset_empty", "annotate_span"]
 

@@ -1,26 +1,15 @@
-"""Consul: connection settings, serving-side registration and operator actions.
-
-Discovery (``ConsulDiscovery``) and the KV rule source (``ConsulRuleSource``) live in
-:mod:`graylb.discovery.consul` and :mod:`graylb.rules.consul_kv`.
-
-Only :mod:`.config` is imported eagerly, so ``from graylb.consul.config import ...`` inside
-discovery and rule sources never pulls in the router (no import cycles); the other names load
-on first use.
-"""
+"""Everything Consul, in one place: the wire (:mod:`.client`: address, ACL token header, TLS,
+errors), discovery over blocking health queries (:mod:`.discovery`), rules in a KV key
+(:mod:`.rules`), serving-side registration (:mod:`.registration`) and the KV rule store the
+registry-neutral :mod:`graylb.admin` actions work on (:mod:`.store`)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from .config import ConsulACLError, ConsulConfig, ConsulError, ConsulUnavailable, check_response
-
-_LAZY = {
-    "ConsulRegistration": ".registration",
-    "ConsulKVStore": ".admin",
-    "RuleStore": ".admin",
-    "RuleConflict": ".admin",
-}
+from .client import ConsulACLError, ConsulConfig, ConsulError, ConsulUnavailable, check_response
+from .discovery import ConsulDiscovery
+from .registration import ConsulRegistration
+from .rules import ConsulRuleSource
+from .store import ConsulKVStore
 
 __all__ = [
     "ConsulConfig",
@@ -28,21 +17,8 @@ __all__ = [
     "ConsulACLError",
     "ConsulUnavailable",
     "check_response",
+    "ConsulDiscovery",
+    "ConsulRuleSource",
     "ConsulRegistration",
     "ConsulKVStore",
-    "RuleStore",
-    "RuleConflict",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'graylb.consul' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

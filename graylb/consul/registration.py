@@ -46,7 +46,7 @@ import httpx
 
 from ..instance import MAX_WEIGHT
 from ..registration import Registration
-from .config import ConsulConfig, ConsulError, ConsulUnavailable, check_response
+from .client import ConsulConfig, ConsulError, ConsulUnavailable, check_response
 
 __all__ = ["ConsulRegistration", "go_duration"]
 

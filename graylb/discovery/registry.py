@@ -17,6 +17,7 @@ from typing import Any
 import cachetools
 
 from .. import _loop
+from ..watching import watch_forever
 from ..instance import MAX_WEIGHT, Instance
 from .backoff import ExponentialJitter, TokenBucket
 from .base import Discovery, ServiceWatch
@@ -133,30 +134,8 @@ class RegistryDiscovery(Discovery):
             self._sweeper = _loop.spawn(self._sweep())
 
     async def _run(self, watch: ServiceWatch) -> None:
-        cursor: Any = None
-        failures = 0
-        bucket = TokenBucket(self._rate, self._burst)
-        while not self._closed and not watch.closed:
-            delay = bucket.wait_time()
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                instances, cursor = await self._fetch(watch, cursor)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: keep serving the last good snapshot
-                failures += 1
-                message = str(exc) or type(exc).__name__
-                if failures == 1:
-                    age = f"{watch.snapshot.age:.0f}s old" if watch.snapshot else "none yet"
-                    log.warning("graylb: %s: cannot refresh service '%s': %s; serving the last good snapshot (%s)", self.name, watch.service, message, age)
-                watch.fail(message)
-                cursor = None  # start over with a non-blocking query once it is back
-                await asyncio.sleep(self.backoff.delay(failures))
-                continue
-            if failures:
-                log.info("graylb: %s: service '%s' refreshed again after %d failed attempt(s)", self.name, watch.service, failures)
-                failures = 0
+        async def poll(cursor: Any) -> Any:
+            instances, cursor = await self._fetch(watch, cursor)
             if instances is not None:
                 before = watch.snapshot
                 snap = watch.publish(instances, source=self.name)
@@ -164,6 +143,22 @@ class RegistryDiscovery(Discovery):
                     self._store.save(snap)
             elif watch.snapshot is not None:
                 watch.publish(watch.snapshot.instances, source=self.name)  # confirmed: refresh its age
+            return cursor
+
+        def kept() -> str:
+            age = f"{watch.snapshot.age:.0f}s old" if watch.snapshot else "none yet"
+            return f"serving the last good snapshot ({age})"
+
+        await watch_forever(
+            poll,
+            what=f"{self.name} service '{watch.service}'",
+            log=log,
+            stopped=lambda: self._closed or watch.closed,
+            failed=watch.fail,
+            kept=kept,
+            backoff=self.backoff,
+            bucket=TokenBucket(self._rate, self._burst),
+        )
 
     async def _sweep(self) -> None:
         period = self.idle_timeout / 2

@@ -1,24 +1,17 @@
-"""Nacos: connection settings, authentication, serving-side registration and operator actions.
-
-Discovery (``NacosDiscovery``) and the config rule source (``NacosRuleSource``) live in
-:mod:`graylb.discovery.nacos` and :mod:`graylb.rules.nacos_config`.
-
-Only :mod:`.config` and :mod:`.auth` are imported eagerly (both light: no router, no discovery),
-so discovery and rule sources can import them without cycles; the other names load on first use.
-"""
+"""Everything Nacos, in one place: the wire (:mod:`.client`: address, namespace / group, TLS,
+errors; :mod:`.auth`: login and access tokens), discovery by polling the instance list
+(:mod:`.discovery`), rules in a config item watched by long polling (:mod:`.rules`),
+serving-side registration with heartbeats (:mod:`.registration`) and the config rule store the
+registry-neutral :mod:`graylb.admin` actions work on (:mod:`.store`)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from .auth import NacosAuth
-from .config import NacosAuthError, NacosConfig, NacosError, NacosUnavailable, check_response, namespace_pair
-
-_LAZY = {
-    "NacosRegistration": ".registration",
-    "NacosConfigStore": ".admin",
-}
+from .client import NacosAuthError, NacosConfig, NacosError, NacosUnavailable, check_response, content_md5, namespace_pair
+from .discovery import NacosDiscovery
+from .registration import NacosRegistration
+from .rules import NacosRuleSource
+from .store import NacosConfigStore
 
 __all__ = [
     "NacosConfig",
@@ -26,21 +19,11 @@ __all__ = [
     "NacosAuthError",
     "NacosUnavailable",
     "check_response",
+    "content_md5",
     "namespace_pair",
     "NacosAuth",
+    "NacosDiscovery",
+    "NacosRuleSource",
     "NacosRegistration",
     "NacosConfigStore",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'graylb.nacos' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from .config import NacosAuthError, NacosConfig, NacosError, NacosUnavailable, _body_text
+from .client import NacosAuthError, NacosConfig, NacosError, NacosUnavailable, _body_text
 
 __all__ = ["NacosAuth", "LOGIN_PATH", "redact"]
 

@@ -48,7 +48,7 @@ import httpx
 
 from ..registration import Registration
 from .auth import NacosAuth
-from .config import NacosConfig, NacosError, _v2_envelope, check_response
+from .client import NacosConfig, NacosError, _v2_envelope, check_response
 
 __all__ = ["NacosRegistration", "MAX_NACOS_WEIGHT", "RESOURCE_NOT_FOUND"]
 

@@ -78,19 +78,15 @@ _CURRENT: contextvars.ContextVar[GrayContext] = contextvars.ContextVar("graylb.g
 
 
 class ProcessOverride:
-    """Gray context forced on every call in the process, whatever thread or task makes it.
-
-    Tests install one through :func:`graylb.testing.pin_version` / :func:`graylb.testing.lane`
-    (contextvars do not reach threads a library starts on its own, so a test pin cannot rely
-    on them). ``missed`` is told when a pinned call finds no instance, so the test can fail
-    even when the code under test swallowed the error.
+    """Gray context forced on every call in the process, whatever thread or task makes it
+    (contextvars do not reach threads a library starts on its own). :mod:`graylb.testing`'s
+    ``pin_version`` / ``lane`` install one; the core only merges it into :func:`current`.
     """
 
-    __slots__ = ("ctx", "missed")
+    __slots__ = ("ctx",)
 
-    def __init__(self, ctx: GrayContext, missed: Callable[[str, Exception], None] | None = None) -> None:
+    def __init__(self, ctx: GrayContext) -> None:
         self.ctx = ctx
-        self.missed = missed
 
 
 # None outside tests: current() pays one global read for the feature.
@@ -120,14 +116,10 @@ def _with_override(ctx: GrayContext, override: ProcessOverride) -> GrayContext:
 
 
 def install_override(override: ProcessOverride | None) -> None:
-    """Install (or, with None, remove) the process-wide override. For graylb.testing."""
+    """Install (or, with None, remove) the process-wide override."""
     global _OVERRIDE, _last_merge
     _OVERRIDE = override
     _last_merge = None
-
-
-def active_override() -> ProcessOverride | None:
-    return _OVERRIDE
 
 
 def attach(ctx: GrayContext) -> contextvars.Token[GrayContext]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuleError
+from ..telemetry import record_rules_rejected
 from .compiled import NO_RULES, CompiledRules
 from .load import parse_rules
 
@@ -92,8 +93,6 @@ class RuleSource:
                     log.exception("graylb: rules listener %r failed on revision %s", cb, compiled.revision)
 
     def _log_rejection(self, exc: RuleError, origin: str) -> None:
-        from ..telemetry import record_rules_rejected  # late: telemetry imports the call path
-
         record_rules_rejected(self.name or origin or type(self).__name__)
         lines = [f"{loc}: {msg}" if loc else msg for loc, msg in exc.errors[:_LOGGED_ERRORS]]
         more = len(exc.errors) - len(lines)

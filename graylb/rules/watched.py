@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import _loop
-from ..discovery.backoff import ExponentialJitter, TokenBucket
+from ..discovery.backoff import ExponentialJitter
 from ..discovery.cache import write_atomic
 from .compiled import NO_RULES
 from .sources import RuleSource
+from ..watching import watch_forever
 
 __all__ = ["WatchedRuleSource"]
 
@@ -66,31 +67,24 @@ class WatchedRuleSource(RuleSource):
         return ok
 
     async def _run(self) -> None:
-        state: Any = None
-        failures = 0
-        bucket = TokenBucket()
-        while not self._closed:
-            delay = bucket.wait_time()
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                state = await self._poll(state)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep the rules in force; try again later
-                failures += 1
-                self.last_fetch_error = str(exc) or type(exc).__name__
-                if failures == 1:
-                    log.warning("graylb: cannot read %s: %s; keeping revision %s", self.name, self.last_fetch_error, self.current.revision or "none")
-                self._first.set()
-                state = None
-                await asyncio.sleep(self.backoff.delay(failures))
-                continue
-            if failures:
-                log.info("graylb: %s readable again after %d failed attempt(s)", self.name, failures)
-                failures = 0
-                self.last_fetch_error = None
+        def failed(message: str) -> None:
+            self.last_fetch_error = message
+            self._first.set()  # start-up stops waiting: the rules in force (or none) apply
+
+        def recovered() -> None:
+            self.last_fetch_error = None
             self._first.set()
+
+        await watch_forever(
+            self._poll,
+            what=self.name,
+            log=log,
+            stopped=lambda: self._closed,
+            failed=failed,
+            kept=lambda: f"keeping revision {self.current.revision or 'none'}",
+            recovered=recovered,
+            backoff=self.backoff,
+        )
 
     def close(self) -> None:
         self._closed = True

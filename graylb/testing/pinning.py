@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import GraylbError
+from ..balancer import add_no_instance_hook
 from ..propagation.context import GrayContext, ProcessOverride, install_override
 from ..versioning import VersionSelector
 
@@ -185,11 +186,14 @@ def _reinstall() -> None:
         pins.update(o.pins)
         if o.lane is not None:
             lane_name, forced = o.lane, o.forced
-    snapshot = tuple(_stack)
+    install_override(ProcessOverride(GrayContext(lane=lane_name, lane_forced=forced, pins=pins)))
 
-    def missed(service: str, exc: Exception) -> None:
-        for o in snapshot:
-            if o._concerns(service):
-                o._missed(service, exc)
 
-    install_override(ProcessOverride(GrayContext(lane=lane_name, lane_forced=forced, pins=pins), missed))
+def _missed(service: str, exc: Exception) -> None:
+    """The balancer's no-instance hook: each active override concerned hears of the miss."""
+    for o in tuple(_stack):
+        if o._concerns(service):
+            o._missed(service, exc)
+
+
+add_no_instance_hook(_missed)  # idle while no override is active: _stack is empty

@@ -211,12 +211,12 @@ class ConsulBackend(RegistryBackend):
         self.fake.kv_put(self.key, text)
 
     def discovery(self) -> Discovery:
-        from ..discovery.consul import ConsulDiscovery
+        from ..consul.discovery import ConsulDiscovery
 
         return ConsulDiscovery(self.fake.url)
 
     def rule_source(self) -> RuleSource:
-        from ..rules.consul_kv import ConsulRuleSource
+        from ..consul.rules import ConsulRuleSource
 
         return ConsulRuleSource(self.fake.url, self.key)
 
@@ -251,12 +251,12 @@ class NacosBackend(RegistryBackend):
         self.fake.publish_config(self.data_id, self.group, text)
 
     def discovery(self) -> Discovery:
-        from ..discovery.nacos import NacosDiscovery
+        from ..nacos.discovery import NacosDiscovery
 
         return NacosDiscovery(self.fake.url, refresh_interval=self.refresh_interval)
 
     def rule_source(self) -> RuleSource:
-        from ..rules.nacos_config import NacosRuleSource
+        from ..nacos.rules import NacosRuleSource
 
         return NacosRuleSource(self.fake.url, self.data_id, group=self.group)
 

@@ -4,7 +4,7 @@ or Nacos: ``push`` / ``undo`` / ``rollback`` (what the ``graylb`` CLI runs) writ
 
     store = MemoryRuleStore()
     balancer = graylb.Balancer(registry, store.rule_source("graylb/rules"))
-    push(store, "graylb/rules", canary_5_percent)    # graylb.consul.admin.push
+    push(store, "graylb/rules", canary_5_percent)    # graylb.admin.push
     rollback(store, "graylb/rules", "orders")        # all of orders' traffic to its default subset
 
 For examples and tests: nothing leaves the process, every write applies before it returns.
@@ -22,7 +22,7 @@ __all__ = ["MemoryRuleStore"]
 
 
 class MemoryRuleStore:
-    """A :class:`~graylb.consul.admin.RuleStore` in memory; versions count writes per key."""
+    """A :class:`~graylb.admin.RuleStore` in memory; versions count writes per key."""
 
     def __init__(self) -> None:
         self._keys: dict[str, tuple[str, int]] = {}

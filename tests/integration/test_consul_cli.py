@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from graylb.consul import ConsulConfig
-from graylb.consul.admin import ConsulKVStore, RuleConflict, push, rollback, status, undo
+from graylb.admin import RuleConflict, push, rollback, status, undo
+from graylb.consul import ConsulKVStore
 from graylb.errors import RuleError
 from graylb.rules.load import validate_rules
 from graylb.testing.fake_consul import FakeConsul

@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 import graylb
-from graylb.consul.config import ConsulConfig
-from graylb.discovery.consul import ConsulDiscovery
-from graylb.rules.consul_kv import ConsulRuleSource
+from graylb.consul.client import ConsulConfig
+from graylb.consul.discovery import ConsulDiscovery
+from graylb.consul.rules import ConsulRuleSource
 from graylb.testing.fake_consul import FakeConsul
 from graylb.testing.http_server import serve_wsgi
 from tests.conftest import BackgroundTraffic, version_app, wait_until

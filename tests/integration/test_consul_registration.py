@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from graylb.consul import ConsulACLError, ConsulConfig, ConsulRegistration
-from graylb.discovery.consul import instances_from_health
+from graylb.consul.discovery import instances_from_health
 from graylb.consul.registration import go_duration
 from graylb.instance import Health
 from graylb.testing import serve_wsgi

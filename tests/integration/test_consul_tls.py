@@ -7,8 +7,8 @@ import ssl
 import pytest
 import trustme
 
-from graylb.consul.config import ConsulConfig
-from graylb.discovery.consul import ConsulDiscovery
+from graylb.consul.client import ConsulConfig
+from graylb.consul.discovery import ConsulDiscovery
 from graylb.testing import FakeConsul
 from tests.conftest import wait_until
 

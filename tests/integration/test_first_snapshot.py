@@ -20,10 +20,10 @@ import pytest
 
 import graylb
 from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
-from graylb.consul.config import ConsulConfig
-from graylb.discovery.consul import ConsulDiscovery
-from graylb.discovery.nacos import NacosDiscovery
-from graylb.nacos.config import NacosConfig
+from graylb.consul.client import ConsulConfig
+from graylb.consul.discovery import ConsulDiscovery
+from graylb.nacos.discovery import NacosDiscovery
+from graylb.nacos.client import NacosConfig
 from graylb.testing.fake_consul import FakeConsul
 from graylb.testing.fake_nacos import FakeNacos
 from graylb.testing.grpc_server import EchoServer

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from graylb.consul.admin import RuleConflict, push, rollback, status, undo
+from graylb.admin import RuleConflict, push, rollback, status, undo
 from graylb.errors import RuleError
 from graylb.nacos import NacosConfig
-from graylb.nacos.admin import NacosConfigStore, content_md5
+from graylb.nacos import NacosConfigStore, content_md5
 from graylb.rules.load import validate_rules
 from graylb.testing.fake_nacos import FakeNacos, RecordedRequest
 from tests.integration.cli_rules import RULES_A, RULES_B

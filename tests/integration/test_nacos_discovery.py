@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 import graylb
-from graylb.discovery.nacos import NacosDiscovery
-from graylb.nacos.config import NacosConfig
-from graylb.rules.nacos_config import NacosRuleSource, content_md5
+from graylb.nacos.discovery import NacosDiscovery
+from graylb.nacos.client import NacosConfig
+from graylb.nacos.rules import NacosRuleSource, content_md5
 from graylb.testing.fake_nacos import FakeNacos
 from graylb.testing.http_server import serve_wsgi
 from tests.conftest import BackgroundTraffic, version_app, wait_until

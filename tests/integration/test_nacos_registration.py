@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from graylb.discovery.nacos import instances_from_hosts
+from graylb.nacos.discovery import instances_from_hosts
 from graylb.instance import Health
 from graylb.nacos import NacosAuthError, NacosConfig, NacosRegistration
 from graylb.testing.fake_nacos import FakeNacos, RecordedRequest

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from graylb.consul import ConsulConfig, ConsulRegistration
-from graylb.discovery.consul import instances_from_health
-from graylb.discovery.nacos import instances_from_hosts
+from graylb.consul.discovery import instances_from_health
+from graylb.nacos.discovery import instances_from_hosts
 from graylb.errors import MissingVersion
 from graylb.instance import Instance
 from graylb.nacos import NacosConfig, NacosRegistration

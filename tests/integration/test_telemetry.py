@@ -84,3 +84,127 @@ def test_a_subset_that_selects_nothing_is_counted_once_per_snapshot(fleet: Fleet
     fleet.start("c", "ledger", "v2")  # a new snapshot, still nothing for ^3
     balancer.start("ledger", graylb.RequestInfo())
     assert empty_count() == 2
+
+
+# -- gRPC: every RPC shape records one request, with the served version and its outcome -----
+
+import asyncio  # noqa: E402
+
+import grpc  # noqa: E402
+
+from graylb.transports.grpc import AioGrayChannel, GrayChannel  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
+from tests.integration.grpc_shapes import AIO_OPS, AIO_STREAM_CALLS, SYNC_CANCELLABLE, SYNC_OPS, WAIT, Shapes, finish, run_in_loop  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def solo() -> Shapes:
+    shapes = Shapes({"solo": "3.1.0"})  # one instance: every call is served by version 3.1.0
+    yield shapes
+    shapes.stop()
+
+
+def _requests_of(service: str) -> dict[str, int]:
+    return {p.attributes["graylb.outcome"]: p.value for p in _points("graylb.client.requests") if p.attributes["graylb.service"] == service and p.attributes["graylb.version"] == "3.1.0"}
+
+
+def _durations_of(service: str) -> int:
+    return sum(p.count for p in _points("graylb.client.duration") if p.attributes["graylb.service"] == service)
+
+
+def _recorded(service: str, expected: dict[str, int]) -> None:
+    """Futures and sync streams record from grpc's thread, after the caller saw the end."""
+    wait_until(lambda: sum(_requests_of(service).values()) >= sum(expected.values()), timeout=WAIT, message=f"requests of {service}")
+    assert _requests_of(service) == expected
+    assert _durations_of(service) == sum(expected.values())
+
+
+def _span(name: str):
+    return next(s for s in _exporter.get_finished_spans() if s.name == name)
+
+
+def _assert_annotated(span_name: str) -> None:
+    attrs = _span(span_name).attributes
+    assert (attrs["graylb.version"], attrs["graylb.instance"], attrs["graylb.attempts"]) == ("3.1.0", "solo", 1)
+
+
+@pytest.mark.parametrize("op", list(SYNC_OPS))
+def test_every_sync_grpc_shape_records_one_request(solo: Shapes, op: str) -> None:
+    service = "sync-" + op.replace(".", "-")
+    balancer = graylb.Balancer(solo.registry(service))
+    with GrayChannel(balancer, service) as channel:
+        with trace.get_tracer("test").start_as_current_span(service):
+            assert SYNC_OPS[op](channel, b"ok", WAIT)
+        assert SYNC_OPS[op](channel, b"ok", WAIT)
+        with pytest.raises(grpc.RpcError):
+            SYNC_OPS[op](channel, b"fail", WAIT)
+    _recorded(service, {"ok": 2, "error": 1})
+    _assert_annotated(service)
+
+
+@pytest.mark.parametrize("op", list(AIO_OPS))
+def test_every_aio_grpc_shape_records_one_request(solo: Shapes, op: str) -> None:
+    service = "aio-" + op.replace(".", "-")
+    balancer = graylb.Balancer(solo.registry(service))
+
+    async def run() -> None:
+        async with AioGrayChannel(balancer, service) as channel:
+            with trace.get_tracer("test").start_as_current_span(service):
+                assert await AIO_OPS[op](channel, b"ok", WAIT)
+            assert await AIO_OPS[op](channel, b"ok", WAIT)
+            with pytest.raises(grpc.RpcError):
+                await AIO_OPS[op](channel, b"fail", WAIT)
+
+    run_in_loop(run())
+    _recorded(service, {"ok": 2, "error": 1})
+    _assert_annotated(service)
+
+
+@pytest.mark.parametrize("kind", list(AIO_STREAM_CALLS))
+def test_aio_streams_made_before_the_first_snapshot_record_one_request(solo: Shapes, kind: str) -> None:
+    service = f"deferred-{kind}"
+    discovery = solo.late_registry(service)
+    balancer = graylb.Balancer(discovery)
+
+    async def run() -> None:
+        async with AioGrayChannel(balancer, service) as channel:
+            with trace.get_tracer("test").start_as_current_span(service):
+                answered = AIO_STREAM_CALLS[kind](channel, b"ok")
+            failed = AIO_STREAM_CALLS[kind](channel, b"fail")
+            never = AIO_STREAM_CALLS[kind](channel, b"ok")
+            never.cancel()  # before the snapshot: no instance, no request to count
+            discovery.release()
+            assert not isinstance(await finish(kind, answered), BaseException)
+            assert isinstance(await finish(kind, failed), grpc.RpcError)
+
+    run_in_loop(run())
+    _recorded(service, {"ok": 1, "error": 1})
+    _assert_annotated(service)
+
+
+@pytest.mark.parametrize("op", list(SYNC_CANCELLABLE))
+def test_cancelled_grpc_calls_record_one_error(solo: Shapes, op: str) -> None:
+    service = "cancelled-" + op.replace(".", "-")
+    balancer = graylb.Balancer(solo.registry(service))
+    with GrayChannel(balancer, service) as channel:
+        rpc = SYNC_CANCELLABLE[op](channel)
+        solo.wait_arrived()
+        assert rpc.cancel()
+    _recorded(service, {"error": 1})
+
+    async def run() -> None:
+        async with AioGrayChannel(balancer, service) as channel:
+            if op == "unary.future":
+                task = asyncio.ensure_future(AIO_OPS["unary"](channel, b"hold", WAIT))
+                await asyncio.to_thread(solo.wait_arrived)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return
+            kind = op.split(".")[0]
+            call = AIO_STREAM_CALLS[kind](channel, b"hold")
+            await asyncio.to_thread(solo.wait_arrived)
+            assert call.cancel()
+            await finish(kind, call)
+
+    run_in_loop(run())
+    _recorded(service, {"error": 2})

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import graylb
-from graylb.consul.config import ConsulConfig
-from graylb.discovery.consul import ConsulDiscovery
+from graylb.consul.client import ConsulConfig
+from graylb.consul.discovery import ConsulDiscovery
 from graylb.testing import pin_version
 from graylb.testing.fake_consul import FakeConsul
 from graylb.testing.http_server import serve_wsgi

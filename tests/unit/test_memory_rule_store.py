@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import graylb
-from graylb.consul.admin import push, rollback, undo
+from graylb.admin import push, rollback, undo
 from graylb.testing import MemoryRuleStore
 
 DOC = """

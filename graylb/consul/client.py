@@ -11,14 +11,17 @@ import dataclasses
 import os
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from ..errors import GraylbError
 
-__all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response"]
+if TYPE_CHECKING:
+    from .store import ConsulKVStore
+
+__all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response", "BlockingAnswer", "blocking_get"]
 
 
 class ConsulError(GraylbError):
@@ -127,6 +130,13 @@ class ConsulConfig:
     def async_client(self, max_connections: int = 100) -> httpx.AsyncClient:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
 
+    def rule_store(self) -> ConsulKVStore:
+        """The :class:`~graylb.admin.RuleStore` on this Consul (what :mod:`graylb.admin` opens
+        when handed a config). Imported here, not at the top: the store builds on this module."""
+        from .store import ConsulKVStore
+
+        return ConsulKVStore(self)
+
     def py_consul(self):
         """A py-consul ``consul.Consul`` client with the same settings (token as a header)."""
         import consul
@@ -160,3 +170,65 @@ def check_response(response: httpx.Response, what: str) -> None:
     if status == 429 or status >= 500:
         raise ConsulUnavailable(f"Consul unavailable while {what}: {status} {text!r}", status)
     raise ConsulError(f"Consul rejected {what}: {status} {text!r}", status)
+
+
+# ------------------------------------------------------------------------ blocking queries
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockingAnswer:
+    """One answer to :func:`blocking_get`: the response (status checked, 404 let through for KV),
+    whether it may carry news (``changed``: False when a blocking query's wait ran out with the
+    index unchanged) and the index the next query blocks on (0: start over without blocking)."""
+
+    response: httpx.Response
+    changed: bool
+    next_index: int
+
+
+async def blocking_get(
+    client: httpx.AsyncClient,
+    config: ConsulConfig,
+    path: str,
+    *,
+    index: int,
+    wait: float,
+    what: str,
+    params: Mapping[str, str] | None = None,
+    slot: Any = None,
+) -> BlockingAnswer:
+    """A Consul blocking query, by the rules Consul documents for them, in one place for
+    discovery and the KV rule source:
+
+    - ``index`` 0 asks without blocking; above 0 blocks up to ``wait`` for a newer index;
+    - the read timeout allows for the wait plus the up to wait/16 of jitter Consul adds;
+    - ``X-Consul-Index`` must be a number; when it goes backwards (a snapshot restore, a new
+      cluster) the next query starts over without blocking; it is never below 1 otherwise;
+    - error statuses raise the exceptions of :func:`check_response`, except 404 (an absent KV
+      key, which still carries an index). ``slot`` is an optional async context manager held
+      around the request (discovery's connection budget)."""
+    query = dict(params or {})
+    if config.datacenter:
+        query["dc"] = config.datacenter
+    if index > 0:
+        query["index"] = str(index)
+        query["wait"] = f"{wait:g}s"
+    read_timeout = (wait + wait / 16 + config.timeout) if index > 0 else config.timeout
+    timeout = httpx.Timeout(config.timeout, read=read_timeout, pool=None)
+    try:
+        if slot is None:
+            resp = await client.get(path, params=query, timeout=timeout)
+        else:
+            async with slot:
+                resp = await client.get(path, params=query, timeout=timeout)
+    except httpx.TransportError as exc:
+        raise ConsulUnavailable(f"Consul at {config.address} unreachable while {what}: {type(exc).__name__}: {exc}") from None
+    if resp.status_code != 404:
+        check_response(resp, what)
+    raw_index = resp.headers.get("X-Consul-Index")
+    try:
+        new_index = int(raw_index)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConsulError(f"Consul answered {what} without a valid X-Consul-Index ({raw_index!r})") from None
+    next_index = 0 if new_index < index else max(new_index, 1)
+    return BlockingAnswer(resp, changed=not (index > 0 and new_index == index), next_index=next_index)

@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import httpx
 
-from ..consul.config import ConsulConfig, ConsulError, ConsulUnavailable, check_response
-from .watched import WatchedRuleSource
+from .client import ConsulConfig, ConsulError, blocking_get
+from ..rules.watched import WatchedRuleSource
 
 __all__ = ["ConsulRuleSource"]
 
@@ -53,28 +53,16 @@ class ConsulRuleSource(WatchedRuleSource):
         index = state or 0
         if self._client is None:
             self._client = self.config.async_client(4)
-        params = {"index": str(index), "wait": f"{self.wait:g}s"} if index > 0 else {}
-        if self.config.datacenter:
-            params["dc"] = self.config.datacenter
-        read = (self.wait + self.wait / 16 + self.config.timeout) if index > 0 else self.config.timeout
         what = f"reading rules key '{self.key}'"
-        try:
-            resp = await self._client.get(f"/v1/kv/{quote(self.key)}", params=params, timeout=httpx.Timeout(self.config.timeout, read=read))
-        except httpx.TransportError as exc:
-            raise ConsulUnavailable(f"Consul at {self.config.address} unreachable while {what}: {type(exc).__name__}") from None
-        raw_index = resp.headers.get("X-Consul-Index")
-        try:
-            new_index = int(raw_index)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConsulError(f"Consul answered {what} without a valid X-Consul-Index ({raw_index!r})") from None
-        next_index = 0 if new_index < index else max(1, new_index)
+        answer = await blocking_get(self._client, self.config, f"/v1/kv/{quote(self.key)}", index=index, wait=self.wait, what=what)
+        next_index = answer.next_index
+        resp = answer.response
         if resp.status_code == 404:
             if self.modify_index is not None:
                 log.warning("graylb: %s was deleted; keeping revision %s", self.name, self.current.revision)
                 self.modify_index = None
             return next_index
-        check_response(resp, what)
-        if index > 0 and new_index == index:
+        if not answer.changed:
             return next_index
         items = resp.json()
         item = items[0] if isinstance(items, list) and items else None

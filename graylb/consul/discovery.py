@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 import httpx
 
-from ..consul.config import ConsulACLError, ConsulConfig, ConsulError, ConsulUnavailable, check_response
+from .client import ConsulACLError, ConsulConfig, ConsulError, blocking_get
 from ..instance import MAX_WEIGHT, Health, Instance
-from .base import ServiceWatch
-from .registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
+from ..discovery.base import ServiceWatch
+from ..discovery.registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
 
 __all__ = ["ConsulDiscovery", "instances_from_health"]
 
@@ -96,38 +96,24 @@ class ConsulDiscovery(RegistryDiscovery):
             params["passing"] = "1"
         if self.tag:
             params["tag"] = self.tag
-        if self.config.datacenter:
-            params["dc"] = self.config.datacenter
-        wait = self._wait_now()
-        if index > 0:
-            params["index"] = str(index)
-            params["wait"] = f"{wait:g}s"
-        # Consul adds up to wait/16 of jitter before answering an idle blocking query.
-        read_timeout = (wait + wait / 16 + self.config.timeout) if index > 0 else self.config.timeout
         what = f"watching service '{watch.service}'"
-        client = self._client_on_loop()
-        url = f"/v1/health/service/{quote(watch.service, safe='')}"
-        timeout = httpx.Timeout(self.config.timeout, read=read_timeout, pool=None)
         if self._blocking_slots is None or self._quick_slots is None:
             self._blocking_slots = asyncio.Semaphore(self.blocking_slots)
             self._quick_slots = asyncio.Semaphore(self.max_connections - self.blocking_slots)
-        try:
-            async with self._blocking_slots if index > 0 else self._quick_slots:
-                resp = await client.get(url, params=params, timeout=timeout)
-        except httpx.TransportError as exc:
-            raise ConsulUnavailable(f"Consul at {self.config.address} unreachable while {what}: {type(exc).__name__}: {exc}") from None
-        check_response(resp, what)
-        raw_index = resp.headers.get("X-Consul-Index")
-        try:
-            new_index = int(raw_index)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConsulError(f"Consul answered {what} without a valid X-Consul-Index ({raw_index!r})") from None
-        if new_index < index:
-            next_cursor = 0  # went backwards (snapshot restore): start over without blocking
-        else:
-            next_cursor = max(new_index, 1)
-        if index > 0 and new_index == index:
+        answer = await blocking_get(
+            self._client_on_loop(),
+            self.config,
+            f"/v1/health/service/{quote(watch.service, safe='')}",
+            index=index,
+            wait=self._wait_now(),
+            what=what,
+            params=params,
+            slot=self._blocking_slots if index > 0 else self._quick_slots,
+        )
+        next_cursor = answer.next_index
+        if not answer.changed:
             return None, next_cursor  # the wait ran out with nothing new
+        resp = answer.response
         entries = resp.json()
         if not isinstance(entries, list):
             raise ConsulError(f"Consul answered {what} with {type(entries).__name__}, not a list")

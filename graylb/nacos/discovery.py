@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 
 from ..instance import MAX_WEIGHT, Health, Instance
-from ..nacos.auth import NacosAuth
-from ..nacos.config import NacosConfig, NacosError, check_response
-from .base import ServiceWatch
-from .registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
+from .auth import NacosAuth
+from .client import NacosConfig, NacosError, check_response
+from ..discovery.base import ServiceWatch
+from ..discovery.registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
 
 __all__ = ["NacosDiscovery", "ProtectionThresholdReached", "instances_from_hosts"]
 

@@ -9,24 +9,18 @@ The content itself is then fetched with ``GET /v1/cs/configs``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from urllib.parse import unquote_plus
 
 import httpx
 
-from ..nacos.auth import NacosAuth
-from ..nacos.config import NacosConfig, check_response
-from .watched import WatchedRuleSource
+from .auth import NacosAuth
+from .client import NacosConfig, check_response, content_md5
+from ..rules.watched import WatchedRuleSource
 
-__all__ = ["NacosRuleSource", "content_md5"]
+__all__ = ["NacosRuleSource"]
 
 log = logging.getLogger("graylb.rules")
-
-
-def content_md5(content: bytes) -> str:
-    """What Nacos compares: lowercase, zero-padded hex MD5 of the UTF-8 bytes."""
-    return hashlib.md5(content).hexdigest()
 
 
 class NacosRuleSource(WatchedRuleSource):

@@ -14,17 +14,21 @@ many servers). :meth:`NacosConfig.from_env` and the CLI translate one namespace 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from ..errors import GraylbError
 
-__all__ = ["NacosConfig", "NacosError", "NacosAuthError", "NacosUnavailable", "check_response", "namespace_pair", "DEFAULT_GROUP"]
+if TYPE_CHECKING:
+    from .store import NacosConfigStore
+
+__all__ = ["NacosConfig", "NacosError", "NacosAuthError", "NacosUnavailable", "check_response", "content_md5", "namespace_pair", "DEFAULT_GROUP"]
 
 DEFAULT_GROUP = "DEFAULT_GROUP"
 
@@ -163,6 +167,20 @@ class NacosConfig:
 
     def async_client(self, max_connections: int = 20) -> httpx.AsyncClient:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
+
+    def rule_store(self) -> NacosConfigStore:
+        """The :class:`~graylb.admin.RuleStore` on this server (what :mod:`graylb.admin` opens
+        when handed a config). Imported here, not at the top: the store builds on this module."""
+        from .store import NacosConfigStore
+
+        return NacosConfigStore(self)
+
+
+def content_md5(content: str | bytes) -> str:
+    """What Nacos compares (config MD5, long-polling checksums, ``casMd5``): lowercase,
+    zero-padded hex MD5 of the UTF-8 bytes."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    return hashlib.md5(data).hexdigest()
 
 
 def _safe_address(address: Any) -> str:

@@ -1,8 +1,8 @@
-"""Operator actions on Nacos: a :class:`~graylb.consul.admin.RuleStore` on Nacos's config
-service (rules documents) and naming service (a service's instances).
+"""The :class:`~graylb.admin.RuleStore` on Nacos: config items for rules documents, the naming
+service for a service's instances.
 
 Used by ``graylb rules push / undo``, ``graylb rollback`` and ``graylb status`` with
-``--nacos URL``; the actions themselves (:func:`graylb.consul.admin.push` and friends) are
+``--nacos URL``; the actions themselves (:func:`graylb.admin.push` and friends) are
 registry-neutral.
 
 - A key is a config **dataId** in the store's group (default ``DEFAULT_GROUP``) and tenant
@@ -20,27 +20,20 @@ registry-neutral.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from ..discovery.nacos import instances_from_hosts
+from .discovery import instances_from_hosts
 from ..errors import GraylbError
 from ..instance import Instance
 from .auth import NacosAuth
-from .config import NacosConfig, NacosError, _body_text, check_response
+from .client import NacosConfig, NacosError, _body_text, check_response, content_md5
 
-__all__ = ["NacosConfigStore", "content_md5"]
+__all__ = ["NacosConfigStore"]
 
 CONFIG_PATH = "/v1/cs/configs"
-
-
-def content_md5(text: str | bytes) -> str:
-    """What Nacos compares: lowercase, zero-padded hex MD5 of the UTF-8 bytes."""
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    return hashlib.md5(data).hexdigest()
 
 
 class NacosConfigStore:
