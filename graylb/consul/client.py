@@ -1,5 +1,16 @@
-"""How to reach Consul: address, ACL token, TLS. One object shared by discovery, rules,
-registration and the CLI, so every client is configured the same way.
+"""The Consul wire, in one place: how to reach Consul (address, ACL token, TLS), what its
+answers mean (errors, blocking-query index rules) and which HTTP stack talks to it.
+
+Two stacks, each where it does the job best:
+
+- **httpx (asyncio)** for the watches — blocking health queries for discovery, the blocking KV
+  query for rules — which run as tasks on graylb's one background event loop: hundreds of
+  services cost one thread. :func:`blocking_get` owns the blocking-query rules.
+- **py-consul** (python-consul's maintained successor, over requests) for the synchronous calls
+  an operator or a serving process makes once in a while: agent registration, TTL passes and
+  deregistration (:mod:`.registration`), KV reads and compare-and-set writes and the health
+  listing of ``graylb status`` (:mod:`.store`). Its exception classes are translated here, by
+  class, in :func:`py_consul_call`.
 
 The token travels only in the ``X-Consul-Token`` header — never in a URL, never in a log line,
 never in ``repr()``. TLS verification is on by default.
@@ -10,18 +21,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import consul
+import consul.exceptions as consul_errors
 import httpx
+import requests
 
 from ..errors import GraylbError
 
 if TYPE_CHECKING:
     from .store import ConsulKVStore
 
-__all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response", "BlockingAnswer", "blocking_get"]
+__all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response", "py_consul_call", "BlockingAnswer", "blocking_get"]
 
 
 class ConsulError(GraylbError):
@@ -137,16 +152,23 @@ class ConsulConfig:
 
         return ConsulKVStore(self)
 
-    def py_consul(self):
+    def py_consul(self) -> consul.Consul:
         """A py-consul ``consul.Consul`` client with the same settings (token as a header)."""
-        import consul
-
         client = consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, verify=self.verify, cert=self.cert, dc=self.datacenter)
         # py-consul lets CONSUL_HTTP_TOKEN override the token argument, and waits 30 s by
         # default: this config is the one source of truth for both.
         client.token = self.token
         client.http.connections_timeout = self.timeout
         return client
+
+
+def _acl_hint(body: str) -> str:
+    """What Consul's 403 body says, in words an operator can act on."""
+    if "ACL not found" in body:
+        return "the ACL token is unknown to Consul (wrong, expired or deleted token)"
+    if "Permission denied" in body:
+        return "the ACL token lacks a permission this needs"
+    return "request forbidden"
 
 
 def check_response(response: httpx.Response, what: str) -> None:
@@ -160,16 +182,53 @@ def check_response(response: httpx.Response, what: str) -> None:
         return
     text = response.text.strip()[:300]
     if status == 403:
-        if "ACL not found" in text:
-            hint = "the ACL token is unknown to Consul (wrong, expired or deleted token)"
-        elif "Permission denied" in text:
-            hint = "the ACL token lacks a permission this needs"
-        else:
-            hint = "request forbidden"
-        raise ConsulACLError(f"Consul refused {what}: {hint} (403 {text!r})", status)
+        raise ConsulACLError(f"Consul refused {what}: {_acl_hint(text)} (403 {text!r})", status)
     if status == 429 or status >= 500:
         raise ConsulUnavailable(f"Consul unavailable while {what}: {status} {text!r}", status)
     raise ConsulError(f"Consul rejected {what}: {status} {text!r}", status)
+
+
+# ------------------------------------------------------------------------ py-consul calls
+
+
+@contextmanager
+def py_consul_call(config: ConsulConfig, what: str) -> Iterator[None]:
+    """Run py-consul calls in this block; translate its exceptions, by class, into graylb's:
+    transport errors and 5xx -> :class:`ConsulUnavailable`; 403 -> :class:`ConsulACLError` (with
+    what Consul's body says); 400 / 401 / 404 / other 4xx -> :class:`ConsulError` with the status.
+    ``what`` names the operation for the message; the token is never part of one."""
+    try:
+        yield
+    except requests.exceptions.RequestException as exc:
+        raise ConsulUnavailable(f"cannot reach Consul at {config.address} while {what}: {_reason(exc)}") from None
+    except consul_errors.ACLPermissionDenied as exc:
+        body = str(exc).strip()[:300]
+        raise ConsulACLError(f"Consul refused {what}: {_acl_hint(body)} (403 {body!r})", 403) from None
+    except consul_errors.ACLDisabled as exc:
+        raise ConsulError(f"Consul rejected {what}: ACLs are disabled (401 {str(exc)[:300]!r})", 401) from None
+    except consul_errors.NotFound as exc:
+        raise ConsulError(f"Consul has nothing for {what} (404 {str(exc)[:300]!r})", 404) from None
+    except consul_errors.BadRequest as exc:
+        raise ConsulError(f"Consul rejected {what}: {str(exc)[:300]!r}", 400) from None
+    except consul_errors.ClientError as exc:
+        raise ConsulError(f"Consul rejected {what}: {str(exc)[:300]!r}") from None
+    except consul_errors.Timeout:
+        raise ConsulUnavailable(f"Consul at {config.address} timed out while {what}") from None
+    except consul_errors.ConsulException as exc:  # what py-consul raises for 5xx
+        raise ConsulUnavailable(f"Consul unavailable while {what}: {str(exc)[:300]!r}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """A requests failure in a few words (never its full text: it may carry the URL)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error (check --ca-file / CONSUL_CACERT)"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection refused" if "refused" in str(exc).lower() else "connection failed"
+    return type(exc).__name__
 
 
 # ------------------------------------------------------------------------ blocking queries

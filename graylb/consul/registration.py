@@ -42,11 +42,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import httpx
-
 from ..instance import MAX_WEIGHT
 from ..registration import Registration
-from .client import ConsulConfig, ConsulError, ConsulUnavailable, check_response
+from .client import ConsulConfig, ConsulError, py_consul_call
 
 __all__ = ["ConsulRegistration", "go_duration"]
 
@@ -163,18 +161,9 @@ class ConsulRegistration(Registration):
         return self._client
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
-        """Run one py-consul call; translate its errors into graylb's Consul exceptions."""
-        import consul
-        import requests
-
-        try:
+        """Run one py-consul call; its exceptions become graylb's Consul exceptions."""
+        with py_consul_call(self.config, what):
             return fn(self._consul())
-        except requests.exceptions.RequestException as exc:
-            raise ConsulUnavailable(f"cannot reach Consul at {self.config.address} while {what}: {_reason(exc)}") from None
-        except consul.ConsulException as exc:
-            status, body = _status_of(exc)
-            check_response(httpx.Response(status, text=body), what)
-            raise ConsulError(f"Consul rejected {what}: {body[:300]!r}", status) from None
 
     def _definition(self) -> dict[str, Any]:
         check: dict[str, Any] | None = None
@@ -250,37 +239,3 @@ class ConsulRegistration(Registration):
         when the agent cannot be reached (the instance is then still registered; with a check,
         ``deregister_after`` cleans it up)."""
         super().deregister()
-
-
-def _status_of(exc: Exception) -> tuple[int, str]:
-    """py-consul puts ``"<status> <body>"`` in most messages, only the body for 401/403/404."""
-    import consul
-
-    text = str(exc)
-    if isinstance(exc, consul.ACLPermissionDenied):
-        return 403, text
-    if isinstance(exc, consul.ACLDisabled):
-        return 401, text
-    if isinstance(exc, consul.NotFound):
-        return 404, text
-    head, _, rest = text.partition(" ")
-    if head.isdigit():
-        return int(head), rest
-    return 500, text
-
-
-def _reason(exc: Exception) -> str:
-    import requests
-
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connection timed out"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error (check --ca-file / CONSUL_CACERT)"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        text = str(exc)
-        if "refused" in text.lower():
-            return "connection refused"
-        return "connection failed"
-    return type(exc).__name__

@@ -6,16 +6,11 @@ reads them. The registry-neutral actions (push / undo / rollback / status) are i
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
-
-import httpx
 
 from ..errors import GraylbError
 from ..instance import Instance
-from .client import ConsulConfig, ConsulUnavailable, check_response
+from .client import ConsulConfig, py_consul_call
 from .discovery import instances_from_health
 
 __all__ = ["ConsulKVStore"]
@@ -23,14 +18,15 @@ __all__ = ["ConsulKVStore"]
 
 
 class ConsulKVStore:
-    """A :class:`RuleStore` on Consul's KV store and health API (httpx, token in the header)."""
+    """A :class:`~graylb.admin.RuleStore` on Consul's KV store and health API, through py-consul
+    (synchronous, token in the header; see :mod:`.client` for why this stack)."""
 
     def __init__(self, config: ConsulConfig) -> None:
         self.config = config
-        self._http = config.client()
+        self._consul = config.py_consul()
 
     def close(self) -> None:
-        self._http.close()
+        self._consul.http.session.close()
 
     def __enter__(self) -> ConsulKVStore:
         return self
@@ -41,69 +37,47 @@ class ConsulKVStore:
     def describe(self, key: str) -> str:
         return f"Consul KV key '{key}'"
 
-    def _request(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
-        params = dict(kw.pop("params", None) or {})
-        if self.config.datacenter:
-            params["dc"] = self.config.datacenter
-        try:
-            response = self._http.request(method, path, params=params, **kw)
-        except httpx.ConnectError as exc:
-            reason = "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({_short(exc)})"
-            raise ConsulUnavailable(f"cannot reach Consul at {self.config.address} while {what}: {reason}") from None
-        except httpx.TimeoutException:
-            raise ConsulUnavailable(f"Consul at {self.config.address} timed out while {what}") from None
-        except httpx.TransportError as exc:
-            raise ConsulUnavailable(f"cannot talk to Consul at {self.config.address} while {what}: {_short(exc)}") from None
-        return response
-
     @staticmethod
-    def _kv_path(key: str) -> str:
+    def _key(key: str) -> str:
         key = key.strip("/")
         if not key:
             raise GraylbError("the KV key must not be empty")
-        return "/v1/kv/" + quote(key, safe="/")
+        return key
 
     def get(self, key: str) -> tuple[str | None, int]:
         what = f"reading KV key '{key}'"
-        r = self._request("GET", self._kv_path(key), what)
-        if r.status_code == 404:
+        with py_consul_call(self.config, what):
+            _, entry = self._consul.kv.get(self._key(key))
+        if entry is None:
             return None, 0
-        check_response(r, what)
         try:
-            entry = r.json()[0]
             raw = entry.get("Value")
-            value = base64.b64decode(raw).decode("utf-8") if raw else ""
-            return value, int(entry["ModifyIndex"])
-        except (ValueError, LookupError, TypeError) as exc:
+            return (raw.decode("utf-8") if raw else ""), int(entry["ModifyIndex"])
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
             raise GraylbError(f"unexpected answer from Consul while {what}: {_short(exc)}") from None
 
-    def _write(self, key: str, value: str, params: Mapping[str, Any], what: str) -> bool:
-        r = self._request("PUT", self._kv_path(key), what, params=params, content=value.encode("utf-8"))
-        check_response(r, what)
-        return r.text.strip() == "true"
-
     def put(self, key: str, value: str) -> None:
-        if not self._write(key, value, {}, f"writing KV key '{key}'"):
+        what = f"writing KV key '{key}'"
+        with py_consul_call(self.config, what):
+            written = self._consul.kv.put(self._key(key), value.encode("utf-8"))
+        if not written:
             raise GraylbError(f"Consul did not write KV key '{key}'")
 
     def cas_put(self, key: str, value: str, version: Any) -> bool:
-        return self._write(key, value, {"cas": int(version or 0)}, f"writing KV key '{key}'")
+        with py_consul_call(self.config, f"writing KV key '{key}'"):
+            return bool(self._consul.kv.put(self._key(key), value.encode("utf-8"), cas=int(version or 0)))
 
     def instances(self, service: str) -> tuple[list[tuple[str, Instance]], list[str]]:
         what = f"listing instances of service '{service}'"
-        r = self._request("GET", "/v1/health/service/" + quote(service, safe=""), what)
-        check_response(r, what)
-        try:
-            entries = r.json() or []
-        except ValueError:
-            raise GraylbError(f"unexpected answer from Consul while {what}: not JSON") from None
+        with py_consul_call(self.config, what):
+            _, entries = self._consul.health.service(service)
         problems: list[str] = []
 
         def warn(_service: str, name: str, problem: str) -> None:
             problems.append(f"{name}: {problem}")
 
         out = []
-        for entry in entries:
+        for entry in entries or []:
             # Read exactly as ConsulDiscovery reads it, so the status is what the router sees.
             for inst in instances_from_health(service, [entry], warn):
                 svc = entry.get("Service") or {}
