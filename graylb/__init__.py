@@ -25,39 +25,44 @@ from .rules.load import parse_rules
 from .consul.rules import ConsulRuleSource
 from .nacos.rules import NacosRuleSource
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
-from .transports.grpc import AioGrayChannel, GrayChannel
-from .transports.grpc_interceptors import (
-    AioGrayClientInterceptor,
-    AioGrayServerInterceptor,
-    GrayClientInterceptor,
-    GrayServerInterceptor,
-    aio_client_interceptors,
-)
 from .transports.httpx import AsyncGrayTransport, GrayTransport
+
+try:  # the gRPC half needs the graylb[grpc] extra; an httpx-only service goes without it
+    import grpc as _grpc  # noqa: F401
+except ImportError:
+    HAS_GRPC = False
+else:
+    HAS_GRPC = True
+    from .transports.grpc import AioGrayChannel, GrayChannel
+    from .transports.grpc_interceptors import (
+        AioGrayClientInterceptor,
+        AioGrayServerInterceptor,
+        GrayClientInterceptor,
+        GrayServerInterceptor,
+        aio_client_interceptors,
+    )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AioGrayChannel",
-    "AioGrayClientInterceptor",
-    "AioGrayServerInterceptor",
     "AsyncGrayTransport",
     "Balancer",
+    "bind",
     "ConsulConfig",
     "ConsulDiscovery",
     "ConsulRegistration",
     "ConsulRuleSource",
+    "current",
     "Discovery",
     "EMPTY",
     "FileRuleSource",
+    "gray",
     "GrayASGIMiddleware",
-    "GrayChannel",
-    "GrayClientInterceptor",
-    "GrayServerInterceptor",
     "GrayContext",
+    "GraylbError",
     "GrayTransport",
     "GrayWSGIMiddleware",
-    "GraylbError",
+    "HAS_GRPC",
     "HeaderCodec",
     "Health",
     "Instance",
@@ -69,6 +74,7 @@ __all__ = [
     "NacosRuleSource",
     "NoInstanceAvailable",
     "NoSnapshot",
+    "parse_rules",
     "RequestInfo",
     "RuleError",
     "RuleSource",
@@ -76,10 +82,15 @@ __all__ = [
     "Snapshot",
     "StaticDiscovery",
     "StaticRules",
-    "aio_client_interceptors",
-    "bind",
-    "current",
-    "gray",
-    "parse_rules",
     "trust_networks",
 ]
+if HAS_GRPC:
+    __all__ += [
+        "AioGrayChannel",
+        "AioGrayClientInterceptor",
+        "AioGrayServerInterceptor",
+        "GrayChannel",
+        "GrayClientInterceptor",
+        "GrayServerInterceptor",
+        "aio_client_interceptors",
+    ]

@@ -8,8 +8,8 @@ push / undo``, ``graylb rollback`` and ``graylb status`` run, for scripts and ex
 Registry-neutral: a registry contributes only its :class:`RuleStore` — reading and writing keys
 (with compare-and-set) and listing a service's instances: :class:`graylb.consul.ConsulKVStore`,
 :class:`graylb.nacos.NacosConfigStore`, :class:`graylb.testing.MemoryRuleStore` in process.
-Every function takes a store, or a registry config whose ``rule_store()`` opens one (opened and
-closed around the call).
+Every function takes a store, or a registry config whose store registered itself here with
+:func:`register_store` (opened and closed around the call).
 
 Revisions: every write first copies the key's current value to ``<key>.previous``, then
 writes the key with compare-and-set on the version read, so a concurrent change is never
@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from .routing.router import ALL_SUBSET, build_state
 
 __all__ = [
     "RuleStore",
+    "register_store",
     "Change",
     "RuleConflict",
     "push",
@@ -86,16 +87,24 @@ class RuleConflict(GraylbError):
     """The key changed between our read and our compare-and-set write."""
 
 
+#: config type -> the store class it opens; each registry's store module registers itself.
+_STORES: dict[type, Callable[[Any], Any]] = {}
+
+
+def register_store(config_type: type, store: Callable[[Any], Any]) -> None:
+    """Let the actions here take a ``config_type`` instance and open ``store(config)`` around the
+    call (a context manager). Each registry contributes its store; this module knows none."""
+    _STORES[config_type] = store
+
+
 @contextmanager
 def _opened(target: RuleStore | Any) -> Iterator[RuleStore]:
-    """A store as it is, or the store a registry config opens (``ConsulConfig.rule_store()``,
-    ``NacosConfig.rule_store()``), closed after the call. Each registry contributes its store;
-    this module knows none of them."""
-    open_store = getattr(target, "rule_store", None)
-    if open_store is None:
+    """A store as it is, or the store registered for a registry config, closed after the call."""
+    opener = _STORES.get(type(target))
+    if opener is None:
         yield target
         return
-    with open_store() as store:
+    with opener(target) as store:
         yield store
 
 

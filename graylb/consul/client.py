@@ -23,7 +23,7 @@ import os
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import consul
@@ -32,9 +32,6 @@ import httpx
 import requests
 
 from ..errors import GraylbError
-
-if TYPE_CHECKING:
-    from .store import ConsulKVStore
 
 __all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response", "py_consul_call", "BlockingAnswer", "blocking_get"]
 
@@ -144,13 +141,6 @@ class ConsulConfig:
 
     def async_client(self, max_connections: int = 100) -> httpx.AsyncClient:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
-
-    def rule_store(self) -> ConsulKVStore:
-        """The :class:`~graylb.admin.RuleStore` on this Consul (what :mod:`graylb.admin` opens
-        when handed a config). Imported here, not at the top: the store builds on this module."""
-        from .store import ConsulKVStore
-
-        return ConsulKVStore(self)
 
     def py_consul(self) -> consul.Consul:
         """A py-consul ``consul.Consul`` client with the same settings (token as a header)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..admin import register_store
 from ..errors import GraylbError
 from ..instance import Instance
 from .client import ConsulConfig, py_consul_call
@@ -90,3 +91,6 @@ class ConsulKVStore:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text[:200]
+
+
+register_store(ConsulConfig, ConsulKVStore)  # graylb.admin's actions then take a ConsulConfig too

@@ -18,15 +18,12 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from ..errors import GraylbError
-
-if TYPE_CHECKING:
-    from .store import NacosConfigStore
 
 __all__ = ["NacosConfig", "NacosError", "NacosAuthError", "NacosUnavailable", "check_response", "content_md5", "namespace_pair", "DEFAULT_GROUP"]
 
@@ -167,13 +164,6 @@ class NacosConfig:
 
     def async_client(self, max_connections: int = 20) -> httpx.AsyncClient:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
-
-    def rule_store(self) -> NacosConfigStore:
-        """The :class:`~graylb.admin.RuleStore` on this server (what :mod:`graylb.admin` opens
-        when handed a config). Imported here, not at the top: the store builds on this module."""
-        from .store import NacosConfigStore
-
-        return NacosConfigStore(self)
 
 
 def content_md5(content: str | bytes) -> str:

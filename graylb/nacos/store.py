@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from .discovery import instances_from_hosts
+from ..admin import register_store
 from ..errors import GraylbError
 from ..instance import Instance
 from .auth import NacosAuth
@@ -183,3 +184,6 @@ def _is_cas_conflict(r: httpx.Response) -> bool:
 
 def _content_type(text: str) -> str:
     return "json" if text.lstrip().startswith(("{", "[")) else "yaml"
+
+
+register_store(NacosConfig, NacosConfigStore)  # graylb.admin's actions then take a NacosConfig too
