@@ -9,11 +9,22 @@ closed when the instance leaves the snapshot). A unary RPC failing with UNAVAILA
 on another instance within its deadline; UNAVAILABLE and INTERNAL feed outlier detection.
 A stream stays on the instance it started on. ``with_call`` returns a call object whose
 ``graylb`` attribute is the :class:`~graylb.call.Served` record.
+
+Every RPC shape -- unary (``__call__``, ``with_call``, ``future``), unary-stream, stream-unary
+(``__call__``, ``with_call``, ``future``), stream-stream, sync and aio -- ends each attempt
+exactly once, however it ends (answered, failed, cancelled, past its deadline, or unable to
+start): the balancer's in-flight count for the instance goes back down (the least_request
+picker reads it) and the outcome feeds outlier detection (UNAVAILABLE and INTERNAL only). Each
+RPC records one request (``graylb.client.requests`` / ``.duration``) when it ends, outcome
+``ok`` or ``error`` (cancelled and past-deadline calls included). The current span gets the
+routing attributes when a unary call ends (after its retries), when a future or stream starts
+(its end is seen on grpc's thread, outside the caller's context).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +41,11 @@ from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.context import current
 from ..routing.request import RequestInfo
-from .grpc_interceptors import _outbound_metadata
+from .grpc_interceptors import outbound_metadata
 
 __all__ = ["GrayChannel", "AioGrayChannel"]
+
+log = logging.getLogger("graylb")
 
 _FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 Metadata = Sequence[tuple[str, Any]]
@@ -90,7 +103,7 @@ def _values_of(md: list[tuple[str, Any]]) -> Callable[[str], list[str]]:
 
 def _metadata_with_context(balancer: Balancer, metadata: Metadata | None) -> list[tuple[str, Any]]:
     """The call's metadata plus the gray context, exactly as the client interceptors do it."""
-    md = _outbound_metadata(balancer.codec, current(), metadata)
+    md = outbound_metadata(balancer.codec, current(), metadata)
     return list(metadata or ()) if md is None else md
 
 
@@ -151,6 +164,88 @@ class _ServedCall:
         return getattr(self._inner, name)
 
 
+def _code_of(exc: BaseException) -> grpc.StatusCode | None:
+    code = getattr(exc, "code", None)
+    try:
+        return code() if callable(code) else None
+    except Exception:  # a status-less RpcError
+        return None
+
+
+_PENDING = object()
+
+
+def _finished_code(rpc: Any) -> Any:
+    """The status code of a finished grpc.aio call, read in its done callback. ``code()`` is a
+    coroutine, but once the call is done it completes at its first step: no task needed (a task
+    would run after the caller saw the end, or never, if the loop stops first). ``_PENDING`` if
+    it would have to wait after all; ``None`` if there is no status to read."""
+    try:
+        coro = rpc.code()
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    except Exception:  # no status: the attempt still ends
+        return None
+    coro.close()
+    return _PENDING
+
+
+class _Attempt:
+    """The one attempt of an RPC that is never retried (a future, a stream): ends it exactly once
+    with its outcome -- ``Call.done`` (in-flight count, outlier detection) and one request in the
+    metrics -- from whichever path sees the end first: the call's done callback, or the error
+    that kept the RPC from starting. The span is annotated at the start, in the caller's context
+    (a done callback runs on grpc's thread, or in no particular context)."""
+
+    __slots__ = ("call", "instance", "open", "served", "started")
+
+    def __init__(self, call: Call, instance: Instance) -> None:
+        self.call, self.instance = call, instance
+        self.served = call.served(instance)
+        self.started = time.perf_counter()
+        self.open = True
+        telemetry.annotate_span(self.served)
+
+    def end(self, code: grpc.StatusCode | None) -> None:
+        """``code`` ``None``: the RPC ended without a status (it never started, or a local error)."""
+        if not self.open:
+            return
+        self.open = False
+        self.call.done(self.instance, ok=code not in _FAILURES)
+        telemetry.record(self.served, "ok" if code == grpc.StatusCode.OK else "error", time.perf_counter() - self.started)
+
+    def _end_in_callback(self, code: grpc.StatusCode | None) -> None:
+        try:
+            self.end(code)
+        except Exception:  # never into grpc's callback loop or status handling
+            log.exception("graylb: could not report the end of a gRPC call")
+
+    def on_done(self, rpc: Any) -> None:
+        """Done callback of a sync call or future: grpc runs it once, however the RPC ended."""
+        try:
+            code = rpc.code()
+        except Exception:  # no status: the attempt still ends
+            code = None
+        self._end_in_callback(code)
+
+    def on_aio_done(self, rpc: Any) -> None:
+        """Done callback of a grpc.aio call: runs inside grpc's status handling."""
+        code = _finished_code(rpc)
+        if code is not _PENDING:
+            self._end_in_callback(code)
+            return
+
+        async def later() -> None:  # not expected: a finished call's code() does not wait
+            try:
+                status = await rpc.code()
+            except Exception:
+                status = None
+            self._end_in_callback(status)
+
+        asyncio.ensure_future(later())
+
+
 # -- sync ------------------------------------------------------------------------------------
 
 
@@ -178,14 +273,18 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             instance = call.next_instance()
-            sub = self._sub(instance)
             try:
+                sub = self._sub(instance)
                 response, rpc = sub.with_call(request, timeout=_remaining(deadline), metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
             except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
+                code = _code_of(exc)
                 call.done(instance, ok=code not in _FAILURES)
                 if code == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
                     continue
+                router.finish(call, instance, started, "error")
+                raise
+            except BaseException:  # not the instance's doing (a local error, an interrupt)
+                call.done(instance, ok=True)
                 router.finish(call, instance, started, "error")
                 raise
             call.done(instance, ok=True)
@@ -194,53 +293,68 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
     def future(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
         # A future is handed back before the RPC ends: route and pick once, no retry.
         call, md = self._ch._router.start(self._method, metadata)
-        instance = call.next_instance()
-        fut = self._sub(instance).future(request, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
-        fut.add_done_callback(lambda f: call.done(instance, ok=f.code() not in _FAILURES))
+        attempt = _Attempt(call, call.next_instance())
+        try:
+            fut = self._sub(attempt.instance).future(request, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        except BaseException:
+            attempt.end(None)
+            raise
+        fut.add_done_callback(attempt.on_done)
         return fut
 
 
 class _Streaming:
-    """unary-stream, stream-unary and stream-stream: one pick per call, no retry."""
+    """unary-stream, stream-unary and stream-stream: one pick per call, no retry. The attempt
+    ends when the RPC does: in its done callback, or before returning for a blocking call."""
 
     def __init__(self, channel: GrayChannel, kind: str, method: str, ser: Any, deser: Any, kw: dict) -> None:
         self._ch, self._kind, self._method, self._ser, self._deser, self._kw = channel, kind, method, ser, deser, kw
 
-    def _sub(self, metadata):
+    def _start(self, metadata: Metadata | None, invoke: Callable[[Any, list[tuple[str, Any]]], Any]) -> tuple[_Attempt, Any]:
+        """Route, pick, and ``invoke(sub multicallable, metadata)``; an error that keeps the RPC
+        from starting ends the attempt."""
         call, md = self._ch._router.start(self._method, metadata)
-        instance = call.next_instance()
-        factory = getattr(self._ch._router.subchannels.get(instance), self._kind)
-        return call, instance, md, factory(self._method, self._ser, self._deser, **self._kw)
+        attempt = _Attempt(call, call.next_instance())
+        try:
+            sub = getattr(self._ch._router.subchannels.get(attempt.instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
+            return attempt, invoke(sub, md)
+        except grpc.RpcError as exc:  # a blocking call's status
+            attempt.end(_code_of(exc))
+            raise
+        except BaseException:
+            attempt.end(None)
+            raise
+
+
+class _ResponseStreaming(_Streaming):
+    """unary-stream and stream-stream: the call object is the response iterator."""
 
     def __call__(self, request_or_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        call, instance, md, sub = self._sub(metadata)
-        result = sub(request_or_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
-        if hasattr(result, "add_done_callback"):
-            result.add_done_callback(lambda f: call.done(instance, ok=f.code() not in _FAILURES))
-        else:  # stream-unary returns the response itself
-            call.done(instance, ok=True)
-        return result
-
-    def with_call(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        call, instance, md, sub = self._sub(metadata)
-        response, rpc = sub.with_call(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
-        call.done(instance, ok=True)
-        return response, _ServedCall(rpc, call.served(instance))
-
-    def future(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        call, instance, md, sub = self._sub(metadata)
-        return sub.future(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+        attempt, rpc = self._start(metadata, lambda sub, md: sub(request_or_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression))
+        rpc.add_done_callback(attempt.on_done)
+        return rpc
 
 
-class _UnaryStream(_Streaming, grpc.UnaryStreamMultiCallable):
+class _UnaryStream(_ResponseStreaming, grpc.UnaryStreamMultiCallable):
     pass
 
 
 class _StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):
-    pass
+    def __call__(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        return self.with_call(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)[0]
+
+    def with_call(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        attempt, (response, rpc) = self._start(metadata, lambda sub, md: sub.with_call(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression))
+        attempt.end(grpc.StatusCode.OK)
+        return response, _ServedCall(rpc, attempt.served)
+
+    def future(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+        attempt, fut = self._start(metadata, lambda sub, md: sub.future(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression))
+        fut.add_done_callback(attempt.on_done)
+        return fut
 
 
-class _StreamStream(_Streaming, grpc.StreamStreamMultiCallable):
+class _StreamStream(_ResponseStreaming, grpc.StreamStreamMultiCallable):
     pass
 
 
@@ -314,18 +428,21 @@ class _AioUnaryCall:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             instance = call.next_instance()
-            sub = router.subchannels.get(instance).unary_unary(owner._method, owner._ser, owner._deser, **owner._kw)
-            self.call = sub(self._request, timeout=_remaining(deadline), metadata=md, **self._kw)
+            self.call = None
             try:
+                sub = router.subchannels.get(instance).unary_unary(owner._method, owner._ser, owner._deser, **owner._kw)
+                self.call = sub(self._request, timeout=_remaining(deadline), metadata=md, **self._kw)
                 response = await self.call
-            except asyncio.CancelledError:
-                self.call.cancel()  # the caller gave up: so does the RPC on the wire
-                call.done(instance, ok=True)
-                raise
             except grpc.aio.AioRpcError as exc:
                 call.done(instance, ok=exc.code() not in _FAILURES)
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
                     continue
+                router.finish(call, instance, started, "error")
+                raise
+            except BaseException as exc:  # cancelled by the caller, or a local error
+                if isinstance(exc, asyncio.CancelledError) and self.call is not None:
+                    self.call.cancel()  # the caller gave up: so does the RPC on the wire
+                call.done(instance, ok=True)
                 router.finish(call, instance, started, "error")
                 raise
             call.done(instance, ok=True)
@@ -371,16 +488,16 @@ class _AioStreaming:
     def _begin(self, request: Any, kw: dict) -> Any:
         router = self._ch._router
         call, md = router.start(self._method, kw.pop("metadata"))
-        instance = call.next_instance()
-        sub = getattr(router.subchannels.get(instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
-        args = () if request is None and self._kind == "stream_stream" else (request,)
-        rpc = sub(*args, metadata=md, **kw)
-
-        async def report(finished: Any) -> None:  # aio code() is a coroutine (instant once done)
-            call.done(instance, ok=(await finished.code()) not in _FAILURES)
-
-        rpc.add_done_callback(lambda finished: asyncio.ensure_future(report(finished)))
-        rpc.graylb = call.served(instance)
+        attempt = _Attempt(call, call.next_instance())
+        try:
+            sub = getattr(router.subchannels.get(attempt.instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
+            args = () if request is None and self._kind == "stream_stream" else (request,)
+            rpc = sub(*args, metadata=md, **kw)
+        except BaseException:
+            attempt.end(None)
+            raise
+        rpc.add_done_callback(attempt.on_aio_done)
+        rpc.graylb = attempt.served
         return rpc
 
 

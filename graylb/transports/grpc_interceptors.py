@@ -55,6 +55,7 @@ import grpc.aio
 
 from ..propagation.codec import BAGGAGE_HEADER, MAX_HEADER_LENGTH, HeaderCodec
 from ..propagation.context import EMPTY, ContextIterator, GrayContext, attach, current, detach
+from ..propagation.outbound import inject_gray
 from ..propagation.trust import Trust, peer_address, trust_check
 
 __all__ = [
@@ -81,40 +82,55 @@ def _checked_codec(codec: HeaderCodec | None) -> HeaderCodec:
 # ---------------------------------------------------------------------------------- client
 
 
-def _outbound_metadata(codec: HeaderCodec, ctx: GrayContext, metadata: Any) -> list[tuple[Any, Any]] | None:
-    """The call's metadata with the gray context in it, or ``None`` when nothing changes.
+class _Metadata:
+    """gRPC metadata (key/value tuples) as the carrier of
+    :func:`~graylb.propagation.outbound.inject_gray`: reads text entries, collects the writes;
+    :func:`outbound_metadata` then builds the new list in one pass."""
 
-    Mirrors the httpx transport: a ``baggage`` entry (several are joined) keeps its foreign
-    members and gets its gray ones replaced -- also with an empty context, so stale gray members
-    never travel on; our plain keys replace any the caller set; everything else (binary entries
-    included) is left as it was.
+    __slots__ = ("items", "written")
+
+    def __init__(self, metadata: Any) -> None:
+        self.items: list[tuple[Any, Any]] = list(metadata) if metadata else []
+        self.written: dict[str, str | None] = {}
+
+    @staticmethod
+    def get(carrier: _Metadata, key: str) -> list[str] | None:
+        found = None  # a plain loop: no list (and no comprehension frame) in the usual case
+        for k, v in carrier.items:
+            if isinstance(v, str) and isinstance(k, str) and k.lower() == key:
+                if found is None:
+                    found = [v]
+                else:
+                    found.append(v)
+        return found
+
+    @staticmethod
+    def set(carrier: _Metadata, key: str, value: str | None) -> None:
+        carrier.written[key] = value
+
+
+def outbound_metadata(codec: HeaderCodec, ctx: GrayContext, metadata: Any) -> list[tuple[Any, Any]] | None:
+    """The call's metadata with the gray context in it (:func:`inject_gray` says how), or ``None``
+    when nothing changes. The entries of each written key are dropped (of ``baggage``, the text
+    ones: the only ones read) and the written ones appended, in order; all else stays as it was.
     """
-    items = list(metadata) if metadata else []
-    baggage: list[str] = []
-    for item in items:
-        key, value = item
-        if isinstance(key, str) and key.lower() == BAGGAGE_HEADER and isinstance(value, str):
-            baggage.append(value)
-    if ctx.is_empty and not baggage:
+    carrier = _Metadata(metadata)
+    if not inject_gray(codec, ctx, carrier, _Metadata, _Metadata):
         return None
-    pairs = codec.inject(ctx)
-    replaced = {name for name, _ in pairs if name != BAGGAGE_HEADER}
-    out: list[tuple[Any, Any]] = []
-    for key, value in items:
+    written = carrier.written
+    out = []
+    for key, value in carrier.items:
         lkey = key.lower() if isinstance(key, str) else key
-        if (lkey == BAGGAGE_HEADER and isinstance(value, str)) or lkey in replaced:
+        if lkey in written and (lkey != BAGGAGE_HEADER or isinstance(value, str)):
             continue
         out.append((key, value))
-    out.extend((name, value) for name, value in pairs if name != BAGGAGE_HEADER)
-    merged = codec.merge_baggage(",".join(baggage) or None, ctx)
-    if merged:
-        out.append((BAGGAGE_HEADER, merged))
+    out.extend((key, value) for key, value in written.items() if value is not None)
     return out
 
 
 def _gray_metadata(codec: HeaderCodec, ctx: GrayContext, metadata: Any) -> list[tuple[Any, Any]] | None:
     try:
-        return _outbound_metadata(codec, ctx, metadata)
+        return outbound_metadata(codec, ctx, metadata)
     except Exception:  # never let gray context break the call itself
         _logger.warning("graylb: could not add gray context to gRPC metadata; sending it unchanged", exc_info=True)
         return None

@@ -22,8 +22,8 @@ from ..balancer import Balancer
 from ..call import CONNECT_FAILURE, RESET, TIMEOUT, Call
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
-from ..propagation.codec import HeaderCodec
 from ..propagation.context import GrayContext, current
+from ..propagation.outbound import inject_gray
 from ..routing.request import RequestInfo
 
 __all__ = ["GrayTransport", "AsyncGrayTransport"]
@@ -36,7 +36,7 @@ def _start(balancer: Balancer, request: httpx.Request) -> Call:
     except NoInstanceAvailable as exc:
         telemetry.record_no_instance(exc.service, exc.subset)
         raise
-    _inject(balancer.codec, request.headers, ctx)
+    inject_gray(balancer.codec, ctx, request.headers, HEADERS, HEADERS)
     return call
 
 
@@ -48,7 +48,7 @@ async def _astart(balancer: Balancer, request: httpx.Request) -> Call:
     except NoInstanceAvailable as exc:
         telemetry.record_no_instance(exc.service, exc.subset)
         raise
-    _inject(balancer.codec, request.headers, ctx)
+    inject_gray(balancer.codec, ctx, request.headers, HEADERS, HEADERS)
     return call
 
 
@@ -60,21 +60,22 @@ def _routing_input(balancer: Balancer, request: httpx.Request) -> tuple[str, Req
     return balancer.service_name(url.host), info, current()
 
 
-def _inject(codec: HeaderCodec, headers: httpx.Headers, ctx: GrayContext) -> None:
-    if "baggage" in headers:
-        # Also with an empty context: stale gray.* members (say, copied on by OpenTelemetry
-        # from an untrusted caller) must not reach the next hop.
-        merged = codec.merge_baggage(headers["baggage"], ctx)
-        if merged:
-            headers["baggage"] = merged
-        else:
-            del headers["baggage"]
-        for name, value in codec.inject(ctx):
-            if name != "baggage":
-                headers[name] = value
-    elif not ctx.is_empty:
-        for name, value in codec.inject(ctx):
-            headers[name] = value
+class _Headers:
+    """``httpx.Headers`` as the carrier of :func:`~graylb.propagation.outbound.inject_gray`."""
+
+    @staticmethod
+    def get(headers: httpx.Headers, key: str) -> list[str]:
+        return headers.get_list(key)
+
+    @staticmethod
+    def set(headers: httpx.Headers, key: str, value: str | None) -> None:
+        if value is not None:
+            headers[key] = value  # replaces every line of that name, in place
+        elif key in headers:
+            del headers[key]
+
+
+HEADERS = _Headers()
 
 
 def _failure_kind(exc: Exception) -> str | None:

@@ -1,7 +1,11 @@
-"""OpenTelemetry: with an SDK installed, routed calls show up as span attributes and metrics."""
+"""OpenTelemetry: with an SDK installed, routed calls show up as span attributes and metrics
+(httpx, and every RPC shape of the gray gRPC channels)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import httpx
 import pytest
 from opentelemetry import metrics, trace
@@ -12,7 +16,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import graylb
-from tests.conftest import Fleet
+from graylb.transports.grpc import AioGrayChannel, GrayChannel
+from tests.conftest import Fleet, wait_until
+from tests.integration.grpc_shapes import AIO_OPS, AIO_STREAM_CALLS, SYNC_CANCELLABLE, SYNC_OPS, WAIT, Shapes, finish, run_in_loop
 
 # The global providers can be set once per process: set them for this module's tests.
 _reader = InMemoryMetricReader()
@@ -88,14 +94,6 @@ def test_a_subset_that_selects_nothing_is_counted_once_per_snapshot(fleet: Fleet
 
 # -- gRPC: every RPC shape records one request, with the served version and its outcome -----
 
-import asyncio  # noqa: E402
-
-import grpc  # noqa: E402
-
-from graylb.transports.grpc import AioGrayChannel, GrayChannel  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
-from tests.integration.grpc_shapes import AIO_OPS, AIO_STREAM_CALLS, SYNC_CANCELLABLE, SYNC_OPS, WAIT, Shapes, finish, run_in_loop  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def solo() -> Shapes:
@@ -168,13 +166,13 @@ def test_aio_streams_made_before_the_first_snapshot_record_one_request(solo: Sha
 
     async def run() -> None:
         async with AioGrayChannel(balancer, service) as channel:
-            with trace.get_tracer("test").start_as_current_span(service):
-                answered = AIO_STREAM_CALLS[kind](channel, b"ok")
             failed = AIO_STREAM_CALLS[kind](channel, b"fail")
             never = AIO_STREAM_CALLS[kind](channel, b"ok")
             never.cancel()  # before the snapshot: no instance, no request to count
-            discovery.release()
-            assert not isinstance(await finish(kind, answered), BaseException)
+            with trace.get_tracer("test").start_as_current_span(service):  # open while the call runs
+                answered = AIO_STREAM_CALLS[kind](channel, b"ok")
+                discovery.release()
+                assert not isinstance(await finish(kind, answered), BaseException)
             assert isinstance(await finish(kind, failed), grpc.RpcError)
 
     run_in_loop(run())
