@@ -146,6 +146,10 @@ class GrayTransport(httpx.BaseTransport):
                         continue
                     _failed(call, instance, started)
                     raise
+                except BaseException:  # interrupted (KeyboardInterrupt, a bug below): not the instance's fault
+                    call.done(instance, ok=True)
+                    _failed(call, instance, started)
+                    raise
                 ok = response.status_code < 500
                 call.done(instance, ok)
                 if not ok and call.can_retry(response.status_code, request.method, replayable):
@@ -185,6 +189,10 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
                     kind = _failure_kind(exc)
                     if kind is not None and call.can_retry(kind, request.method, replayable):
                         continue
+                    _failed(call, instance, started)
+                    raise
+                except BaseException:  # cancelled (asyncio.wait_for, a closing client): not the instance's fault
+                    call.done(instance, ok=True)
                     _failed(call, instance, started)
                     raise
                 ok = response.status_code < 500

@@ -210,3 +210,36 @@ def test_garbage_gray_headers_are_harmless(fleet: Fleet, mode: str) -> None:
         r = client.get(f"{server.url}/x", headers=garbage)
     assert r.status_code == 200
     assert r.json()["seen_lane"] is None and r.json()["seen_pins"] == {}
+
+
+def test_a_cancelled_async_request_ends_its_attempt(fleet: Fleet) -> None:
+    """asyncio.wait_for cancelling a slow request must not leave it counted in flight (the
+    least-request picker would avoid that instance forever)."""
+    import asyncio
+    import threading
+
+    release = threading.Event()
+
+    def slow(environ, start_response):
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    from graylb.testing.http_server import serve_wsgi
+
+    server = serve_wsgi(slow)
+    try:
+        fleet.registry.add({"host": server.host, "port": server.port, "version": "1.0.0", "id": "slow"}, service="orders")
+        balancer = graylb.Balancer(fleet.registry, services=["orders"])
+
+        async def main() -> None:
+            async with httpx.AsyncClient(transport=graylb.AsyncGrayTransport(balancer)) as client:
+                for _ in range(3):
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(client.get("http://orders/x"), 0.2)
+
+        asyncio.run(main())
+        assert balancer.stats.inflight("slow") == 0
+    finally:
+        release.set()
+        server.stop()
