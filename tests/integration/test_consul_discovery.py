@@ -1,8 +1,11 @@
-"""ConsulDiscovery and ConsulRuleSource against FakeConsul, with real HTTP services behind them."""
+"""ConsulDiscovery and ConsulRuleSource against FakeConsul, with real HTTP services behind them: what
+is Consul's own (health checks, TTLs, blocking-query indexes, ACLs, KV rules). What Consul and Nacos
+discovery do alike is in ``test_registry_discovery.py``."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -12,25 +15,13 @@ from graylb.consul.client import ConsulConfig
 from graylb.consul.discovery import ConsulDiscovery
 from graylb.consul.rules import ConsulRuleSource
 from graylb.testing.fake_consul import FakeConsul
-from graylb.testing.http_server import serve_wsgi
-from tests.conftest import BackgroundTraffic, version_app, wait_until
-
-RULES = """
-services:
-  orders:
-    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
-    default: stable
-    routes:
-      - name: beta
-        match: [{headers: {user-group: beta}}]
-        to: [{subset: canary}]
-"""
+from tests.conftest import wait_until
+from tests.integration.discovery_setup import RULES, OrdersServers, clear_registry_env
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for var in ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_CACERT"):
-        monkeypatch.delenv(var, raising=False)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_registry_env(monkeypatch)
 
 
 @pytest.fixture
@@ -40,17 +31,10 @@ def consul():
 
 
 @pytest.fixture
-def servers():
-    started = []
-
-    def start(version: str, lane: str | None = None):
-        s = serve_wsgi(version_app("orders", version, lane=lane))
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def servers() -> Iterator[OrdersServers]:
+    started = OrdersServers()
+    yield started
+    started.stop()
 
 
 def register(fake: FakeConsul, server, version: str, **kw) -> str:
@@ -107,45 +91,6 @@ def test_ttl_expiry_then_deregistration(servers) -> None:
         wait_until(lambda: len(watch.snapshot.instances) == 0, message="TTL expiry removes the instance")
         wait_until(lambda: "ttl-1" not in httpx.get(f"{fake.url}/v1/agent/services").json(), message="deregistered after the critical period")
         disco.close()
-
-
-def test_consul_down_under_traffic_zero_failures(consul: FakeConsul, servers) -> None:
-    for version in ("1.4.2", "1.4.2", "2.0.0"):
-        register(consul, servers(version), version)
-    balancer = graylb.Balancer(ConsulDiscovery(ConsulConfig(consul.url)), RULES)
-    try:
-        with BackgroundTraffic(balancer, beta_every=3) as traffic:
-            traffic.wait_for_more(50)
-            consul.stop()
-            traffic.wait_for_more(200)
-            watch = balancer.discovery.watch("orders")
-            wait_until(lambda: watch.stale, message="the watch notices the outage")
-            assert len(watch.snapshot.instances) == 3 and watch.snapshot.age >= 0
-            consul.start()
-            wait_until(lambda: not watch.stale, message="the watch recovers")
-    finally:
-        balancer.close()  # after the traffic thread has stopped
-    assert traffic.failures == []
-
-
-def test_restart_while_consul_down_routes_from_disk_snapshot(consul: FakeConsul, servers, tmp_path) -> None:
-    s = servers("1.4.2")
-    register(consul, s, "1.4.2")
-    first = ConsulDiscovery(ConsulConfig(consul.url), snapshot_dir=str(tmp_path))
-    assert first.watch("orders").wait_ready(5)
-    wait_until(lambda: list(tmp_path.glob("*orders*.json")))
-    first.close()
-    consul.stop()
-
-    second = ConsulDiscovery(ConsulConfig(consul.url), snapshot_dir=str(tmp_path))
-    with httpx.Client(transport=graylb.GrayTransport(graylb.Balancer(second, services=["orders"]))) as client:
-        r = client.get("http://orders/x")
-    assert r.status_code == 200 and r.extensions["graylb"].version == "1.4.2"
-    watch = second.watch("orders")
-    assert watch.snapshot.source == "disk"
-    wait_until(lambda: watch.stale)
-    assert "unreachable" in watch.last_error
-    second.close()
 
 
 def test_index_going_backwards_resets_and_keeps_watching(consul: FakeConsul, servers) -> None:

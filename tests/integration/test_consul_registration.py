@@ -1,17 +1,13 @@
-"""ConsulRegistration against FakeConsul over real sockets (py-consul on the wire)."""
+"""ConsulRegistration against FakeConsul over real sockets (py-consul on the wire): what is Consul's
+own (TTL and HTTP checks, Weights, the agent forgetting us, ACL tokens). What Consul and Nacos
+registration do alike (context manager, exit signals, the registry going away) is in
+``test_registry_registration.py``."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -22,21 +18,9 @@ from graylb.consul.registration import go_duration
 from graylb.instance import Health
 from graylb.testing import serve_wsgi
 from graylb.testing.fake_consul import FakeConsul
+from tests.conftest import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 TTL = 0.6
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll ``condition`` until it is truthy (bounded); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -100,7 +84,7 @@ def test_registers_meta_weights_and_stays_passing_past_several_ttls(fake: FakeCo
             assert check_status(e, reg.check_id) == "passing"
             return passes(fake, reg.check_id) >= 10  # ~3.3 TTLs
 
-        wait_for(beat_and_check, what="10 heartbeats")
+        wait_until(beat_and_check, message="10 heartbeats")
         [inst] = read_back(fake)
         assert (inst.version, inst.lane, inst.weight, inst.health, inst.labels.get("zone"), inst.labels.get("team")) == ("2.0.0", "beta", 5, Health.PASSING, "a", "payments")
     assert health(fake) == []
@@ -119,7 +103,7 @@ def test_close_deregisters_stops_heartbeat_and_is_idempotent(fake: FakeConsul) -
     reg.register()
     thread = reg._thread
     assert thread is not None and thread.is_alive()
-    wait_for(lambda: passes(fake, reg.check_id) >= 2, what="a heartbeat")
+    wait_until(lambda: passes(fake, reg.check_id) >= 2, message="a heartbeat")
     reg.close()
     assert not thread.is_alive()  # joined: no heartbeat after close
     assert health(fake) == [] and not reg.registered
@@ -139,21 +123,13 @@ def test_deregister_of_an_id_the_agent_already_forgot_is_fine(fake: FakeConsul) 
     assert not reg.registered
 
 
-def test_context_manager_registers_and_deregisters_even_on_error(fake: FakeConsul) -> None:
-    with pytest.raises(RuntimeError):
-        with make(fake) as reg:
-            assert len(health(fake)) == 1
-            raise RuntimeError("app crashed")
-    assert health(fake) == [] and not reg.registered
-
-
 def test_agent_forgets_us_heartbeat_reregisters(fake: FakeConsul) -> None:
     with make(fake, lane="beta") as reg:
         fake.deregister(reg.service_id)  # the agent restarted without our registration
         assert health(fake) == []
-        entry = wait_for(lambda: health(fake), what="re-registration")[0]
+        entry = wait_until(lambda: health(fake), message="re-registration")[0]
         assert entry["Service"]["Meta"]["lane"] == "beta"
-        wait_for(lambda: check_status(health(fake)[0], reg.check_id) == "passing", what="passing again")
+        wait_until(lambda: check_status(health(fake)[0], reg.check_id) == "passing", message="passing again")
         assert len(registrations(fake)) == 2
 
 
@@ -162,25 +138,13 @@ def test_heartbeat_logs_once_per_outage_and_once_on_recovery(fake: FakeConsul, c
     with make(fake) as reg:
         fake.fail_all(500)
         start = passes(fake, reg.check_id)
-        wait_for(lambda: passes(fake, reg.check_id) >= start + 4, what="heartbeats during the outage")
+        wait_until(lambda: passes(fake, reg.check_id) >= start + 4, message="heartbeats during the outage")
         fake.heal()
-        wait_for(lambda: any("recovered" in r.getMessage() for r in caplog.records), what="recovery log line")
+        wait_until(lambda: any("recovered" in r.getMessage() for r in caplog.records), message="recovery log line")
     failing = [r for r in caplog.records if "failing" in r.getMessage()]
     assert len(failing) == 1 and failing[0].levelno == logging.WARNING
     assert "500" in failing[0].getMessage()
     assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
-
-
-def test_heartbeat_survives_the_agent_going_away(fake: FakeConsul, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="graylb.consul")
-    with make(fake) as reg:
-        fake.stop()  # connection refused from now on
-        wait_for(lambda: any("failing" in r.getMessage() for r in caplog.records), what="outage warning")
-        fake.start()  # same port, state kept (a real agent restores it from its data dir)
-        wait_for(lambda: any("recovered" in r.getMessage() for r in caplog.records), what="recovery log line")
-        wait_for(lambda: check_status(health(fake)[0], reg.check_id) == "passing", what="passing again")
-    [warning] = [r for r in caplog.records if "failing" in r.getMessage()]
-    assert f"cannot reach Consul at {fake.url}" in warning.getMessage() and "connection refused" in warning.getMessage()
 
 
 def test_http_check_variant(fake: FakeConsul) -> None:
@@ -197,7 +161,7 @@ def test_http_check_variant(fake: FakeConsul) -> None:
                 "DeregisterCriticalServiceAfter": "90s",
             }
             assert reg._thread is None  # the agent runs the check: no heartbeat thread
-            wait_for(lambda: check_status(health(fake)[0], reg.check_id) == "passing", what="HTTP check passing")
+            wait_until(lambda: check_status(health(fake)[0], reg.check_id) == "passing", message="HTTP check passing")
             assert passes(fake, reg.check_id) == 0
         assert health(fake) == []
     finally:
@@ -212,7 +176,7 @@ def test_acl_read_token_cannot_register_and_token_stays_out_of_urls() -> None:
         assert "403" in str(err.value) and "lacks a permission" in str(err.value)
         assert "r-secret-2" not in str(err.value)
         with ConsulRegistration(ConsulConfig(fake.url, token="w-secret-1"), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=TTL) as ok:
-            wait_for(lambda: passes(fake, ok.check_id) >= 2, what="heartbeats")
+            wait_until(lambda: passes(fake, ok.check_id) >= 2, message="heartbeats")
         for r in fake.requests:
             assert "secret" not in r.target
         assert all(r.headers.get("x-consul-token") in ("r-secret-2", "w-secret-1") for r in fake.requests)
@@ -224,59 +188,3 @@ def test_rejects_bad_arguments() -> None:
         ConsulRegistration(cfg, "orders", address="h", port=1, version="2.0.0", weight=10001)
     with pytest.raises(ValueError, match="meta key"):
         ConsulRegistration(cfg, "orders", address="h", port=1, version="2.0.0", meta={"consul-x": "1"})
-
-
-def test_install_signal_handlers_refuses_other_threads(fake: FakeConsul) -> None:
-    import threading
-
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            make(fake).install_signal_handlers()
-        except RuntimeError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    assert errors and "main thread" in str(errors[0])
-
-
-SERVER_SCRIPT = textwrap.dedent(
-    """
-    import sys, threading
-    from graylb.consul import ConsulConfig, ConsulRegistration
-    reg = ConsulRegistration(ConsulConfig(sys.argv[1]), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=0.6)
-    reg.register()
-    reg.install_signal_handlers()
-    reg.install_signal_handlers()  # twice: must not chain to itself
-    try:
-        print("ready", flush=True)  # inside the try: a SIGINT right after it must be caught
-        threading.Event().wait(60)
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        sys.exit(3)
-    """
-)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_deregisters_then_keeps_default_behaviour(fake: FakeConsul, sig: int) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, fake.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        assert len(health(fake)) == 1
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert health(fake) == []
-    assert any(r.path == "/v1/agent/service/deregister/orders-127.0.0.1-9001" for r in fake.requests)
-    if sig == signal.SIGTERM:
-        assert proc.returncode == -signal.SIGTERM, err  # died of SIGTERM, as without the handler
-    else:
-        assert proc.returncode == 3 and "interrupted" in out, err  # KeyboardInterrupt raised as before

@@ -1,41 +1,32 @@
-"""``graylb rules push / undo``, ``graylb rollback``, ``graylb status`` with ``--nacos`` as a user
-runs them: a real subprocess talking to FakeNacos over HTTP; credentials only ever from
-NACOS_USERNAME / NACOS_PASSWORD or --password-file."""
+"""``graylb rules push``, ``graylb status`` with ``--nacos`` where Nacos differs from Consul: a real
+subprocess talking to FakeNacos over HTTP; credentials only ever from NACOS_USERNAME /
+NACOS_PASSWORD or --password-file. What both registries do alike is in ``test_registry_cli.py``."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from graylb.admin import RuleConflict, push, rollback, status, undo
-from graylb.errors import RuleError
-from graylb.nacos import NacosConfig
-from graylb.nacos import NacosConfigStore, content_md5
-from graylb.rules.load import validate_rules
+from graylb.nacos import NacosConfig, NacosConfigStore, content_md5
 from graylb.testing.fake_nacos import FakeNacos, RecordedRequest
-from tests.integration.cli_rules import RULES_A, RULES_B
+from tests.integration.cli_rules import (
+    RULES_A,
+    RULES_B,
+    NacosCli,
+    failed,
+    ok,
+    rules_files,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-KEY = "graylb-rules"
-GROUP = "DEFAULT_GROUP"
+KEY, GROUP = NacosCli.key, NacosCli.group
 USER, PASSWORD = "nacos", "pw-cli-5e1d-secret"
 
 
-
 def run(fake: FakeNacos | None, *args: str, address: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NACOS_", "CONSUL_"))}
-    clean.update(env or {})
-    target = address or (fake.url if fake is not None else None)
-    argv = [sys.executable, "-m", "graylb.cli", *args]
-    if target is not None:
-        argv += ["--nacos", target]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean)
+    return NacosCli(fake).run(*args, address=address, env=env)
 
 
 @pytest.fixture
@@ -46,33 +37,18 @@ def fake() -> Iterator[FakeNacos]:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    out = {}
-    for name, text in (("a.yaml", RULES_A), ("b.yaml", RULES_B)):
-        out[name] = tmp_path / name
-        out[name].write_text(text)
-    return out
+    return rules_files(tmp_path)
 
 
 def config(fake: FakeNacos, key: str = KEY, group: str = GROUP, tenant: str = "") -> str | None:
-    return fake.get_config(key, group, tenant)
+    return NacosCli(fake).get(key, group, tenant)
 
 
 def writes(fake: FakeNacos) -> list[RecordedRequest]:
-    return [r for r in fake.requests if r.method in ("POST", "DELETE") and r.path == "/nacos/v1/cs/configs"]
+    return NacosCli(fake).writes()
 
 
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout}\nstderr={r.stderr}"
-    return r.stdout
-
-
-def failed(r: subprocess.CompletedProcess, code: int = 1) -> str:
-    assert r.returncode == code, f"rc={r.returncode}\nstdout={r.stdout}\nstderr={r.stderr}"
-    assert "Traceback" not in r.stderr, r.stderr
-    return r.stderr
-
-
-# ------------------------------------------------------------------------------ push / undo
+# ------------------------------------------------------------------------------ push: a CAS on the MD5
 
 
 def test_push_writes_the_document_and_keeps_the_previous_revision(fake: FakeNacos, files: dict[str, Path]) -> None:
@@ -91,50 +67,6 @@ def test_push_writes_the_document_and_keeps_the_previous_revision(fake: FakeNaco
     assert main[1].form["type"] == ["yaml"] and main[1].form["group"] == [GROUP] and "tenant" not in main[1].form
 
 
-def test_push_invalid_document_names_the_location_and_writes_nothing(fake: FakeNacos, files: dict[str, Path], tmp_path: Path) -> None:
-    ok(run(fake, "rules", "push", str(files["a.yaml"]), "--key", KEY))
-    fake.clear_requests()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(RULES_A.replace("{subset: canary, weight: 10}", "{subset: canery, weight: 10}"))
-    err = failed(run(fake, "rules", "push", str(bad), "--key", KEY))
-    assert f"invalid rules in {bad}" in err
-    assert "services.orders.routes[1].to[0].subset: unknown subset 'canery' (known: canary, stable)" in err
-    assert config(fake) == RULES_A and writes(fake) == [] and fake.requests == []
-
-
-def test_undo_restores_and_undo_again_redoes(fake: FakeNacos, files: dict[str, Path]) -> None:
-    ok(run(fake, "rules", "push", str(files["a.yaml"]), "--key", KEY))
-    ok(run(fake, "rules", "push", str(files["b.yaml"]), "--key", KEY))
-    out = ok(run(fake, "rules", "undo", "--key", KEY))
-    assert f"restored {KEY} from {KEY}.previous (md5 {content_md5(RULES_A)})" in out and "undo again to redo" in out
-    assert config(fake) == RULES_A and config(fake, KEY + ".previous") == RULES_B
-    ok(run(fake, "rules", "undo", "--key", KEY))
-    assert config(fake) == RULES_B and config(fake, KEY + ".previous") == RULES_A
-
-
-def test_undo_without_previous_revision(fake: FakeNacos, files: dict[str, Path]) -> None:
-    ok(run(fake, "rules", "push", str(files["a.yaml"]), "--key", KEY))
-    err = failed(run(fake, "rules", "undo", "--key", KEY))
-    assert f"no previous revision at Nacos config '{KEY}.previous' (group '{GROUP}')" in err
-    assert config(fake) == RULES_A
-
-
-def test_concurrent_change_is_not_overwritten(fake: FakeNacos) -> None:
-    fake.publish_config(KEY, GROUP, RULES_A)
-
-    class Racing(NacosConfigStore):
-        def get(self, key: str):
-            value = super().get(key)
-            if key == KEY:
-                fake.publish_config(KEY, GROUP, RULES_A + "# someone else\n")  # lands between our read and our write
-            return value
-
-    with Racing(NacosConfig(fake.url)) as store:
-        with pytest.raises(RuleConflict, match="changed by someone else.*retry"):
-            push(store, KEY, RULES_B)
-    assert config(fake) == RULES_A + "# someone else\n"
-
-
 def test_create_only_when_absent(fake: FakeNacos) -> None:
     with NacosConfigStore(NacosConfig(fake.url)) as store:
         assert store.get(KEY) == (None, None)
@@ -145,24 +77,11 @@ def test_create_only_when_absent(fake: FakeNacos) -> None:
     assert config(fake) == RULES_B
 
 
-def test_push_validates_before_any_request(fake: FakeNacos) -> None:
-    with pytest.raises(RuleError):
-        push(NacosConfig(fake.url), KEY, "services: {orders: {default: nope}}")
-    assert fake.requests == []
-
-
 # ------------------------------------------------------------------------------ rollback / status
 
 
 def register_fleet(fake: FakeNacos, **where: str) -> None:
-    fake.register("orders", "10.0.0.1", 8080, metadata={"version": "1.4.2"}, weight=100, **where)
-    fake.register("orders", "10.0.0.2", 8080, metadata={"version": "1.4.3", "weight": "250"}, **where)  # metadata weight wins
-    fake.register("orders", "10.0.0.3", 8080, metadata={"version": "2.0.0", "image": "registry.example.com/orders:2.0.0", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"},
-                  weight=0.5, **where)
-    fake.register("orders", "10.0.0.5", 8081, metadata={"version": "2.1.0", "lane": "feature-x"}, **where)
-    fake.register("orders", "10.0.0.4", 8080, metadata={"version": "1.4.2"}, healthy=False, **where)
-    fake.register("orders", "10.0.0.6", 8080, metadata={"version": "1.4.2"}, weight=0, **where)
-    fake.register("orders", "10.0.0.9", 8080, metadata={"version": "1.4.2"}, enabled=False, **where)  # Nacos leaves it out
+    NacosCli(fake).register_fleet(**where)  # the fleet is listed in cli_rules.py
 
 
 def test_status_table(fake: FakeNacos) -> None:
@@ -183,59 +102,11 @@ def test_status_table(fake: FakeNacos) -> None:
     assert len(rows) == 6 and "10.0.0.9" not in out
 
 
-def test_status_with_rules_shows_the_live_split(fake: FakeNacos) -> None:
-    register_fleet(fake)
-    fake.publish_config(KEY, GROUP, RULES_A)
-    out = ok(run(fake, "status", "orders", "--key", KEY))
-    assert f"rules: {KEY} (md5 {content_md5(RULES_A)}, revision " in out
-    assert "    stable: 2 routable" in out and "    canary: 1 routable" in out
-    assert "default subset 'stable': 2 routable; fallback default" in out
-    assert "lanes (lane traffic only): feature-x 1 routable" in out
-    assert "route 'beta-users' when header user-group == 'beta': canary 100%" in out
-    assert "route 'ten-percent' when always, sticky on header x-user-id: canary 10%, stable 90%" in out
-    assert "no route matches -> default subset 'stable' 100%" in out
-
-    # The canary dies: it drops out of the split and the rest re-normalises, as in the router.
-    fake.set_healthy("orders", "10.0.0.3", 8080, False)
-    out = ok(run(fake, "status", "orders", "--key", KEY))
-    assert "route 'ten-percent' when always, sticky on header x-user-id: stable 100%  [dropped, no routable instance: canary]" in out
-    assert "route 'beta-users' when header user-group == 'beta': no routable target -> fallback default: stable 100%" in out
-
-
 def test_status_flags_the_protection_threshold(fake: FakeNacos) -> None:
     fake.register("orders", "10.0.0.1", 8080, metadata={"version": "1.4.2"}, healthy=False)
     out = ok(run(fake, "status", "orders"))
     assert "  ! Nacos reached the protection threshold for this service" in out
     assert "graylb's discovery keeps its last good list instead" in out
-
-
-def test_rollback_removes_only_that_services_routes(fake: FakeNacos, files: dict[str, Path]) -> None:
-    register_fleet(fake)
-    ok(run(fake, "rules", "push", str(files["a.yaml"]), "--key", KEY))
-    out = ok(run(fake, "rollback", "orders", "--key", KEY))
-    assert f"rolled back service 'orders' in {KEY} (md5 " in out
-    assert "removed route(s): beta-users, ten-percent" in out
-    assert "all its traffic now goes to its default subset 'stable'" in out
-    assert config(fake, KEY + ".previous") == RULES_A
-    doc = validate_rules(config(fake) or "")
-    assert doc.services["orders"].routes == [] and doc.services["orders"].default == "stable"
-    assert [r.name for r in doc.services["payments"].routes] == ["half"]
-
-    out = ok(run(fake, "status", "orders", "--key", KEY))
-    assert "no routes: all traffic -> default subset 'stable' 100%" in out and "route '" not in out
-
-    ok(run(fake, "rules", "undo", "--key", KEY))  # undo brings the routes back
-    assert config(fake) == RULES_A
-
-
-def test_rollback_unknown_service_or_missing_key(fake: FakeNacos, files: dict[str, Path]) -> None:
-    err = failed(run(fake, "rollback", "orders", "--key", KEY))
-    assert f"Nacos config '{KEY}' (group '{GROUP}') does not exist" in err
-    ok(run(fake, "rules", "push", str(files["a.yaml"]), "--key", KEY))
-    fake.clear_requests()
-    err = failed(run(fake, "rollback", "inventory", "--key", KEY))
-    assert f"service 'inventory' has no rules in Nacos config '{KEY}' (group '{GROUP}') (services there: orders, payments)" in err
-    assert writes(fake) == []
 
 
 def test_namespace_and_group(fake: FakeNacos, files: dict[str, Path]) -> None:
@@ -252,18 +123,6 @@ def test_namespace_and_group(fake: FakeNacos, files: dict[str, Path]) -> None:
     # "public" is Nacos's default namespace: config tenant "" (not the distinct "public" key)
     ok(run(fake, "rules", "push", str(files["b.yaml"]), "--key", KEY, "--namespace", "public"))
     assert config(fake) == RULES_B and fake.get_config(KEY, GROUP, "public") is None
-
-
-def test_admin_functions_in_process(fake: FakeNacos) -> None:
-    register_fleet(fake)
-    cfg = NacosConfig(fake.url)
-    assert push(cfg, KEY, RULES_A) == content_md5(RULES_A)
-    change = rollback(cfg, KEY, "orders")
-    assert "removed route(s): beta-users, ten-percent" in str(change)
-    assert not rollback(cfg, KEY, "orders").changed  # nothing left to remove: no write
-    assert "no routes: all traffic -> default subset 'stable' 100%" in status(cfg, "orders", KEY)
-    undo(cfg, KEY)
-    assert config(fake) == RULES_A
 
 
 # ------------------------------------------------------------------------------ auth, options, errors
@@ -326,17 +185,6 @@ def test_nacos_and_consul_are_mutually_exclusive(fake: FakeNacos) -> None:
     # Nacos options without --nacos: the registry is Consul, so they are refused
     err = failed(run(None, "status", "orders", "--namespace", "dev"))
     assert "--namespace is a Nacos option: add --nacos URL" in err
-
-
-def test_connection_refused_names_the_address(files: dict[str, Path]) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"http://127.0.0.1:{port}"
-    err = failed(run(None, "rules", "push", str(files["a.yaml"]), "--key", KEY, address=address))
-    assert f"cannot reach Nacos at {address}" in err and "connection refused" in err
-    err = failed(run(None, "status", "orders", address=address))
-    assert f"cannot reach Nacos at {address}" in err
 
 
 def test_nacos_errors_reported_without_traceback(fake: FakeNacos, files: dict[str, Path]) -> None:

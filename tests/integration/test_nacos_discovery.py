@@ -1,36 +1,27 @@
-"""NacosDiscovery and NacosRuleSource against FakeNacos, with real HTTP services behind them."""
+"""NacosDiscovery and NacosRuleSource against FakeNacos, with real HTTP services behind them: what is
+Nacos's own (weights, protection threshold, beats, long polling, auth). What Consul and Nacos
+discovery do alike is in ``test_registry_discovery.py``."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 import graylb
-from graylb.nacos.discovery import NacosDiscovery
 from graylb.nacos.client import NacosConfig
+from graylb.nacos.discovery import NacosDiscovery
 from graylb.nacos.rules import NacosRuleSource, content_md5
 from graylb.testing.fake_nacos import FakeNacos
-from graylb.testing.http_server import serve_wsgi
-from tests.conftest import BackgroundTraffic, version_app, wait_until
-
-RULES = """
-services:
-  orders:
-    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
-    default: stable
-    routes:
-      - name: beta
-        match: [{headers: {user-group: beta}}]
-        to: [{subset: canary}]
-"""
+from tests.conftest import wait_until
+from tests.integration.discovery_setup import RULES, OrdersServers, clear_registry_env
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for var in ("NACOS_ADDR", "NACOS_SERVER_ADDR", "NACOS_USERNAME", "NACOS_PASSWORD", "NACOS_NAMESPACE", "NACOS_GROUP"):
-        monkeypatch.delenv(var, raising=False)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_registry_env(monkeypatch)
 
 
 @pytest.fixture
@@ -40,17 +31,10 @@ def nacos():
 
 
 @pytest.fixture
-def servers():
-    started = []
-
-    def start(version: str):
-        s = serve_wsgi(version_app("orders", version))
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def servers() -> Iterator[OrdersServers]:
+    started = OrdersServers()
+    yield started
+    started.stop()
 
 
 def add(fake: FakeNacos, server, version: str, **kw) -> None:
@@ -105,38 +89,6 @@ def test_protection_threshold_keeps_last_good_snapshot(nacos: FakeNacos, servers
     nacos.set_healthy("orders", a.host, a.port, True)
     wait_until(lambda: not watch.stale)
     disco.close()
-
-
-def test_nacos_down_under_traffic_zero_failures(nacos: FakeNacos, servers) -> None:
-    for version in ("1.4.2", "2.0.0"):
-        add(nacos, servers(version), version)
-    balancer = graylb.Balancer(NacosDiscovery(NacosConfig(nacos.url), refresh_interval=0.05), RULES)
-    try:
-        with BackgroundTraffic(balancer) as traffic:
-            traffic.wait_for_more(50)
-            nacos.stop()
-            watch = balancer.discovery.watch("orders")
-            wait_until(lambda: watch.stale)
-            traffic.wait_for_more(200)
-            nacos.start()
-            wait_until(lambda: not watch.stale)
-    finally:
-        balancer.close()  # after the traffic thread has stopped
-    assert traffic.failures == []
-
-
-def test_disk_snapshot_when_nacos_is_down_at_start(nacos: FakeNacos, servers, tmp_path) -> None:
-    s = servers("1.4.2")
-    add(nacos, s, "1.4.2")
-    first = NacosDiscovery(NacosConfig(nacos.url), snapshot_dir=str(tmp_path))
-    assert first.watch("orders").wait_ready(5)
-    wait_until(lambda: list(tmp_path.glob("*orders*.json")))
-    first.close()
-    nacos.stop()
-    second = NacosDiscovery(NacosConfig(nacos.url), snapshot_dir=str(tmp_path))
-    with httpx.Client(transport=graylb.GrayTransport(graylb.Balancer(second, services=["orders"]))) as client:
-        assert client.get("http://orders/x").extensions["graylb"].version == "1.4.2"
-    second.close()
 
 
 def test_bad_entries_skipped_with_warning(nacos: FakeNacos, servers, caplog) -> None:

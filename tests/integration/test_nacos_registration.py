@@ -1,6 +1,8 @@
 """NacosRegistration against FakeNacos over real sockets: metadata and weight, heartbeats past
 several beat timeouts, the server's clientBeatInterval, re-registration on code 10200,
-deregistration on close / exit / signals, outages and token expiry."""
+deregistration on close and at interpreter exit, outages and token expiry. What Consul and Nacos
+registration do alike (context manager, exit signals, the registry going away) is in
+``test_registry_registration.py``."""
 
 from __future__ import annotations
 
@@ -8,38 +10,24 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
-import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from graylb.nacos.discovery import instances_from_hosts
 from graylb.instance import Health
 from graylb.nacos import NacosAuthError, NacosConfig, NacosRegistration
+from graylb.nacos.discovery import instances_from_hosts
 from graylb.testing.fake_nacos import FakeNacos, RecordedRequest
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BEAT_TIMEOUT, DELETE_TIMEOUT = 0.5, 1.0
 BEAT = 0.1  # our beat interval: 5 beats per beat timeout
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll ``condition`` until it is truthy (bounded); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -101,7 +89,7 @@ def test_registers_metadata_and_weight_and_stays_healthy_past_several_beat_timeo
             assert i["healthy"], "instance went unhealthy while beating"
             return len(beats(fake)) >= 20
 
-        wait_for(beat_and_check, what="20 heartbeats")
+        wait_until(beat_and_check, message="20 heartbeats")
         [graylb_view] = read_back(fake)
         assert (graylb_view.version, graylb_view.lane, graylb_view.weight, graylb_view.health, graylb_view.labels.get("zone")) == ("2.0.0", "beta", 50, Health.PASSING, "a")
         # The first beat carries the beat JSON; the server says lightBeatEnabled, so later ones don't.
@@ -120,8 +108,8 @@ def test_without_beats_the_fake_expires_it(fake: FakeNacos) -> None:
     reg = make(fake)
     reg.register()
     reg._stop.set()  # silence the heartbeat, keep the registration
-    wait_for(lambda: stored(fake) and not stored(fake)[0]["healthy"], what="unhealthy")
-    wait_for(lambda: stored(fake) == [], what="removal")
+    wait_until(lambda: stored(fake) and not stored(fake)[0]["healthy"], message="unhealthy")
+    wait_until(lambda: stored(fake) == [], message="removal")
     reg.close()  # deregistering what the server already dropped is fine
     assert not reg.registered
 
@@ -150,7 +138,7 @@ def test_client_beat_interval_from_the_server_is_honoured(fake: FakeNacos) -> No
                 seen.append(time.monotonic())
             return count >= 4
 
-        wait_for(track, what="4 heartbeats")
+        wait_until(track, message="4 heartbeats")
         assert reg.current_interval == pytest.approx(0.4)
     first_gap = seen[0] - start
     later_gaps = [b - a for a, b in zip(seen[1:], seen[2:])]
@@ -169,13 +157,13 @@ def test_default_beat_interval_needs_no_declaration(fake: FakeNacos) -> None:
 def test_server_forgets_the_instance_code_10200_reregisters(fake: FakeNacos, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="graylb.nacos")
     with make(fake, lane="beta", weight=2.5) as reg:
-        wait_for(lambda: len(beats(fake)) >= 2, what="light beats")
+        wait_until(lambda: len(beats(fake)) >= 2, message="light beats")
         fake.deregister("orders", "127.0.0.1", 9001)  # a restart without its data, say
         assert stored(fake) == []
-        [inst] = wait_for(lambda: stored(fake), what="re-registration")
+        [inst] = wait_until(lambda: stored(fake), message="re-registration")
         assert inst["metadata"]["lane"] == "beta" and inst["weight"] == 2.5 and inst["healthy"]
         assert len(registrations(fake)) == 2  # a full registration, not a beat re-creation
-        wait_for(lambda: len(beats(fake)) >= 6, what="beats after re-registration")
+        wait_until(lambda: len(beats(fake)) >= 6, message="beats after re-registration")
         assert reg.registered and stored(fake)[0]["healthy"]
     [warning] = [r for r in caplog.records if "no longer knows" in r.getMessage()]
     assert warning.levelno == logging.WARNING and "code 10200" in warning.getMessage()
@@ -186,7 +174,7 @@ def test_close_deregisters_stops_heartbeat_and_is_idempotent(fake: FakeNacos) ->
     reg.register()
     thread = reg._thread
     assert thread is not None and thread.is_alive()
-    wait_for(lambda: len(beats(fake)) >= 2, what="a heartbeat")
+    wait_until(lambda: len(beats(fake)) >= 2, message="a heartbeat")
     reg.close()
     assert not thread.is_alive()  # joined: no heartbeat after close
     assert stored(fake) == [] and not reg.registered
@@ -197,14 +185,6 @@ def test_close_deregisters_stops_heartbeat_and_is_idempotent(fake: FakeNacos) ->
     reg.deregister()
     time.sleep(3 * BEAT)  # three beat intervals: a live heartbeat would have beaten by now
     assert len(deregistrations(fake)) == 1 and len(beats(fake)) == sent
-
-
-def test_context_manager_deregisters_even_on_error(fake: FakeNacos) -> None:
-    with pytest.raises(RuntimeError):
-        with make(fake) as reg:
-            assert len(stored(fake)) == 1
-            raise RuntimeError("app crashed")
-    assert stored(fake) == [] and not reg.registered
 
 
 def test_persistent_instance_sends_no_beats_and_deregisters_when_already_gone(fake: FakeNacos) -> None:
@@ -223,11 +203,11 @@ def test_heartbeat_logs_once_per_outage_and_reregisters_after_it(fake: FakeNacos
     with make(fake) as reg:
         fake.fail_all(500)
         start = len(beats(fake))
-        wait_for(lambda: len(beats(fake)) >= start + 4, what="beats during the outage")
-        wait_for(lambda: stored(fake) == [], what="the fake to expire the silent instance")
+        wait_until(lambda: len(beats(fake)) >= start + 4, message="beats during the outage")
+        wait_until(lambda: stored(fake) == [], message="the fake to expire the silent instance")
         fake.heal()
-        wait_for(lambda: any("recovered" in r.getMessage() for r in caplog.records), what="recovery log line")
-        wait_for(lambda: stored(fake) and stored(fake)[0]["healthy"], what="registered again")
+        wait_until(lambda: any("recovered" in r.getMessage() for r in caplog.records), message="recovery log line")
+        wait_until(lambda: stored(fake) and stored(fake)[0]["healthy"], message="registered again")
         assert reg.registered
     failing = [r for r in caplog.records if "failing" in r.getMessage()]
     assert len(failing) == 1 and failing[0].levelno == logging.WARNING
@@ -235,26 +215,14 @@ def test_heartbeat_logs_once_per_outage_and_reregisters_after_it(fake: FakeNacos
     assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
 
 
-def test_heartbeat_survives_the_server_going_away(fake: FakeNacos, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="graylb.nacos")
-    with make(fake):
-        fake.stop()  # connection refused from now on
-        wait_for(lambda: any("failing" in r.getMessage() for r in caplog.records), what="outage warning")
-        fake.start()  # same port, state kept
-        wait_for(lambda: any("recovered" in r.getMessage() for r in caplog.records), what="recovery log line")
-        wait_for(lambda: stored(fake) and stored(fake)[0]["healthy"], what="healthy again")
-    [warning] = [r for r in caplog.records if "failing" in r.getMessage()]
-    assert f"cannot reach Nacos at {fake.url}" in warning.getMessage() and "connection refused" in warning.getMessage()
-
-
 def test_with_auth_token_expiry_mid_heartbeat() -> None:
     with FakeNacos(auth={"nacos": "pw-reg-42"}, beat_timeout=BEAT_TIMEOUT, delete_timeout=DELETE_TIMEOUT) as fake:
         config = NacosConfig(fake.url, username="nacos", password="pw-reg-42")
         with make(fake, config) as reg:
-            wait_for(lambda: len(beats(fake)) >= 2, what="beats")
+            wait_until(lambda: len(beats(fake)) >= 2, message="beats")
             fake.expire_tokens()
             n = len(beats(fake))
-            wait_for(lambda: len(beats(fake)) >= n + 4, what="beats after the expiry")
+            wait_until(lambda: len(beats(fake)) >= n + 4, message="beats after the expiry")
             assert stored(fake)[0]["healthy"] and reg.auth.logins == 2
         assert stored(fake) == []
         for r in fake.requests:
@@ -272,7 +240,7 @@ def test_v2_api_namespace_group_and_cluster(fake: FakeNacos) -> None:
         [inst] = stored(fake, namespace="dev", group="PAY")
         assert inst["clusterName"] == "c1" and inst["metadata"]["version"] == "2.0.0"
         assert len(registrations(fake, "v2")) == 1
-        wait_for(lambda: len(beats(fake)) >= 3, what="beats (always the v1 endpoint)")
+        wait_until(lambda: len(beats(fake)) >= 3, message="beats (always the v1 endpoint)")
         assert all(b.query["namespaceId"] == ["dev"] and b.query["groupName"] == ["PAY"] for b in beats(fake))
         assert stored(fake, namespace="dev", group="PAY")[0]["healthy"]
     assert stored(fake, namespace="dev", group="PAY") == [] and len(deregistrations(fake, "v2")) == 1
@@ -290,60 +258,6 @@ def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="beat_interval"):
         NacosRegistration(cfg, "orders", ip="h", port=1, version="2.0.0", beat_interval=0)
     assert "password" not in repr(NacosRegistration(NacosConfig("h:1", username="u", password="pw-xyz-1"), "orders", ip="h", port=1, version="2.0.0"))
-
-
-def test_install_signal_handlers_refuses_other_threads(fake: FakeNacos) -> None:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            make(fake).install_signal_handlers()
-        except RuntimeError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    assert errors and "main thread" in str(errors[0])
-
-
-SERVER_SCRIPT = textwrap.dedent(
-    """
-    import sys, threading
-    from graylb.nacos import NacosConfig, NacosRegistration
-    reg = NacosRegistration(NacosConfig(sys.argv[1]), "orders", ip="127.0.0.1", port=9001, version="2.0.0", beat_interval=0.1)
-    reg.register()
-    reg.install_signal_handlers()
-    reg.install_signal_handlers()  # twice: must not chain to itself
-    try:
-        print("ready", flush=True)  # inside the try: a SIGINT right after it lands here
-        threading.Event().wait(60)
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        sys.exit(3)
-    """
-)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_deregisters_then_keeps_default_behaviour(fake: FakeNacos, sig: int) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NACOS_")}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, fake.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        assert len(stored(fake)) == 1
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert stored(fake) == []
-    assert len(deregistrations(fake)) == 1
-    if sig == signal.SIGTERM:
-        assert proc.returncode == -signal.SIGTERM, err  # died of SIGTERM, as without the handler
-    else:
-        assert proc.returncode == 3 and "interrupted" in out, err  # KeyboardInterrupt raised as before
 
 
 def test_interpreter_exit_deregisters(fake: FakeNacos) -> None:
