@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench proto clean real-registries
+.PHONY: install demo lint test bench proto clean real-registries
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/graylb demo
 
-test: $(STAMP)
+# Lint and type-check (configured in pyproject.toml; a few seconds): ruff's rules and formatting
+# on the whole tree, mypy --strict on graylb/. `make test` runs it first.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 # The real registries tests/contract runs against (besides the fakes): builds Consul 1.16.1 (the

@@ -85,7 +85,7 @@ class InChildProcess:
 
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 # A rules document whose beta route points at the subset given by ``%`` (stable / canary): the

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import InChildProcess, machine, table  # noqa: E402
+import httpx
+from _util import InChildProcess, machine, table
 
-import httpx  # noqa: E402
-
-from graylb.consul.client import ConsulConfig  # noqa: E402
-from graylb.consul.discovery import ConsulDiscovery  # noqa: E402
+from graylb.consul.client import ConsulConfig
+from graylb.consul.discovery import ConsulDiscovery
 
 
 def proc_status(field: str) -> str:
@@ -43,7 +42,16 @@ def main() -> None:
     idle = 5.0 if "--quick" in sys.argv else 30.0
     with InChildProcess.fake("consul") as fake, httpx.Client(base_url=fake.url) as admin:
         for i in range(n):
-            admin.put("/v1/agent/service/register", json={"Name": f"svc-{i}", "ID": f"svc-{i}", "Address": "127.0.0.1", "Port": 10000 + i, "Meta": {"version": "1.0.0"}}).raise_for_status()
+            admin.put(
+                "/v1/agent/service/register",
+                json={
+                    "Name": f"svc-{i}",
+                    "ID": f"svc-{i}",
+                    "Address": "127.0.0.1",
+                    "Port": 10000 + i,
+                    "Meta": {"version": "1.0.0"},
+                },
+            ).raise_for_status()
         threads_before, rss_before = threading.active_count(), proc_status("VmRSS")
         disco = ConsulDiscovery(ConsulConfig(fake.url), wait=60)
         t0 = time.perf_counter()
@@ -59,7 +67,10 @@ def main() -> None:
         rows = [
             ["watched services", str(n)],
             ["all first snapshots ready in", f"{ready_s:.2f} s"],
-            ["threads (before -> watching)", f"{threads_before} -> {threading.active_count()} (OS: {proc_status('Threads')})"],
+            [
+                "threads (before -> watching)",
+                f"{threads_before} -> {threading.active_count()} (OS: {proc_status('Threads')})",
+            ],
             ["RSS (before -> watching)", f"{rss_before} -> {proc_status('VmRSS')}"],
             [f"CPU while idle ({idle:.0f} s)", f"{cpu_pct:.1f} % of one core"],
             ["HTTP connections (max) / blocking slots", f"{disco.max_connections} / {disco.blocking_slots}"],

@@ -16,18 +16,28 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import InChildProcess, machine, median, table  # noqa: E402
+import grpc
+from _util import InChildProcess, machine, median, table
 
-import grpc  # noqa: E402
+import graylb
+from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+from graylb.transports.grpc import AioGrayChannel, GrayChannel
 
-import graylb  # noqa: E402
-from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc  # noqa: E402
-from graylb.transports.grpc import AioGrayChannel, GrayChannel  # noqa: E402
-
-RULES = {"services": {"orders": {
-    "subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}}, "default": "stable",
-    "routes": [{"name": "split", "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}], "sticky": {"header": "x-user-id"}}],
-}}}
+RULES = {
+    "services": {
+        "orders": {
+            "subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}},
+            "default": "stable",
+            "routes": [
+                {
+                    "name": "split",
+                    "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}],
+                    "sticky": {"header": "x-user-id"},
+                }
+            ],
+        }
+    }
+}
 
 
 class _Served:
@@ -75,8 +85,14 @@ def main() -> None:
     rows = []
     with InChildProcess(start_server) as server:
         host, port = server.url.rsplit(":", 1)
-        registry = graylb.StaticDiscovery({"orders": [{"host": host, "port": int(port), "version": "1.0.0", "id": "v1"},
-                                                      {"host": host, "port": int(port), "version": "2.0.0", "id": "v2"}]})
+        registry = graylb.StaticDiscovery(
+            {
+                "orders": [
+                    {"host": host, "port": int(port), "version": "1.0.0", "id": "v1"},
+                    {"host": host, "port": int(port), "version": "2.0.0", "id": "v2"},
+                ]
+            }
+        )
         balancer = graylb.Balancer(registry, RULES)
         with grpc.insecure_channel(server.url) as plain_ch, GrayChannel(balancer, "orders") as gray_ch:
             plain, gray = echo_pb2_grpc.EchoStub(plain_ch), echo_pb2_grpc.EchoStub(gray_ch)
@@ -103,20 +119,44 @@ def main() -> None:
                     else:
                         p.append(await aio_round(plain, n))
                         g.append(await aio_round(gray, n))
-                rows.append(["aio unary (8 concurrent)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
+                rows.append(
+                    ["aio unary (8 concurrent)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"]
+                )
 
         asyncio.run(run_aio())
-        print(table(f"gRPC unary throughput, RPCs/s, {n} RPCs x {rounds} rounds ({machine()})", ["mode", "plain channel", "GrayChannel", "graylb / plain"], rows))
+        print(
+            table(
+                f"gRPC unary throughput, RPCs/s, {n} RPCs x {rounds} rounds ({machine()})",
+                ["mode", "plain channel", "GrayChannel", "graylb / plain"],
+                rows,
+            )
+        )
 
         # 100 instances (all the same server, distinct ids): one sub-channel each.
-        many = graylb.StaticDiscovery({"orders": [{"host": host, "port": int(port), "version": "1.0.0", "id": f"i{k}"} for k in range(100)]})
+        many = graylb.StaticDiscovery(
+            {"orders": [{"host": host, "port": int(port), "version": "1.0.0", "id": f"i{k}"} for k in range(100)]}
+        )
         before = rss_kb()
-        with GrayChannel(graylb.Balancer(many, {"services": {"orders": {"load_balancer": "round_robin"}}}), "orders") as ch:
+        with GrayChannel(
+            graylb.Balancer(many, {"services": {"orders": {"load_balancer": "round_robin"}}}), "orders"
+        ) as ch:
             stub = echo_pb2_grpc.EchoStub(ch)
             for _ in range(200):
                 stub.Say(echo_pb2.SayRequest(text="x"), timeout=5)
             count, after = ch.subchannel_count, rss_kb()
-        print(table("GrayChannel with 100 instances, 200 round-robin RPCs", ["measure", "value"], [["sub-channels", str(count)], ["max RSS growth", f"{after - before} kB ({(after - before) / max(count, 1):.0f} kB per sub-channel)"]]))
+        print(
+            table(
+                "GrayChannel with 100 instances, 200 round-robin RPCs",
+                ["measure", "value"],
+                [
+                    ["sub-channels", str(count)],
+                    [
+                        "max RSS growth",
+                        f"{after - before} kB ({(after - before) / max(count, 1):.0f} kB per sub-channel)",
+                    ],
+                ],
+            )
+        )
 
 
 if __name__ == "__main__":

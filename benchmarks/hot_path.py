@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table  # noqa: E402
+from _util import machine, median, table
 
-import graylb  # noqa: E402
-from graylb.propagation.context import attach, detach  # noqa: E402
+import graylb
+from graylb.propagation.context import attach, detach
 
 RULES = {
     "services": {
@@ -28,11 +28,30 @@ RULES = {
             },
             "default": "stable",
             "routes": [
-                {"name": "internal", "match": [{"headers": {"x-internal": {"present": True}}, "path": {"prefix": "/admin"}}], "to": [{"subset": "zone-a"}]},
+                {
+                    "name": "internal",
+                    "match": [{"headers": {"x-internal": {"present": True}}, "path": {"prefix": "/admin"}}],
+                    "to": [{"subset": "zone-a"}],
+                },
                 {"name": "debug", "match": [{"query": {"debug": {"exact": "1"}}}], "to": [{"subset": "canary"}]},
-                {"name": "beta-users", "match": [{"headers": {"user-group": {"exact": "beta"}}}, {"context": {"user-group": {"exact": "beta"}}}], "to": [{"subset": "canary"}]},
-                {"name": "mobile", "match": [{"headers": {"user-agent": {"regex": ".*(iPhone|Android).*"}}}], "to": [{"subset": "canary", "weight": 20}, {"subset": "stable", "weight": 80}]},
-                {"name": "five-percent", "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}], "sticky": {"header": "x-user-id"}},
+                {
+                    "name": "beta-users",
+                    "match": [
+                        {"headers": {"user-group": {"exact": "beta"}}},
+                        {"context": {"user-group": {"exact": "beta"}}},
+                    ],
+                    "to": [{"subset": "canary"}],
+                },
+                {
+                    "name": "mobile",
+                    "match": [{"headers": {"user-agent": {"regex": ".*(iPhone|Android).*"}}}],
+                    "to": [{"subset": "canary", "weight": 20}, {"subset": "stable", "weight": 80}],
+                },
+                {
+                    "name": "five-percent",
+                    "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}],
+                    "sticky": {"header": "x-user-id"},
+                },
             ],
         }
     }
@@ -43,7 +62,16 @@ def instances() -> list[dict]:
     out = []
     for i in range(100):
         version = "2.0.0" if i % 10 == 0 else "1.4.2"
-        out.append({"host": f"10.0.{i // 250}.{i % 250 + 1}", "port": 8080, "version": version, "weight": 100, "labels": {"zone": "ab"[i % 2]}, "lane": "beta" if i == 99 else None})
+        out.append(
+            {
+                "host": f"10.0.{i // 250}.{i % 250 + 1}",
+                "port": 8080,
+                "version": version,
+                "weight": 100,
+                "labels": {"zone": "ab"[i % 2]},
+                "lane": "beta" if i == 99 else None,
+            }
+        )
     return out
 
 
@@ -52,7 +80,11 @@ SCENARIOS = [
     ("header match -> canary", {"user-group": "beta"}, None),
     ("regex match, weighted random", {"user-agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)"}, None),
     ("lane from context + header injection", {}, graylb.GrayContext(lane="beta")),
-    ("pin from context + header injection", {}, graylb.GrayContext(pins={"orders": "2.0.0"}, values={"user-group": "x"})),
+    (
+        "pin from context + header injection",
+        {},
+        graylb.GrayContext(pins={"orders": "2.0.0"}, values={"user-group": "x"}),
+    ),
 ]
 
 
@@ -85,7 +117,13 @@ def main() -> None:
         bench(balancer, headers, ctx, 1000, 1)  # warm caches
         us = bench(balancer, headers, ctx, calls, batches)
         rows.append([name, f"{us:.2f}", "yes" if us <= 10 else "NO"])
-    print(table(f"hot path: route + pick + header injection, 5 routes, 100 instances ({machine()})", ["scenario", "median us/call", "<= 10 us"], rows))
+    print(
+        table(
+            f"hot path: route + pick + header injection, 5 routes, 100 instances ({machine()})",
+            ["scenario", "median us/call", "<= 10 us"],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,19 +18,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import InChildProcess, machine, median, table  # noqa: E402
+import httpx
+from _util import InChildProcess, machine, median, table
 
-import httpx  # noqa: E402
-
-import graylb  # noqa: E402
-from graylb.testing.http_server import serve_wsgi  # noqa: E402
+import graylb
+from graylb.testing.http_server import serve_wsgi
 
 RULES = {
     "services": {
         "orders": {
             "subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}},
             "default": "stable",
-            "routes": [{"name": "split", "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}], "sticky": {"header": "x-user-id"}}],
+            "routes": [
+                {
+                    "name": "split",
+                    "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}],
+                    "sticky": {"header": "x-user-id"},
+                }
+            ],
         }
     }
 }
@@ -66,10 +71,14 @@ def main() -> None:
     quick = "--quick" in sys.argv
     n, rounds = (300, 3) if quick else (2000, 7)
     with InChildProcess(start_server) as server:
-        registry = graylb.StaticDiscovery({"orders": [
-            {"host": server.host, "port": server.port, "version": "1.0.0", "id": "v1"},
-            {"host": server.host, "port": server.port, "version": "2.0.0", "id": "v2"},
-        ]})
+        registry = graylb.StaticDiscovery(
+            {
+                "orders": [
+                    {"host": server.host, "port": server.port, "version": "1.0.0", "id": "v1"},
+                    {"host": server.host, "port": server.port, "version": "2.0.0", "id": "v2"},
+                ]
+            }
+        )
         balancer = graylb.Balancer(registry, RULES)
         plain_url, gray_url = f"{server.url}/", "http://orders/"
         rows = []
@@ -87,7 +96,10 @@ def main() -> None:
             rows.append(["sync", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
 
         async def run_async() -> None:
-            async with httpx.AsyncClient() as plain, httpx.AsyncClient(transport=graylb.AsyncGrayTransport(balancer)) as gray:
+            async with (
+                httpx.AsyncClient() as plain,
+                httpx.AsyncClient(transport=graylb.AsyncGrayTransport(balancer)) as gray,
+            ):
                 await async_round(plain, plain_url, 96), await async_round(gray, gray_url, 96)
                 p, g = [], []
                 for r in range(rounds):
@@ -97,19 +109,37 @@ def main() -> None:
                     else:
                         p.append(await async_round(plain, plain_url, n))
                         g.append(await async_round(gray, gray_url, n))
-                rows.append(["async (8 concurrent)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
+                rows.append(
+                    ["async (8 concurrent)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"]
+                )
 
         asyncio.run(run_async())
 
         # The same comparison without a network: a transport that answers at once. Not a
         # target, but it shows graylb's own per-request cost with nothing to hide it.
         canned = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
-        with httpx.Client(transport=canned) as plain, httpx.Client(transport=graylb.GrayTransport(balancer, canned)) as gray:
+        with (
+            httpx.Client(transport=canned) as plain,
+            httpx.Client(transport=graylb.GrayTransport(balancer, canned)) as gray,
+        ):
             p = [sync_round(plain, plain_url, n) for _ in range(rounds)]
             g = [sync_round(gray, gray_url, n) for _ in range(rounds)]
             per_call = (1 / median(g) - 1 / median(p)) * 1e6
-            rows.append([f"sync, no network (graylb adds {per_call:.0f} us/request)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
-    print(table(f"httpx throughput, requests/s, {n} requests x {rounds} rounds ({machine()})", ["mode", "plain httpx", "GrayTransport", "graylb / plain"], rows))
+            rows.append(
+                [
+                    f"sync, no network (graylb adds {per_call:.0f} us/request)",
+                    f"{median(p):.0f}",
+                    f"{median(g):.0f}",
+                    f"{median(g) / median(p):.1%}",
+                ]
+            )
+    print(
+        table(
+            f"httpx throughput, requests/s, {n} requests x {rounds} rounds ({machine()})",
+            ["mode", "plain httpx", "GrayTransport", "graylb / plain"],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

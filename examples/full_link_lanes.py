@@ -12,11 +12,13 @@ touches them. Prints the path (service@version/lane per hop) each request took.
 
 Exits non-zero if a lane request misses a lane instance or a plain request reaches one.
 """
+
 import json
 import sys
 from collections import Counter
 
 import httpx
+
 import graylb
 from graylb.testing import serve_wsgi
 

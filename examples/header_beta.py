@@ -9,9 +9,11 @@ whole values, so `bob` does not let `bobby` in). Prints which version each kind 
 
 Exits non-zero if any caller lands on the wrong version.
 """
+
 import sys
 
 import httpx
+
 import graylb
 from graylb.testing import serve_wsgi
 
@@ -59,10 +61,14 @@ CALLERS = [
 
 v1, v2 = serve_wsgi(orders("1.4.2")), serve_wsgi(orders("2.0.0"))
 try:
-    registry = graylb.StaticDiscovery({"orders": [
-        {"host": v1.host, "port": v1.port, "version": "1.4.2"},
-        {"host": v2.host, "port": v2.port, "version": "2.0.0"},
-    ]})
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"host": v1.host, "port": v1.port, "version": "1.4.2"},
+                {"host": v2.host, "port": v2.port, "version": "2.0.0"},
+            ]
+        }
+    )
     client = httpx.Client(transport=graylb.GrayTransport(graylb.Balancer(registry, RULES)))
 
     wrong = []

@@ -10,9 +10,11 @@ change `graylb rollback orders` makes (routes removed: all traffic to the defaul
 
 Exits non-zero if a share is off or a user moved back from v2 to v1.
 """
+
 import sys
 
 import httpx
+
 import graylb
 from graylb.admin import push, rollback
 from graylb.testing import MemoryRuleStore, serve_wsgi
@@ -41,9 +43,13 @@ services:
 
 servers = [serve_wsgi(orders("1.4.2")), serve_wsgi(orders("1.4.2")), serve_wsgi(orders("2.0.0"))]
 try:
-    registry = graylb.StaticDiscovery({"orders": [
-        {"host": s.host, "port": s.port, "version": v} for s, v in zip(servers, ["1.4.2", "1.4.2", "2.0.0"])
-    ]})
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"host": s.host, "port": s.port, "version": v} for s, v in zip(servers, ["1.4.2", "1.4.2", "2.0.0"])
+            ]
+        }
+    )
     # Rules live under a key, as in Consul KV or Nacos config; MemoryRuleStore keeps it in this
     # process. push / rollback are the functions `graylb rules push` / `graylb rollback` run.
     store, KEY = MemoryRuleStore(), "graylb/rules"
@@ -73,7 +79,12 @@ try:
     print(f"users on v2 at 5%: {len(at5)}; of them still on v2 at 50%: {len(at5 & at50)}")
 
     # The promises, checked so CI notices a regression (wide bounds: 1000 users, stable hashing).
-    for name, users, low, high in (("5%", at5, 0.02, 0.09), ("50%", at50, 0.40, 0.60), ("100%", at100, 1, 1), ("rollback", after, 0, 0)):
+    for name, users, low, high in (
+        ("5%", at5, 0.02, 0.09),
+        ("50%", at50, 0.40, 0.60),
+        ("100%", at100, 1, 1),
+        ("rollback", after, 0, 0),
+    ):
         if not low <= len(users) / len(USERS) <= high:
             sys.exit(f"{name}: expected {low:.0%}..{high:.0%} of users on v2, measured {len(users) / len(USERS):.1%}")
     if not at5 <= at50 <= at100:

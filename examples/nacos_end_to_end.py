@@ -10,10 +10,12 @@ up from the config long poll within milliseconds.
 
 Exits non-zero if the measured split does not follow the pushed rules.
 """
+
 import sys
 import time
 
 import httpx
+
 import graylb
 from graylb.admin import push_change, rollback
 from graylb.testing import FakeNacos, serve_wsgi
@@ -57,20 +59,22 @@ def check_split(expected, low, high):  # one request per user over real HTTP
         sys.exit(f"expected {expected} on v2, measured {share:.1%}")
 
 
-nacos = FakeNacos(auth={"nacos": "nacos-pw"}).start()   # or a real server: "http://127.0.0.1:8848"
+nacos = FakeNacos(auth={"nacos": "nacos-pw"}).start()  # or a real server: "http://127.0.0.1:8848"
 config = graylb.NacosConfig(nacos.url, username="nacos", password="nacos-pw")
 v1, v2 = serve_wsgi(orders("1.4.2")), serve_wsgi(orders("2.0.0"))
-regs = [graylb.NacosRegistration(config, "orders", ip=s.host, port=s.port, version=v)
-        for s, v in ((v1, "1.4.2"), (v2, "2.0.0"))]
+regs = [
+    graylb.NacosRegistration(config, "orders", ip=s.host, port=s.port, version=v)
+    for s, v in ((v1, "1.4.2"), (v2, "2.0.0"))
+]
 balancer = None
 try:
     for reg in regs:
-        reg.register()                              # metadata version=...; ephemeral, kept by beats
-    print(push_change(config, KEY, canary_rules(10), source="canary 10%"))      # = graylb rules push --nacos
+        reg.register()  # metadata version=...; ephemeral, kept by beats
+    print(push_change(config, KEY, canary_rules(10), source="canary 10%"))  # = graylb rules push --nacos
 
     balancer = graylb.Balancer(graylb.NacosDiscovery(config), graylb.NacosRuleSource(config, KEY))
     client = httpx.Client(transport=graylb.GrayTransport(balancer))
-    watch = balancer.discovery.watch("orders")      # watch now rather than from the first call
+    watch = balancer.discovery.watch("orders")  # watch now rather than from the first call
     wait_until(lambda: watch.snapshot and len(watch.snapshot.instances) == 2, "both instances")
     wait_until(lambda: live_route() == "canary-10", "the 10% rules")
     check_split("10%", 0.05, 0.15)
@@ -79,7 +83,7 @@ try:
     wait_until(lambda: live_route() == "canary-50", "the 50% rules")
     check_split("50%", 0.40, 0.60)
 
-    print(rollback(config, KEY, "orders"))                                      # = graylb rollback orders --nacos
+    print(rollback(config, KEY, "orders"))  # = graylb rollback orders --nacos
     wait_until(lambda: live_route() == "default", "the rollback")  # no routes left: the default subset
     check_split("0%", 0.0, 0.0)
     client.close()
@@ -87,6 +91,6 @@ finally:
     if balancer is not None:
         balancer.close()
     for reg in regs:
-        reg.close()                                 # deregisters
+        reg.close()  # deregisters
     nacos.stop(), v1.stop(), v2.stop()
 print("OK: the live split followed every push, and the rollback sent everyone to v1")

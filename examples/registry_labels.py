@@ -12,10 +12,12 @@ tag `my-service:v1.2.0` and a commit `commit-abc123`. The rules select them by t
 
 Prints where each call landed; exits non-zero if any landed elsewhere.
 """
+
 import sys
 from collections import Counter
 
 import httpx
+
 import graylb
 from graylb.testing import FakeConsul, serve_wsgi
 
@@ -60,19 +62,35 @@ try:
             if response.text != expected:
                 failures.append(f"{what}: got {response.text}, expected {expected}")
 
-        users = Counter(client.get("http://orders/api/orders", headers={"x-user-id": f"user-{n}"}).text for n in range(1000))
+        users = Counter(
+            client.get("http://orders/api/orders", headers={"x-user-id": f"user-{n}"}).text for n in range(1000)
+        )
         print(f"10/90 split by labels v2/v1, 1000 users: v1 {users['v1'] / 10:.1f}%, v2 {users['v2'] / 10:.1f}%")
         if set(users) != {"v1", "v2"} or not 60 <= users["v2"] <= 140:
             failures.append(f"split: {dict(users)}")
 
         with graylb.gray(pins={"orders": "my-service:v1.2.0"}):
-            check("pin orders=my-service:v1.2.0 (image tag)", "my-service:v1.2.0", client.get("http://orders/api/orders"))
+            check(
+                "pin orders=my-service:v1.2.0 (image tag)", "my-service:v1.2.0", client.get("http://orders/api/orders")
+            )
         with graylb.gray(pins={"orders": "commit-abc123"}):
             check("pin orders=commit-abc123 (commit)", "commit-abc123", client.get("http://orders/api/orders"))
         with graylb.gray(pins={"orders": "2"}):
             check("pin orders=2 (a short pin selects label v2)", "v2", client.get("http://orders/api/orders"))
-        check("Accept: application/vnd.myapp.v2+json", "v2", client.get("http://orders/api/orders", headers={"accept": "application/vnd.myapp.v2+json", "x-user-id": "user-1"}))
-        check("Accept: application/vnd.myapp.v1+json", "v1", client.get("http://orders/api/orders", headers={"accept": "application/vnd.myapp.v1+json", "x-user-id": "user-1"}))
+        check(
+            "Accept: application/vnd.myapp.v2+json",
+            "v2",
+            client.get(
+                "http://orders/api/orders", headers={"accept": "application/vnd.myapp.v2+json", "x-user-id": "user-1"}
+            ),
+        )
+        check(
+            "Accept: application/vnd.myapp.v1+json",
+            "v1",
+            client.get(
+                "http://orders/api/orders", headers={"accept": "application/vnd.myapp.v1+json", "x-user-id": "user-1"}
+            ),
+        )
         check("GET /api/v2/users", "v2", client.get("http://orders/api/v2/users", headers={"x-user-id": "user-1"}))
         check("GET /api/v1/users", "v1", client.get("http://orders/api/v1/users", headers={"x-user-id": "user-1"}))
     balancer.close()

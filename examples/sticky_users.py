@@ -10,10 +10,12 @@ are retried on, then ejected from, the dead instance and served by the other v1.
 
 Exits non-zero if a user changes version or the split is off.
 """
+
 import sys
 from collections import Counter
 
 import httpx
+
 import graylb
 from graylb.testing import serve_wsgi
 
@@ -36,10 +38,14 @@ def orders(version):  # a tiny "orders" service that says which version answered
 
 servers = {"v1-a": serve_wsgi(orders("1.4.2")), "v1-b": serve_wsgi(orders("1.4.2")), "v2": serve_wsgi(orders("2.0.0"))}
 try:
-    registry = graylb.StaticDiscovery({"orders": [
-        {"id": name, "host": s.host, "port": s.port, "version": "2.0.0" if name == "v2" else "1.4.2"}
-        for name, s in servers.items()
-    ]})
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"id": name, "host": s.host, "port": s.port, "version": "2.0.0" if name == "v2" else "1.4.2"}
+                for name, s in servers.items()
+            ]
+        }
+    )
     client = httpx.Client(transport=graylb.GrayTransport(graylb.Balancer(registry, RULES)))
 
     def call(user):

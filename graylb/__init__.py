@@ -1,30 +1,30 @@
 """graylb: gray-release load balancing inside your httpx and grpcio clients.
 
-    balancer = graylb.Balancer(graylb.StaticDiscovery({...}), "rules.yaml")
-    client = httpx.Client(transport=graylb.GrayTransport(balancer))
-    with graylb.gray(lane="beta"):
-        client.get("http://orders/api/v1/orders/42")
+balancer = graylb.Balancer(graylb.StaticDiscovery({...}), "rules.yaml")
+client = httpx.Client(transport=graylb.GrayTransport(balancer))
+with graylb.gray(lane="beta"):
+    client.get("http://orders/api/v1/orders/42")
 """
 
 from .balancer import Balancer
-from .served import Served
 from .consul.client import ConsulConfig
-from .consul.registration import ConsulRegistration
-from .discovery import Discovery, Snapshot, StaticDiscovery
 from .consul.discovery import ConsulDiscovery
-from .nacos.discovery import NacosDiscovery
-from .nacos.client import NacosConfig
-from .nacos.registration import NacosRegistration
+from .consul.registration import ConsulRegistration
+from .consul.rules import ConsulRuleSource
+from .discovery import Discovery, Snapshot, StaticDiscovery
 from .errors import GraylbError, InvalidVersion, MissingVersion, NoInstanceAvailable, NoSnapshot, RuleError
 from .instance import Health, Instance
+from .nacos.client import NacosConfig
+from .nacos.discovery import NacosDiscovery
+from .nacos.registration import NacosRegistration
+from .nacos.rules import NacosRuleSource
 from .propagation.codec import HeaderCodec
 from .propagation.context import EMPTY, GrayContext, bind, current, gray
 from .propagation.middleware import GrayASGIMiddleware, GrayWSGIMiddleware, trust_networks
 from .routing.request import RequestInfo
 from .rules.load import parse_rules
-from .consul.rules import ConsulRuleSource
-from .nacos.rules import NacosRuleSource
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
+from .served import Served
 from .transports.httpx import AsyncGrayTransport, GrayTransport
 
 try:  # the gRPC half needs the graylb[grpc] extra; an httpx-only service goes without it

@@ -35,9 +35,9 @@ import yaml
 from .discovery.base import Snapshot
 from .errors import GraylbError, RuleError
 from .instance import Health, Instance
+from .routing.router import ALL_SUBSET, build_state
 from .rules.load import load_document, parse_rules, validate_rules
 from .rules.model import MatchClause, StringMatch
-from .routing.router import ALL_SUBSET, build_state
 
 __all__ = [
     "RuleStore",
@@ -133,7 +133,10 @@ class Change:
 
 
 def _conflict(store: RuleStore, key: str) -> RuleConflict:
-    return RuleConflict(f"{store.describe(key)} was changed by someone else while this command ran; nothing was overwritten — check the new content and retry the command")
+    return RuleConflict(
+        f"{store.describe(key)} was changed by someone else while this command ran; nothing was overwritten — "
+        "check the new content and retry the command"
+    )
 
 
 def _write_with_previous(store: RuleStore, key: str, new_text: str, current: str | None, version: Any) -> Any:
@@ -158,13 +161,19 @@ def push_change(target: RuleStore | Any, key: str, text: str, source: str = "") 
             note = f"{key} did not exist before ({prev} still holds an older revision)"
         else:
             note = f"{key} did not exist before, so there is no previous revision"
-        return Change(key, index, (f"pushed {source or 'rules'} to {key} ({_version(store, index)}); {note}",), previous_saved=current is not None)
+        return Change(
+            key,
+            index,
+            (f"pushed {source or 'rules'} to {key} ({_version(store, index)}); {note}",),
+            previous_saved=current is not None,
+        )
 
 
-def push(config: RuleStore | Any, key: str, text: str, source: str = "") -> int:
+def push(config: RuleStore | Any, key: str, text: str, source: str = "") -> Any:
     """Validate ``text`` (a :class:`RuleError` propagates and nothing is written), keep the
     key's current value under ``<key>.previous``, and write the new document with
-    compare-and-set on the index just read. Returns the key's new index. Raises
+    compare-and-set on the index just read. Returns the key's new version (Consul: its
+    ModifyIndex, an int; Nacos: the content's md5, a str). Raises
     :class:`RuleConflict` when someone else changed the key in between."""
     return push_change(config, key, text, source).index
 
@@ -186,7 +195,11 @@ def undo(config: RuleStore | Any, key: str) -> Change:
         if current is not None:
             store.put(prev, current)
         index = store.get(key)[1]
-        tail = f"the replaced revision is now at {prev} (undo again to redo)" if current is not None else f"{key} did not exist before"
+        tail = (
+            f"the replaced revision is now at {prev} (undo again to redo)"
+            if current is not None
+            else f"{key} did not exist before"
+        )
         return Change(key, index, (f"restored {key} from {prev} ({_version(store, index)}); {tail}",))
 
 
@@ -208,11 +221,27 @@ def rollback(config: RuleStore | Any, key: str, service: str) -> Change:
             raise GraylbError(f"service '{service}' has no rules in {where} (services there: {known})")
         svc = dict(services[service] or {})
         routes = svc.get("routes") or []
-        names = [str(r.get("name") or f"routes[{i}]") if isinstance(r, Mapping) else f"routes[{i}]" for i, r in enumerate(routes)]
+        names = [
+            str(r.get("name") or f"routes[{i}]") if isinstance(r, Mapping) else f"routes[{i}]"
+            for i, r in enumerate(routes)
+        ]
         default = svc.get("default")
-        target = f"its default subset '{default}'" if default else "every instance outside a lane (the service has no default subset)"
+        target = (
+            f"its default subset '{default}'"
+            if default
+            else "every instance outside a lane (the service has no default subset)"
+        )
         if not names:
-            return Change(key, version, (f"service '{service}' in {key} has no routes: all its traffic already goes to {target}; nothing written",), previous_saved=False, changed=False)
+            return Change(
+                key,
+                version,
+                (
+                    f"service '{service}' in {key} has no routes: "
+                    f"all its traffic already goes to {target}; nothing written",
+                ),
+                previous_saved=False,
+                changed=False,
+            )
         svc["routes"] = []
         new_data = {**data, "services": {**services, service: svc}}
         validate_rules(new_data, key)
@@ -225,7 +254,8 @@ def rollback(config: RuleStore | Any, key: str, service: str) -> Change:
                 f"rolled back service '{service}' in {key} ({_version(store, index)})",
                 f"  removed route(s): {', '.join(names)}",
                 f"  all its traffic now goes to {target}; lanes and version pins still apply",
-                f"  previous revision kept at {previous_key(key)} (graylb rules undo{getattr(store, 'cli_flags', '')} --key {key} restores it)",
+                f"  previous revision kept at {previous_key(key)} (graylb rules "
+                f"undo{getattr(store, 'cli_flags', '')} --key {key} restores it)",
             ),
         )
 
@@ -258,7 +288,10 @@ def status(config: RuleStore | Any, service: str, key: str | None = None) -> str
             text, version = store.get(key)
             lines.append("")
             if text is None:
-                lines.append(f"rules: {store.describe(key)} does not exist: every instance outside a lane receives traffic (by weight)")
+                lines.append(
+                    f"rules: {store.describe(key)} does not exist: every instance outside a lane receives traffic "
+                    "(by weight)"
+                )
             else:
                 lines.extend(_split_report(service, instances, text, key, _version(store, version)))
     return "\n".join(lines)
@@ -294,7 +327,18 @@ def _instance_table(service: str, listed: list[tuple[str, Instance]]) -> list[st
     for rid, i in sorted(listed, key=lambda p: (p[1].version or "", p[1].lane or "", p[1].address, p[0])):
         weight = str(i.weight) + (" (no traffic)" if i.weight == 0 else "")
         labels = i.labels
-        rows.append((_cell(i.version), _cell(labels.get("image")), _commit_cell(labels.get("commit")), _cell(i.lane), weight, i.health.value, i.address, _cell(rid)))
+        rows.append(
+            (
+                _cell(i.version),
+                _cell(labels.get("image")),
+                _commit_cell(labels.get("commit")),
+                _cell(i.lane),
+                weight,
+                i.health.value,
+                i.address,
+                _cell(rid),
+            )
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return [head] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -334,7 +378,11 @@ def _describe_match(match: list[MatchClause] | None) -> str:
             parts.append(f"method {_describe_string_match(clause.method)}")
         if clause.api_version is not None:
             av = clause.api_version
-            where = f"Accept (vnd.{av.vendor})" if av.source == "accept" and av.vendor else ("Accept" if av.source == "accept" else "path")
+            where = (
+                f"Accept (vnd.{av.vendor})"
+                if av.source == "accept" and av.vendor
+                else ("Accept" if av.source == "accept" else "path")
+            )
             parts.append(f"api version from {where} matches {av.version!r}")
         clauses.append(" and ".join(parts) or "always")
     return " or ".join(f"({c})" if len(match) > 1 and " and " in c else c for c in clauses)
@@ -345,13 +393,20 @@ def _split_report(service: str, instances: list[Instance], text: str, key: str, 
         model = validate_rules(text, key)
         compiled = parse_rules(text, key)
     except RuleError as exc:
-        return [f"rules: {key} ({version}) is INVALID, so rule sources keep their last good rules:", *str(exc).splitlines()[1:]]
+        return [
+            f"rules: {key} ({version}) is INVALID, so rule sources keep their last good rules:",
+            *str(exc).splitlines()[1:],
+        ]
     svc_model = model.services.get(service)
     rules = compiled.service(service)
     head = f"rules: {key} ({version}, revision {compiled.revision})"
     if rules is None or svc_model is None:
         known = ", ".join(sorted(model.services)) or "none"
-        return [head, f"  no rules for service '{service}' (services there: {known}): every instance outside a lane receives traffic (by weight)"]
+        return [
+            head,
+            f"  no rules for service '{service}' (services there: {known}): every instance outside a lane receives "
+            "traffic (by weight)",
+        ]
     state = build_state(service, Snapshot(service, tuple(instances), source="status"), rules)
 
     def size(name: str) -> int:
@@ -365,10 +420,15 @@ def _split_report(service: str, instances: list[Instance], text: str, key: str, 
             lines.append(f"    {name}: 0 routable — SELECTS NOTHING: {selector} matches none of: {offered}")
         else:
             lines.append(f"    {name}: {size(name)} routable")
-    default_desc = f"default subset '{rules.default}'" if rules.default else "no default subset (every instance outside a lane)"
+    default_desc = (
+        f"default subset '{rules.default}'" if rules.default else "no default subset (every instance outside a lane)"
+    )
     lines.append(f"  {default_desc}: {size(state.default_name)} routable; fallback {state.fallback}")
     if state.lanes:
-        lines.append("  lanes (lane traffic only): " + ", ".join(f"{lane} {len(p)} routable" for lane, p in sorted(state.lanes.items())))
+        lines.append(
+            "  lanes (lane traffic only): "
+            + ", ".join(f"{lane} {len(p)} routable" for lane, p in sorted(state.lanes.items()))
+        )
     lines.append("  live split:")
     for rs, route_model in zip(state.routes, svc_model.routes):
         when = _describe_match(route_model.match)
@@ -385,11 +445,17 @@ def _split_report(service: str, instances: list[Instance], text: str, key: str, 
         note = f"  [dropped, no routable instance: {', '.join(dropped)}]" if dropped else ""
         lines.append(f"    route '{rs.name}' when {when}{sticky}: {split}{note}")
     otherwise = "no routes: all traffic" if not state.routes else "no route matches"
-    default_name = "every instance outside a lane" if state.default_name == ALL_SUBSET else f"default subset '{state.default_name}'"
+    default_name = (
+        "every instance outside a lane"
+        if state.default_name == ALL_SUBSET
+        else f"default subset '{state.default_name}'"
+    )
     if size(state.default_name):
         lines.append(f"    {otherwise} -> {default_name} 100%")
     else:
-        lines.append(f"    {otherwise} -> {default_name}, which is empty: {_fallback_outcome(state, state.default_name)}")
+        lines.append(
+            f"    {otherwise} -> {default_name}, which is empty: {_fallback_outcome(state, state.default_name)}"
+        )
     return lines
 
 

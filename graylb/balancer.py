@@ -53,7 +53,19 @@ def remove_no_instance_hook(hook: NoInstanceHook) -> None:
 class _Service:
     """One routed service: its watch, its outlier state and its current routing state."""
 
-    __slots__ = ("name", "watch", "report", "opened_at", "warned", "unmatched_seen", "detector", "state", "revision", "rules", "lock")
+    __slots__ = (
+        "name",
+        "watch",
+        "report",
+        "opened_at",
+        "warned",
+        "unmatched_seen",
+        "detector",
+        "state",
+        "revision",
+        "rules",
+        "lock",
+    )
 
     def __init__(self, name: str, watch: ServiceWatch, report: Callable[[str, bool], None]) -> None:
         self.name = name
@@ -218,7 +230,13 @@ class Balancer:
         waited = time.monotonic() - entry.opened_at
         if not entry.warned:
             entry.warned = True
-            log.warning("graylb: no snapshot of service '%s' from %s after %.1fs: %s", entry.name, self.discovery.describe(), waited, watch.last_error or "no answer yet")
+            log.warning(
+                "graylb: no snapshot of service '%s' from %s after %.1fs: %s",
+                entry.name,
+                self.discovery.describe(),
+                waited,
+                watch.last_error or "no answer yet",
+            )
         error = NoSnapshot(entry.name, self.discovery.describe(), waited, watch.last_error)
         for hook in _no_instance_hooks:
             hook(entry.name, error)
@@ -253,8 +271,14 @@ class Balancer:
             entry = self._services.get(service)
             if entry is not None and not entry.watch.closed:
                 return entry
-            entry = _Service(service, self.discovery.watch(service), lambda instance_id, ok: self._record(service, instance_id, ok))
-            entry.watch.add_listener(lambda snap, e=entry: self._rebuild(e))
+            entry = _Service(
+                service, self.discovery.watch(service), lambda instance_id, ok: self._record(service, instance_id, ok)
+            )
+
+            def on_snapshot(snapshot: Snapshot, e: _Service = entry) -> None:
+                self._rebuild(e)
+
+            entry.watch.add_listener(on_snapshot)
             if entry.state is None:
                 self._rebuild(entry)
             self._services = {**self._services, service: entry}
@@ -306,7 +330,9 @@ class Balancer:
             if key in seen:
                 continue
             seen.add(key)
-            log.warning("graylb: service '%s' subset '%s' %s matches none of: %s", entry.name, subset, selector, offered)
+            log.warning(
+                "graylb: service '%s' subset '%s' %s matches none of: %s", entry.name, subset, selector, offered
+            )
             telemetry.record_subset_empty(entry.name, subset)
 
     def close(self) -> None:

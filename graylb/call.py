@@ -39,7 +39,9 @@ class Call:
 
     __slots__ = ("stats", "report", "state", "decision", "request", "tried", "attempts")
 
-    def __init__(self, stats: LoadStats, report: Report, state: ServiceState, decision: Decision, request: RequestInfo) -> None:
+    def __init__(
+        self, stats: LoadStats, report: Report, state: ServiceState, decision: Decision, request: RequestInfo
+    ) -> None:
         self.stats = stats
         self.report = report
         self.state = state

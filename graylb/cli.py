@@ -18,8 +18,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import GraylbError, RuleError
+
+if TYPE_CHECKING:  # the commands import what they use late: `graylb --help` stays quick
+    from .consul.client import ConsulConfig
+    from .consul.store import ConsulKVStore
+    from .discovery.base import Discovery, Snapshot
+    from .nacos.client import NacosConfig
+    from .nacos.store import NacosConfigStore
+    from .rules.compiled import CompiledRules
 
 __all__ = ["main"]
 
@@ -50,7 +59,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run(requests=args.requests)
 
 
-def _load_rules(path: str):
+def _load_rules(path: str) -> CompiledRules:
     from .rules.load import parse_rules
 
     try:
@@ -65,7 +74,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for name, svc in rules.services.items():
         subsets = ", ".join(f"{n}" for n in svc.subsets) or "-"
         routes = ", ".join(r.name for r in svc.routes) or "-"
-        print(f"{name}: subsets [{subsets}], default {svc.default or '*'}, routes [{routes}], fallback {svc.fallback}, lb {svc.load_balancer}")
+        print(
+            f"{name}: subsets [{subsets}], default {svc.default or '*'}, routes [{routes}], fallback {svc.fallback}, "
+            f"lb {svc.load_balancer}"
+        )
     print(f"{args.file}: OK ({len(rules.services)} service(s), revision {rules.revision})")
     return 0
 
@@ -90,10 +102,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     elif args.registry:
         snapshot = StaticDiscovery.from_file(args.registry).watch(args.service).snapshot
     else:
-        print("note: no --registry / --consul / --nacos given, so subsets have no instances; explaining by rules alone", file=sys.stderr)
+        print(
+            "note: no --registry / --consul / --nacos given, so subsets have no instances; explaining by rules alone",
+            file=sys.stderr,
+        )
     path, _, query = args.path.partition("?")
     request = RequestInfo(args.method.upper(), path, _header_lines(args.header), query)
-    ctx = GrayContext(lane=args.lane, lane_forced=args.force_lane, pins=_pairs(args.pin, "=", "pin"), values=_pairs(args.context, "=", "context value"))
+    ctx = GrayContext(
+        lane=args.lane,
+        lane_forced=args.force_lane,
+        pins=_pairs(args.pin, "=", "pin"),
+        values=_pairs(args.context, "=", "context value"),
+    )
     if snapshot is None:
         print(explain_rules(args.service, svc, request, ctx))
         return 0
@@ -102,10 +122,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 1 if explanation.error else 0  # scripts and CI can gate on "this call would fail"
 
 
-def _live_snapshot(args: argparse.Namespace, service: str):
+def _live_snapshot(args: argparse.Namespace, service: str) -> Snapshot:
     """The service's instances as the registry lists them now (what a caller would route on)."""
     from .errors import NoSnapshot
 
+    discovery: Discovery
     if args.nacos is not None:
         from .nacos.discovery import NacosDiscovery
 
@@ -121,7 +142,10 @@ def _live_snapshot(args: argparse.Namespace, service: str):
         watch.wait_ready(args.timeout)
         if watch.snapshot is None:
             raise NoSnapshot(service, discovery.describe(), time.monotonic() - started, watch.last_error)
-        print(f"note: {len(watch.snapshot.instances)} instance(s) of '{service}' from {discovery.describe()}", file=sys.stderr)
+        print(
+            f"note: {len(watch.snapshot.instances)} instance(s) of '{service}' from {discovery.describe()}",
+            file=sys.stderr,
+        )
         return watch.snapshot
 
 
@@ -133,33 +157,67 @@ def _registry_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     r = p.add_argument_group("registry (Consul unless --nacos is given)")
     which = r.add_mutually_exclusive_group()
-    which.add_argument("--consul", metavar="URL", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)")
-    which.add_argument("--nacos", metavar="URL", help="use Nacos at this address, e.g. http://127.0.0.1:8848 (context path /nacos is added)")
-    r.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify the registry's TLS certificate (Consul default: $CONSUL_CACERT)")
-    r.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate (testing only)")
+    which.add_argument(
+        "--consul", metavar="URL", help="Consul HTTP address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)"
+    )
+    which.add_argument(
+        "--nacos",
+        metavar="URL",
+        help="use Nacos at this address, e.g. http://127.0.0.1:8848 (context path /nacos is added)",
+    )
+    r.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="CA bundle to verify the registry's TLS certificate (Consul default: $CONSUL_CACERT)",
+    )
+    r.add_argument(
+        "--insecure", action="store_true", help="do not verify the registry's TLS certificate (testing only)"
+    )
     g = p.add_argument_group("Consul connection")
-    g.add_argument("--token-file", metavar="PATH", help="read the ACL token from this file (default: $CONSUL_HTTP_TOKEN)")
+    g.add_argument(
+        "--token-file", metavar="PATH", help="read the ACL token from this file (default: $CONSUL_HTTP_TOKEN)"
+    )
     # Declared only to refuse it without echoing the value (and so argparse never reads
     # "--token X" as an abbreviation of --token-file).
     g.add_argument("--token", dest="token_flag", metavar="VALUE", help=argparse.SUPPRESS)
     n = p.add_argument_group("Nacos connection (with --nacos)")
-    n.add_argument("--namespace", metavar="ID", help="namespace ID (default: $NACOS_NAMESPACE, else Nacos's default namespace; 'public' means the default too)")
-    n.add_argument("--group", metavar="GROUP", help="group of the config item and the service (default: $NACOS_GROUP or DEFAULT_GROUP)")
-    n.add_argument("--username", metavar="USER", help="log in as this user (default: $NACOS_USERNAME; no user = no login)")
-    n.add_argument("--password-file", metavar="PATH", help="read the password from this file (default: $NACOS_PASSWORD)")
+    n.add_argument(
+        "--namespace",
+        metavar="ID",
+        help="namespace ID (default: $NACOS_NAMESPACE, else Nacos's default namespace; 'public' means the default too)",
+    )
+    n.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="group of the config item and the service (default: $NACOS_GROUP or DEFAULT_GROUP)",
+    )
+    n.add_argument(
+        "--username", metavar="USER", help="log in as this user (default: $NACOS_USERNAME; no user = no login)"
+    )
+    n.add_argument(
+        "--password-file", metavar="PATH", help="read the password from this file (default: $NACOS_PASSWORD)"
+    )
     # Same as --token: refused without echoing, and never taken for --password-file.
     n.add_argument("--password", dest="password_flag", metavar="VALUE", help=argparse.SUPPRESS)
     return p
 
 
-_NACOS_ONLY = (("namespace", "--namespace"), ("group", "--group"), ("username", "--username"), ("password_file", "--password-file"))
+_NACOS_ONLY = (
+    ("namespace", "--namespace"),
+    ("group", "--group"),
+    ("username", "--username"),
+    ("password_file", "--password-file"),
+)
 
 
-def _consul_config(args: argparse.Namespace):
+def _consul_config(args: argparse.Namespace) -> ConsulConfig:
     from .consul.client import ConsulConfig
 
     if args.token_flag is not None:
-        raise SystemExit("graylb: there is no --token flag (it would be kept in shell history and visible in ps): set CONSUL_HTTP_TOKEN or use --token-file PATH")
+        raise SystemExit(
+            "graylb: there is no --token flag (it would be kept in shell history and visible in ps): set "
+            "CONSUL_HTTP_TOKEN or use --token-file PATH"
+        )
     token = None
     if args.token_file:
         try:
@@ -177,8 +235,8 @@ def _consul_config(args: argparse.Namespace):
         raise SystemExit(f"graylb: {exc}") from None
 
 
-def _tls_options(args: argparse.Namespace, registry: str) -> dict:
-    kw: dict = {}
+def _tls_options(args: argparse.Namespace, registry: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
     if args.insecure:
         print(f"graylb: warning: --insecure: {registry}'s TLS certificate is NOT verified", file=sys.stderr)
         kw["verify"] = False
@@ -189,13 +247,19 @@ def _tls_options(args: argparse.Namespace, registry: str) -> dict:
     return kw
 
 
-def _nacos_config(args: argparse.Namespace):
+def _nacos_config(args: argparse.Namespace) -> NacosConfig:
     from .nacos.client import NacosConfig, namespace_pair
 
     if args.password_flag is not None:
-        raise SystemExit("graylb: there is no --password flag (it would be kept in shell history and visible in ps): set NACOS_PASSWORD or use --password-file PATH")
+        raise SystemExit(
+            "graylb: there is no --password flag (it would be kept in shell history and visible in ps): set "
+            "NACOS_PASSWORD or use --password-file PATH"
+        )
     if args.token_file is not None or args.token_flag is not None:
-        raise SystemExit("graylb: --token-file is a Consul option; Nacos logs in with NACOS_USERNAME / NACOS_PASSWORD (or --username / --password-file)")
+        raise SystemExit(
+            "graylb: --token-file is a Consul option; "
+            "Nacos logs in with NACOS_USERNAME / NACOS_PASSWORD (or --username / --password-file)"
+        )
     username = args.username if args.username is not None else os.environ.get("NACOS_USERNAME") or None
     password = os.environ.get("NACOS_PASSWORD") or None
     if args.password_file:
@@ -208,8 +272,10 @@ def _nacos_config(args: argparse.Namespace):
     if password and not username:
         raise SystemExit("graylb: a Nacos password was given but no user: set NACOS_USERNAME or use --username")
     if username and not password:
-        raise SystemExit(f"graylb: Nacos user '{username}' has no password: set NACOS_PASSWORD or use --password-file PATH")
-    kw: dict = {"username": username, "password": password, **_tls_options(args, "Nacos")}
+        raise SystemExit(
+            f"graylb: Nacos user '{username}' has no password: set NACOS_PASSWORD or use --password-file PATH"
+        )
+    kw: dict[str, Any] = {"username": username, "password": password, **_tls_options(args, "Nacos")}
     if args.namespace is not None:
         kw["namespace"], kw["config_tenant"] = namespace_pair(args.namespace)
     if args.group:
@@ -220,7 +286,7 @@ def _nacos_config(args: argparse.Namespace):
         raise SystemExit(f"graylb: {exc}") from None
 
 
-def _open_store(args: argparse.Namespace):
+def _open_store(args: argparse.Namespace) -> ConsulKVStore | NacosConfigStore:
     """The RuleStore the registry commands work on: Nacos with ``--nacos``, else Consul."""
     if args.nacos:
         from .nacos.store import NacosConfigStore
@@ -283,34 +349,74 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.set_defaults(func=_cmd_validate)
     registry = _registry_options()
-    e = rsub.add_parser("explain", parents=[registry], help="show where a request would go, and why; exits 1 when that call would fail (with a registry to check against)")
+    e = rsub.add_parser(
+        "explain",
+        parents=[registry],
+        help="show where a request would go, and why; exits 1 when that call would fail "
+        "(with a registry to check against)",
+    )
     e.add_argument("file")
     e.add_argument("--service", "-s", required=True)
-    e.add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE", help="a request header, e.g. -H 'accept:application/vnd.myapp.v2+json'; repeat a name for several lines of one header")
+    e.add_argument(
+        "--header",
+        "-H",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a request header, e.g. -H 'accept:application/vnd.myapp.v2+json'; "
+        "repeat a name for several lines of one header",
+    )
     e.add_argument("--path", default="/")
     e.add_argument("--method", default="GET")
     e.add_argument("--lane")
     e.add_argument("--force-lane", action="store_true")
     e.add_argument("--pin", action="append", default=[], metavar="SERVICE=VERSION")
     e.add_argument("--context", "-c", action="append", default=[], metavar="KEY=VALUE", help="a gray-context value")
-    e.add_argument("--registry", help="a static registry file (YAML/JSON: service -> instances) to pick candidates from")
-    e.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the live registry's answer (with --consul / --nacos)")
+    e.add_argument(
+        "--registry", help="a static registry file (YAML/JSON: service -> instances) to pick candidates from"
+    )
+    e.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the live registry's answer (with --consul / --nacos)",
+    )
     e.set_defaults(func=_cmd_explain)
 
-    push = rsub.add_parser("push", parents=[registry], help="validate a rules file and write it to a Consul KV key or Nacos config item (previous revision kept at KEY.previous)")
+    push = rsub.add_parser(
+        "push",
+        parents=[registry],
+        help="validate a rules file and write it to a Consul KV key or Nacos config item "
+        "(previous revision kept at KEY.previous)",
+    )
     push.add_argument("file")
-    push.add_argument("--key", required=True, help="where the rules document lives: a Consul KV key (e.g. graylb/rules) or, with --nacos, a config dataId (e.g. graylb-rules)")
+    push.add_argument(
+        "--key",
+        required=True,
+        help="where the rules document lives: a Consul KV key (e.g. graylb/rules) "
+        "or, with --nacos, a config dataId (e.g. graylb-rules)",
+    )
     push.set_defaults(func=_cmd_push)
     undo = rsub.add_parser("undo", parents=[registry], help="swap KEY and KEY.previous (undo twice = redo)")
-    undo.add_argument("--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
+    undo.add_argument(
+        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
+    )
     undo.set_defaults(func=_cmd_undo)
 
-    rb = sub.add_parser("rollback", parents=[registry], help="send all of a service's traffic to its default subset (removes its routes)")
+    rb = sub.add_parser(
+        "rollback",
+        parents=[registry],
+        help="send all of a service's traffic to its default subset (removes its routes)",
+    )
     rb.add_argument("service")
-    rb.add_argument("--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
+    rb.add_argument(
+        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
+    )
     rb.set_defaults(func=_cmd_rollback)
 
-    st = sub.add_parser("status", parents=[registry], help="a service's instances and, with --key, its live traffic split")
+    st = sub.add_parser(
+        "status", parents=[registry], help="a service's instances and, with --key, its live traffic split"
+    )
     st.add_argument("service")
     st.add_argument("--key", help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
     st.set_defaults(func=_cmd_status)

@@ -77,7 +77,15 @@ class Instance:
         return hash(self.id)
 
     def _state(self) -> tuple[Any, ...]:
-        return (self.host, self.port, self.version, self.weight, self.lane, tuple(sorted(self.labels.items())), self.health)
+        return (
+            self.host,
+            self.port,
+            self.version,
+            self.weight,
+            self.lane,
+            tuple(sorted(self.labels.items())),
+            self.health,
+        )
 
     @classmethod
     def from_mapping(cls, service: str, data: Mapping[str, Any]) -> Instance:
@@ -97,7 +105,7 @@ class Instance:
         if not host:
             raise ValueError(f"service '{service}': instance without host: {original!r}")
         try:
-            port = int(port)  # type: ignore[arg-type]
+            port = int(port)
         except (TypeError, ValueError):
             raise ValueError(f"service '{service}': instance {host}: bad port {port!r}") from None
         # Both spellings may appear (a registry's metadata plus hand-written labels): keep both,
@@ -117,7 +125,9 @@ class Instance:
             health = Health(str(raw_health).lower())
         except ValueError:
             known = ", ".join(h.value for h in Health)
-            raise ValueError(f"service '{service}': instance {host}:{port}: bad health {raw_health!r} (known: {known})") from None
+            raise ValueError(
+                f"service '{service}': instance {host}:{port}: bad health {raw_health!r} (known: {known})"
+            ) from None
         inst_id = str(data.pop("id", "") or "")
         for k, v in data.items():
             if isinstance(v, (str, int, float, bool)):

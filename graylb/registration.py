@@ -134,11 +134,20 @@ class Registration:
                 self._atexit_installed = True
             if self._needs_heartbeat() and (self._thread is None or not self._thread.is_alive()):
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._heartbeat, name=f"{self._thread_prefix}{self._log_id}", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._heartbeat, name=f"{self._thread_prefix}{self._log_id}", daemon=True
+                )
                 self._thread.start()
         # The build (and where its version came from) goes in this one line: it is what an
         # operator checks first when the registry shows an unexpected version.
-        self._log.info("graylb: registered %s in %s at %s (%s; %s)", self._log_id, self._registry, self.config.address, self._registered_note(), self.build.describe())
+        self._log.info(
+            "graylb: registered %s in %s at %s (%s; %s)",
+            self._log_id,
+            self._registry,
+            self.config.address,
+            self._registered_note(),
+            self.build.describe(),
+        )
 
     def deregister(self) -> None:
         """Stop the heartbeat and remove the instance. Idempotent."""
@@ -188,7 +197,9 @@ class Registration:
         default disposition is restored and the signal re-sent, so the process dies of it as it
         would have; an ignored signal stays ignored after deregistering. Main thread only."""
         if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("install_signal_handlers() must be called from the main thread (Python delivers signals there)")
+            raise RuntimeError(
+                "install_signal_handlers() must be called from the main thread (Python delivers signals there)"
+            )
         for sig in signals:
             previous = signal.getsignal(sig)
             if previous != self._on_signal:  # installing twice must not chain to ourselves
@@ -222,7 +233,13 @@ class Registration:
             except self._error as exc:
                 if not self._outage:
                     self._outage = True
-                    self._log.warning("graylb: %s heartbeat for %s failing, will keep trying every %.3gs: %s", self._registry, self._log_id, self._beat_interval(), exc)
+                    self._log.warning(
+                        "graylb: %s heartbeat for %s failing, will keep trying every %.3gs: %s",
+                        self._registry,
+                        self._log_id,
+                        self._beat_interval(),
+                        exc,
+                    )
             except Exception:  # noqa: BLE001 - the heartbeat must survive anything
                 if not self._outage:
                     self._outage = True

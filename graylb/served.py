@@ -6,6 +6,8 @@ call machinery that produces it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["Served"]
 
 
@@ -19,7 +21,18 @@ class Served:
 
     __slots__ = ("service", "route", "subset", "instance", "address", "version", "lane", "attempts", "fallback_from")
 
-    def __init__(self, service: str, route: str, subset: str, instance: str, address: str, version: str | None, lane: str | None, attempts: int, fallback_from: str | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        route: str,
+        subset: str,
+        instance: str,
+        address: str,
+        version: str | None,
+        lane: str | None,
+        attempts: int,
+        fallback_from: str | None = None,
+    ) -> None:
         self.service = service
         self.route = route
         self.subset = subset
@@ -30,7 +43,7 @@ class Served:
         self.attempts = attempts
         self.fallback_from = fallback_from
 
-    def _fields(self) -> tuple:
+    def _fields(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:

@@ -18,10 +18,20 @@ from .served import Served
 __all__ = ["record", "record_no_instance", "record_rules_rejected", "record_subset_empty", "annotate_span"]
 
 _meter = metrics.get_meter("graylb")
-_requests = _meter.create_counter("graylb.client.requests", unit="{request}", description="Routed calls by service, subset, version and outcome")
-_duration = _meter.create_histogram("graylb.client.duration", unit="s", description="Routed call duration, all attempts included")
-_rules_rejected = _meter.create_counter("graylb.rules.rejected", unit="{document}", description="Rule documents rejected by validation")
-_subset_empty = _meter.create_counter("graylb.subset.empty", unit="{event}", description="Declared subsets found to select no instance of a service that has some")
+_requests = _meter.create_counter(
+    "graylb.client.requests", unit="{request}", description="Routed calls by service, subset, version and outcome"
+)
+_duration = _meter.create_histogram(
+    "graylb.client.duration", unit="s", description="Routed call duration, all attempts included"
+)
+_rules_rejected = _meter.create_counter(
+    "graylb.rules.rejected", unit="{document}", description="Rule documents rejected by validation"
+)
+_subset_empty = _meter.create_counter(
+    "graylb.subset.empty",
+    unit="{event}",
+    description="Declared subsets found to select no instance of a service that has some",
+)
 
 
 def record(served: Served, outcome: str, seconds: float) -> None:
@@ -36,7 +46,15 @@ def record(served: Served, outcome: str, seconds: float) -> None:
 
 
 def record_no_instance(service: str, subset: str | None) -> None:
-    _requests.add(1, {"graylb.service": service, "graylb.subset": subset or "", "graylb.version": "", "graylb.outcome": "no_instance"})
+    _requests.add(
+        1,
+        {
+            "graylb.service": service,
+            "graylb.subset": subset or "",
+            "graylb.version": "",
+            "graylb.outcome": "no_instance",
+        },
+    )
 
 
 def record_rules_rejected(source: str) -> None:

@@ -47,7 +47,11 @@ CONSUL_VERSION = "1.16.1"
 CONSUL_MODULE = "github.com/hashicorp/consul"
 # The module mirror answers no checksum-database lookup for these (the lookup is a 404); their
 # hashes come from Consul's own go.sum, copied in before `go get`.
-CONSUL_NOSUMDB = ("github.com/hashicorp/consul/envoyextensions", "github.com/hashicorp/consul/troubleshoot", "github.com/hashicorp/hcp-sdk-go")
+CONSUL_NOSUMDB = (
+    "github.com/hashicorp/consul/envoyextensions",
+    "github.com/hashicorp/consul/troubleshoot",
+    "github.com/hashicorp/hcp-sdk-go",
+)
 NACOS_VERSION = "2.5.1"
 NACOS_ARTIFACT = f"com.alibaba.nacos:nacos-console:{NACOS_VERSION}:pom"
 
@@ -68,9 +72,11 @@ def _clean(text: str) -> str:
     return " ".join(_URL.sub("<url>", text).split())[:300]
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], cwd: Path, env: dict[str, str], log: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
     log.append("$ " + " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     log.append(proc.stdout + proc.stderr)
     return proc
 
@@ -78,7 +84,9 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[str], timeout
 def consul_version_of(binary: Path) -> str | None:
     """``1.16.1`` from ``consul version``; None when it does not run."""
     try:
-        out = subprocess.run([str(binary), "version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(binary), "version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     m = re.match(r"Consul v(\S+)", out.strip())
@@ -103,7 +111,10 @@ def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
         work = Path(tmp)
         try:
             steps_ok = True
-            for cmd in (["go", "mod", "init", "consulbuild"], ["go", "mod", "download", "-json", f"{CONSUL_MODULE}@v{CONSUL_VERSION}"]):
+            for cmd in (
+                ["go", "mod", "init", "consulbuild"],
+                ["go", "mod", "download", "-json", f"{CONSUL_MODULE}@v{CONSUL_VERSION}"],
+            ):
                 proc = _run(cmd, work, env, log, 900)
                 if proc.returncode != 0:
                     steps_ok = False
@@ -112,7 +123,10 @@ def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
                 info = json.loads(proc.stdout)
                 seed = (Path(info["Dir"]) / "go.sum").read_text()
                 (work / "go.sum").write_text(seed)  # written fresh: the module cache copy is read-only
-                for cmd in (["go", "get", f"{CONSUL_MODULE}@v{CONSUL_VERSION}"], ["go", "build", "-o", str(work / "consul"), CONSUL_MODULE]):
+                for cmd in (
+                    ["go", "get", f"{CONSUL_MODULE}@v{CONSUL_VERSION}"],
+                    ["go", "build", "-o", str(work / "consul"), CONSUL_MODULE],
+                ):
                     proc = _run(cmd, work, env, log, 3600)
                     if proc.returncode != 0:
                         steps_ok = False
@@ -137,14 +151,19 @@ def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
             reason = _clean(f"{type(exc).__name__}: {exc}")
             return {"failed": reason}, f"consul: FAILED to build v{CONSUL_VERSION}: {reason}"
     took = time.monotonic() - started
-    return {"version": CONSUL_VERSION, "binary": str(target)}, f"consul: built v{CONSUL_VERSION} from source in {took:.0f}s -> {target}"
+    return {
+        "version": CONSUL_VERSION,
+        "binary": str(target),
+    }, f"consul: built v{CONSUL_VERSION} from source in {took:.0f}s -> {target}"
 
 
 def attempt_nacos() -> tuple[dict[str, str], str]:
     """Try to obtain a Nacos 2.x server through Maven Central; record why it is unavailable."""
     mvn = shutil.which("mvn")
     if mvn is None:
-        reason = f"no Maven (mvn) on PATH to fetch {NACOS_ARTIFACT}; and Maven Central does not publish a Nacos 2.x server"
+        reason = (
+            f"no Maven (mvn) on PATH to fetch {NACOS_ARTIFACT}; and Maven Central does not publish a Nacos 2.x server"
+        )
         return {"unavailable": reason}, f"nacos: unavailable: {reason}"
     cmd = [mvn, "-B", "-q", "-U", "dependency:get", f"-Dartifact={NACOS_ARTIFACT}", "-Dtransitive=false"]
     try:
@@ -155,22 +174,37 @@ def attempt_nacos() -> tuple[dict[str, str], str]:
     if rc == 0:
         # Never happened so far. If it does, the server still has to be assembled (nacos-console
         # with its dependencies, run standalone with an embedded database): not implemented yet.
-        reason = f"{NACOS_ARTIFACT} resolved, but assembling a standalone server from it is not implemented in scripts/real_registries.py yet"
+        reason = (
+            f"{NACOS_ARTIFACT} resolved, but assembling a standalone server from it is not implemented in "
+            "scripts/real_registries.py yet"
+        )
         return {"unavailable": reason}, f"nacos: unavailable: {reason}"
     text = re.sub(r"\x1b\[[0-9;]*m", "", out)
     if re.search(r"not found|could not find|missing:", text, re.IGNORECASE):
         detail = "artifact not found"
     else:
-        first = next((line.replace("[ERROR]", "").strip() for line in text.splitlines() if line.startswith("[ERROR]") and line.strip() != "[ERROR]"), "")
+        first = next(
+            (
+                line.replace("[ERROR]", "").strip()
+                for line in text.splitlines()
+                if line.startswith("[ERROR]") and line.strip() != "[ERROR]"
+            ),
+            "",
+        )
         detail = _clean(first or text.strip() or f"exit {rc}")
-    reason = f"no Nacos {NACOS_VERSION} server from Maven Central (mvn dependency:get {NACOS_ARTIFACT}: {detail}); only the 2.x client modules are published there"
+    reason = (
+        f"no Nacos {NACOS_VERSION} server from Maven Central (mvn dependency:get {NACOS_ARTIFACT}: {detail}); "
+        "only the 2.x client modules are published there"
+    )
     return {"unavailable": reason}, f"nacos: unavailable: {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--verbose", "-v", action="store_true", help="print the build log when a step fails")
-    parser.add_argument("--skip-nacos", action="store_true", help="do not make the Nacos attempt (keep what the manifest says)")
+    parser.add_argument(
+        "--skip-nacos", action="store_true", help="do not make the Nacos attempt (keep what the manifest says)"
+    )
     args = parser.parse_args(argv)
 
     cache = cache_dir()

@@ -14,12 +14,27 @@ from graylb.testing.http_server import WSGIServer, serve_wsgi
 pytest_plugins = ["pytester"]  # tests/plugin drives graylb's pytest plugin in inner sessions
 
 
-def version_app(service: str, version: str, *, status: Callable[[], int] = lambda: 200, lane: str | None = None, next_hop: str | None = None, client_box: dict | None = None):
+def version_app(
+    service: str,
+    version: str,
+    *,
+    status: Callable[[], int] = lambda: 200,
+    lane: str | None = None,
+    next_hop: str | None = None,
+    client_box: dict | None = None,
+):
     """A WSGI app that answers who it is and what gray context it saw; /chain calls next_hop."""
 
     def app(environ: dict, start_response: Callable) -> list[bytes]:
         ctx = graylb.current()
-        body: dict[str, Any] = {"service": service, "version": version, "lane": lane, "seen_lane": ctx.lane, "seen_pins": dict(ctx.pins), "host_header": environ.get("HTTP_HOST")}
+        body: dict[str, Any] = {
+            "service": service,
+            "version": version,
+            "lane": lane,
+            "seen_lane": ctx.lane,
+            "seen_pins": dict(ctx.pins),
+            "host_header": environ.get("HTTP_HOST"),
+        }
         if environ["PATH_INFO"] == "/chain" and next_hop and client_box:
             body["next"] = client_box["client"].get(f"http://{next_hop}/chain").json()
         start_response(f"{status()} X", [("Content-Type", "application/json")])
@@ -37,11 +52,33 @@ class Fleet:
         self.client_box: dict[str, Any] = {}
         self.status: dict[str, int] = {}
 
-    def start(self, key: str, service: str, version: str, *, lane: str | None = None, status: int = 200, next_hop: str | None = None, weight: int = 100) -> WSGIServer:
+    def start(
+        self,
+        key: str,
+        service: str,
+        version: str,
+        *,
+        lane: str | None = None,
+        status: int = 200,
+        next_hop: str | None = None,
+        weight: int = 100,
+    ) -> WSGIServer:
         self.status[key] = status
-        server = serve_wsgi(version_app(service, version, status=lambda: self.status[key], lane=lane, next_hop=next_hop, client_box=self.client_box))
+        server = serve_wsgi(
+            version_app(
+                service,
+                version,
+                status=lambda: self.status[key],
+                lane=lane,
+                next_hop=next_hop,
+                client_box=self.client_box,
+            )
+        )
         self.servers[key] = server
-        self.registry.add({"host": server.host, "port": server.port, "version": version, "lane": lane, "weight": weight, "id": key}, service=service)
+        self.registry.add(
+            {"host": server.host, "port": server.port, "version": version, "lane": lane, "weight": weight, "id": key},
+            service=service,
+        )
         return server
 
     def stop_all(self) -> None:
@@ -64,7 +101,9 @@ class Sender:
         self.mode = mode
         self.balancer = balancer
 
-    def many(self, requests: list[tuple[str, dict]], ctx: graylb.GrayContext | None = None) -> list[httpx.Response | Exception]:
+    def many(
+        self, requests: list[tuple[str, dict]], ctx: graylb.GrayContext | None = None
+    ) -> list[httpx.Response | Exception]:
         if self.mode == "sync":
             out: list[httpx.Response | Exception] = []
             with httpx.Client(transport=graylb.GrayTransport(self.balancer), timeout=5) as client:
@@ -89,7 +128,9 @@ class Sender:
 
         return asyncio.run(run())
 
-    def one(self, url: str, headers: dict | None = None, ctx: graylb.GrayContext | None = None) -> httpx.Response | Exception:
+    def one(
+        self, url: str, headers: dict | None = None, ctx: graylb.GrayContext | None = None
+    ) -> httpx.Response | Exception:
         return self.many([(url, headers or {})], ctx)[0]
 
 

@@ -12,7 +12,9 @@ RULES = {
         "orders": {
             "subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}},
             "default": "stable",
-            "routes": [{"name": "five-percent", "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}]}],
+            "routes": [
+                {"name": "five-percent", "to": [{"subset": "canary", "weight": 5}, {"subset": "stable", "weight": 95}]}
+            ],
         }
     }
 }

@@ -33,7 +33,16 @@ import requests
 
 from ..errors import GraylbError
 
-__all__ = ["ConsulConfig", "ConsulError", "ConsulACLError", "ConsulUnavailable", "check_response", "py_consul_call", "BlockingAnswer", "blocking_get"]
+__all__ = [
+    "ConsulConfig",
+    "ConsulError",
+    "ConsulACLError",
+    "ConsulUnavailable",
+    "check_response",
+    "py_consul_call",
+    "BlockingAnswer",
+    "blocking_get",
+]
 
 
 class ConsulError(GraylbError):
@@ -82,7 +91,9 @@ class ConsulConfig:
         object.__setattr__(self, "address", address.rstrip("/"))
 
     @classmethod
-    def from_env(cls, address: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None, **kw: Any) -> ConsulConfig:
+    def from_env(
+        cls, address: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None, **kw: Any
+    ) -> ConsulConfig:
         """Explicit arguments win over the environment."""
         env = os.environ if env is None else env
         addr = address or env.get("CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
@@ -96,7 +107,11 @@ class ConsulConfig:
                 verify = env["CONSUL_CACERT"]
         cert = kw.pop("cert", None)
         if cert is None and env.get("CONSUL_CLIENT_CERT"):
-            cert = (env["CONSUL_CLIENT_CERT"], env["CONSUL_CLIENT_KEY"]) if env.get("CONSUL_CLIENT_KEY") else env["CONSUL_CLIENT_CERT"]
+            cert = (
+                (env["CONSUL_CLIENT_CERT"], env["CONSUL_CLIENT_KEY"])
+                if env.get("CONSUL_CLIENT_KEY")
+                else env["CONSUL_CLIENT_CERT"]
+            )
         return cls(addr, token=token or env.get("CONSUL_HTTP_TOKEN") or None, verify=verify, cert=cert, **kw)
 
     @property
@@ -140,11 +155,22 @@ class ConsulConfig:
         return httpx.Client(**self._httpx_kwargs())
 
     def async_client(self, max_connections: int = 100) -> httpx.AsyncClient:
-        return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
+        return httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            **self._httpx_kwargs(),
+        )
 
     def py_consul(self) -> consul.Consul:
         """A py-consul ``consul.Consul`` client with the same settings (token as a header)."""
-        client = consul.Consul(host=self.host, port=self.port, scheme=self.scheme, token=self.token, verify=self.verify, cert=self.cert, dc=self.datacenter)
+        client = consul.Consul(
+            host=self.host,
+            port=self.port,
+            scheme=self.scheme,
+            token=self.token,
+            verify=self.verify,
+            cert=self.cert,
+            dc=self.datacenter,
+        )
         # py-consul lets CONSUL_HTTP_TOKEN override the token argument, and waits 30 s by
         # default: this config is the one source of truth for both.
         client.token = self.token
@@ -271,12 +297,14 @@ async def blocking_get(
             async with slot:
                 resp = await client.get(path, params=query, timeout=timeout)
     except httpx.TransportError as exc:
-        raise ConsulUnavailable(f"Consul at {config.address} unreachable while {what}: {type(exc).__name__}: {exc}") from None
+        raise ConsulUnavailable(
+            f"Consul at {config.address} unreachable while {what}: {type(exc).__name__}: {exc}"
+        ) from None
     if resp.status_code != 404:
         check_response(resp, what)
     raw_index = resp.headers.get("X-Consul-Index")
     try:
-        new_index = int(raw_index)  # type: ignore[arg-type]
+        new_index = int(raw_index)
     except (TypeError, ValueError):
         raise ConsulError(f"Consul answered {what} without a valid X-Consul-Index ({raw_index!r})") from None
     next_index = 0 if new_index < index else max(new_index, 1)

@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 import httpx
 
-from .client import ConsulACLError, ConsulConfig, ConsulError, blocking_get
-from ..instance import MAX_WEIGHT, Health, Instance
 from ..discovery.base import ServiceWatch
 from ..discovery.registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
+from ..instance import MAX_WEIGHT, Health, Instance
+from .client import ConsulACLError, ConsulConfig, ConsulError, blocking_get
 
 __all__ = ["ConsulDiscovery", "instances_from_health"]
 
@@ -118,17 +118,23 @@ class ConsulDiscovery(RegistryDiscovery):
         if not isinstance(entries, list):
             raise ConsulError(f"Consul answered {what} with {type(entries).__name__}, not a list")
         if not entries and resp.headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
-            raise ConsulACLError(f"Consul hid every instance while {what}: the ACL token lacks service:read on '{watch.service}'", 403)
-        if not entries and not self.config.token and resp.headers.get("X-Consul-Default-Acl-Policy", "").lower() == "deny":
-            # Consul answers the anonymous token 200 [] without saying it filtered anything, so an
-            # empty list may mean "cannot see" rather than "none": say so once per service.
-            if watch.service not in self._warned_anonymous:
-                self._warned_anonymous.add(watch.service)
-                log.warning(
-                    "graylb: service '%s' has no instances visible to Consul's anonymous token (ACL default policy deny, "
-                    "no token configured): set CONSUL_HTTP_TOKEN or ConsulConfig(token=...) if it should have some",
-                    watch.service,
-                )
+            raise ConsulACLError(
+                f"Consul hid every instance while {what}: the ACL token lacks service:read on '{watch.service}'", 403
+            )
+        # Consul answers the anonymous token 200 [] without saying it filtered anything, so an
+        # empty list may mean "cannot see" rather than "none": say so once per service.
+        if (
+            not entries
+            and not self.config.token
+            and resp.headers.get("X-Consul-Default-Acl-Policy", "").lower() == "deny"
+            and watch.service not in self._warned_anonymous
+        ):
+            self._warned_anonymous.add(watch.service)
+            log.warning(
+                "graylb: service '%s' has no instances visible to Consul's anonymous token (ACL default policy deny, "
+                "no token configured): set CONSUL_HTTP_TOKEN or ConsulConfig(token=...) if it should have some",
+                watch.service,
+            )
         return instances_from_health(watch.service, entries, self.bad_entry), next_cursor
 
     async def _aclose(self) -> None:
@@ -172,7 +178,16 @@ def _instance(service: str, entry: Mapping[str, Any], warn: Warn) -> Instance | 
             break
         if status == "warning":
             health = Health.WARNING
-    return Instance(service=service, host=str(host), port=port, version=version, weight=weight, lane=lane, labels=labels, health=health)
+    return Instance(
+        service=service,
+        host=str(host),
+        port=port,
+        version=version,
+        weight=weight,
+        lane=lane,
+        labels=labels,
+        health=health,
+    )
 
 
 def _weight(meta_weight: str | None, weights: Any, service: str, name: str, warn: Warn) -> int:

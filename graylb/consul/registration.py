@@ -121,14 +121,26 @@ class ConsulRegistration(Registration):
         if check_interval <= 0:
             raise ValueError(f"service '{service}': check_interval must be positive, got {check_interval!r}")
         full_meta: dict[str, str] = {str(k): str(v) for k, v in (meta or {}).items()}
-        build = self._resolve_build(service, version=version, image=image, commit=commit, meta=full_meta, meta_name="meta", env=env, require_version=require_version)
+        build = self._resolve_build(
+            service,
+            version=version,
+            image=image,
+            commit=commit,
+            meta=full_meta,
+            meta_name="meta",
+            env=env,
+            require_version=require_version,
+        )
         full_meta.update(build.metadata())
         if lane is not None:
             full_meta["lane"] = str(lane)
         full_meta["weight"] = str(int(weight))  # what graylb's discovery routes by (Weights.Passing can't be 0)
         for key in full_meta:
             if not _META_KEY.match(key) or key.startswith("consul-"):
-                raise ValueError(f"service '{service}': meta key {key!r} is not allowed by Consul (letters, digits, '-', '_'; at most 128; no 'consul-' prefix)")
+                raise ValueError(
+                    f"service '{service}': meta key {key!r} is not allowed by Consul (letters, digits, '-', '_'; at "
+                    "most 128; no 'consul-' prefix)"
+                )
         self.config = config
         self.service = service
         self.address = address
@@ -151,7 +163,10 @@ class ConsulRegistration(Registration):
         super().__init__()
 
     def __repr__(self) -> str:
-        return f"ConsulRegistration({self.service!r}, id={self.service_id!r}, address={self.address}:{self.port}, consul={self.config.address})"
+        return (
+            f"ConsulRegistration({self.service!r}, id={self.service_id!r}, address={self.address}:{self.port}, "
+            f"consul={self.config.address})"
+        )
 
     # ------------------------------------------------------------------ the wire (py-consul)
 
@@ -168,7 +183,11 @@ class ConsulRegistration(Registration):
     def _definition(self) -> dict[str, Any]:
         check: dict[str, Any] | None = None
         if self.ttl is not None:
-            check = {"CheckID": self.check_id, "Name": f"graylb TTL heartbeat for {self.service}", "TTL": go_duration(self.ttl)}
+            check = {
+                "CheckID": self.check_id,
+                "Name": f"graylb TTL heartbeat for {self.service}",
+                "TTL": go_duration(self.ttl),
+            }
         elif self.http_check:
             check = {
                 "CheckID": self.check_id,
@@ -191,19 +210,30 @@ class ConsulRegistration(Registration):
 
     def _put_registration(self) -> None:
         definition = self._definition()
-        self._call(f"registering service '{self.service}' (id {self.service_id})", lambda c: c.agent.service.register(**definition))
-        if self.ttl is not None:
-            # First pass right away: the instance is passing when register() returns.
-            if not self._pass():
-                raise ConsulError(f"Consul agent at {self.config.address} lost check {self.check_id!r} right after registering it")
+        self._call(
+            f"registering service '{self.service}' (id {self.service_id})",
+            lambda c: c.agent.service.register(**definition),
+        )
+        # First pass right away: the instance is passing when register() returns.
+        if self.ttl is not None and not self._pass():
+            raise ConsulError(
+                f"Consul agent at {self.config.address} lost check {self.check_id!r} right after registering it"
+            )
 
     def _pass(self) -> bool:
         """One TTL heartbeat; False when the agent does not know the check (404)."""
         check_id = self.check_id or ""
-        return bool(self._call(f"passing check '{check_id}'", lambda c: c.agent.check.ttl_pass(check_id, token=self.config.token)))
+        return bool(
+            self._call(
+                f"passing check '{check_id}'", lambda c: c.agent.check.ttl_pass(check_id, token=self.config.token)
+            )
+        )
 
     def _delete_registration(self) -> None:
-        self._call(f"deregistering service id '{self.service_id}'", lambda c: c.agent.service.deregister(self.service_id, token=self.config.token))
+        self._call(
+            f"deregistering service id '{self.service_id}'",
+            lambda c: c.agent.service.deregister(self.service_id, token=self.config.token),
+        )
 
     # ------------------------------------------------------------------ hooks for Registration
 
@@ -223,7 +253,12 @@ class ConsulRegistration(Registration):
 
     def _beat(self) -> None:
         if not self._pass():
-            log.warning("graylb: Consul agent at %s no longer knows check %s (agent restarted?): registering %s again", self.config.address, self.check_id, self.service_id)
+            log.warning(
+                "graylb: Consul agent at %s no longer knows check %s (agent restarted?): registering %s again",
+                self.config.address,
+                self.check_id,
+                self.service_id,
+            )
             self._put_registration()
 
     # ------------------------------------------------------------------ public API

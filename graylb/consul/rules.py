@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import httpx
 
-from .client import ConsulConfig, ConsulError, blocking_get
 from ..rules.watched import WatchedRuleSource
+from .client import ConsulConfig, ConsulError, blocking_get
 
 __all__ = ["ConsulRuleSource"]
 
@@ -54,7 +54,9 @@ class ConsulRuleSource(WatchedRuleSource):
         if self._client is None:
             self._client = self.config.async_client(4)
         what = f"reading rules key '{self.key}'"
-        answer = await blocking_get(self._client, self.config, f"/v1/kv/{quote(self.key)}", index=index, wait=self.wait, what=what)
+        answer = await blocking_get(
+            self._client, self.config, f"/v1/kv/{quote(self.key)}", index=index, wait=self.wait, what=what
+        )
         next_index = answer.next_index
         resp = answer.response
         if resp.status_code == 404:
@@ -68,7 +70,7 @@ class ConsulRuleSource(WatchedRuleSource):
         item = items[0] if isinstance(items, list) and items else None
         if not isinstance(item, dict):
             raise ConsulError(f"Consul answered {what} with an unexpected body")
-        modify = int(item.get("ModifyIndex") or new_index)
+        modify = int(item.get("ModifyIndex") or next_index)
         if modify != self.modify_index:
             self.modify_index = modify
             self._apply_remote(base64.b64decode(item["Value"]) if item.get("Value") else b"", str(modify))

@@ -17,7 +17,6 @@ from .discovery import instances_from_health
 __all__ = ["ConsulKVStore"]
 
 
-
 class ConsulKVStore:
     """A :class:`~graylb.admin.RuleStore` on Consul's KV store and health API, through py-consul
     (synchronous, token in the header; see :mod:`.client` for why this stack)."""

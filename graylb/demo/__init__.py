@@ -13,7 +13,7 @@ import random
 import statistics
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from importlib import resources
 from typing import Any, TextIO
 
@@ -29,10 +29,12 @@ from ..transports.httpx import GrayTransport
 __all__ = ["run"]
 
 
-def _service_app(name: str, version: str, lane: str | None, client: httpx.Client, next_hop: str | None):
+def _service_app(
+    name: str, version: str, lane: str | None, client: httpx.Client, next_hop: str | None
+) -> GrayWSGIMiddleware:
     """A WSGI app that says who it is, and for /chain also calls ``next_hop`` and nests its answer."""
 
-    def app(environ: dict, start_response: Any) -> list[bytes]:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body: dict[str, Any] = {"service": name, "version": version, "lane": lane, "seen_lane": current().lane}
         if environ["PATH_INFO"] == "/chain" and next_hop:
             body["next"] = client.get(f"http://{next_hop}/chain").json()
@@ -98,7 +100,9 @@ def run(out: TextIO = sys.stdout, requests: int = 3000) -> int:
         cluster.start("inventory", "inventory", "3.1.0")
         cluster.start("inventory-lane", "inventory", "3.2.0-dev", lane="feature-x")
         cluster.start("gateway", "gateway", "1.0.0", next_hop="orders")
-        out.write("graylb demo: gateway -> orders (v1 x2, v2 x1) -> inventory (stable, lane feature-x), all on 127.0.0.1\n")
+        out.write(
+            "graylb demo: gateway -> orders (v1 x2, v2 x1) -> inventory (stable, lane feature-x), all on 127.0.0.1\n"
+        )
         out.write("rules: 5% of users -> orders v2 (sticky on x-user-id), user-group: beta -> v2\n")
 
         # 1. A weighted canary split, sticky per user.
@@ -110,7 +114,10 @@ def run(out: TextIO = sys.stdout, requests: int = 3000) -> int:
             problems.append(f"canary share {share:.1%} (expected about 5%), {failed} failed")
 
         # 2. Sticky: the same user always lands on the same version.
-        sticky_versions = {cluster.client.get("http://orders/x", headers={"x-user-id": "user-7"}).extensions["graylb"].version for _ in range(50)}
+        sticky_versions = {
+            cluster.client.get("http://orders/x", headers={"x-user-id": "user-7"}).extensions["graylb"].version
+            for _ in range(50)
+        }
         out.write(f"\n2. user-7, 50 requests: versions seen {sorted(sticky_versions)}\n")
         if len(sticky_versions) != 1:
             problems.append(f"sticky user saw {sticky_versions}")
@@ -128,7 +135,11 @@ def run(out: TextIO = sys.stdout, requests: int = 3000) -> int:
                 hop = cluster.client.get("http://gateway/chain").json()
             path = []
             while hop:
-                path.append(f"{hop['service']} {hop['version']}" + (f" [lane {hop['lane']}]" if hop["lane"] else "") + f" (sees lane {hop['seen_lane']})")
+                path.append(
+                    f"{hop['service']} {hop['version']}"
+                    + (f" [lane {hop['lane']}]" if hop["lane"] else "")
+                    + f" (sees lane {hop['seen_lane']})"
+                )
                 hop = hop.get("next")
             out.write(f"  lane {lane or '-':<10}: " + "  ->  ".join(path) + "\n")
             inventory_lane = path[-1].find("[lane feature-x]") >= 0
@@ -142,11 +153,16 @@ def run(out: TextIO = sys.stdout, requests: int = 3000) -> int:
             if i == n // 4:
                 cluster.servers["orders-v2"].stop()
 
-        rows, failed = _send(cluster, n, lambda i: {"x-user-id": users[i], "user-group": "beta" if i % 10 == 0 else "-"}, kill_v2)
+        rows, failed = _send(
+            cluster, n, lambda i: {"x-user-id": users[i], "user-group": "beta" if i % 10 == 0 else "-"}, kill_v2
+        )
         _table(out, f"5. orders v2 stopped after {n // 4} of {n} requests (10% beta users):", rows, n)
         out.write(f"  failed requests: {failed}\n")
         after = cluster.client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"]
-        out.write(f"  a beta user now: route '{after.route}', subset '{after.subset}' (fallback from '{after.fallback_from}'), version {after.version}\n")
+        out.write(
+            f"  a beta user now: route '{after.route}', subset '{after.subset}' (fallback from "
+            f"'{after.fallback_from}'), version {after.version}\n"
+        )
         if failed:
             problems.append(f"{failed} requests failed while v2 went away")
         if after.version != "1.4.2":

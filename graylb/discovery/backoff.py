@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 __all__ = ["ExponentialJitter", "TokenBucket"]
 
@@ -30,7 +31,7 @@ class TokenBucket:
     faster than that.
     """
 
-    def __init__(self, rate: float = 10.0, burst: int = 5, clock=time.monotonic) -> None:
+    def __init__(self, rate: float = 10.0, burst: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
         self._tokens = float(burst)
         self._at = clock()

@@ -15,12 +15,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from ..instance import Health, Instance
 
 __all__ = ["Snapshot", "ServiceWatch", "Discovery", "Listener"]
 
 log = logging.getLogger("graylb.discovery")
+
+D = TypeVar("D", bound="Discovery")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,7 +201,7 @@ class Discovery:
     def close(self) -> None:
         """Stop all background work. Snapshots already handed out stay valid."""
 
-    def __enter__(self):
+    def __enter__(self: D) -> D:
         return self
 
     def __exit__(self, *exc: object) -> None:

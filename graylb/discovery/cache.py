@@ -82,7 +82,16 @@ class SnapshotStore:
 
 
 def _instance_doc(i: Instance) -> dict[str, Any]:
-    return {"id": i.id, "host": i.host, "port": i.port, "version": i.version, "weight": i.weight, "lane": i.lane, "labels": dict(i.labels), "health": i.health.value}
+    return {
+        "id": i.id,
+        "host": i.host,
+        "port": i.port,
+        "version": i.version,
+        "weight": i.weight,
+        "lane": i.lane,
+        "labels": dict(i.labels),
+        "health": i.health.value,
+    }
 
 
 def _instance_from(service: str, d: dict[str, Any]) -> Instance:

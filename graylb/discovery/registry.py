@@ -17,8 +17,8 @@ from typing import Any
 import cachetools
 
 from .. import _loop
-from ..watching import watch_forever
 from ..instance import MAX_WEIGHT, Instance
+from ..watching import watch_forever
 from .backoff import ExponentialJitter, TokenBucket
 from .base import Discovery, ServiceWatch
 from .cache import SnapshotStore
@@ -46,7 +46,9 @@ class BadEntryLog:
 Warn = Callable[[str, str, str], None]
 
 
-def translate_entries(service: str, entries: list[Any], one: Callable[[str, Any, Warn], Instance | None], warn: Warn) -> list[Instance]:
+def translate_entries(
+    service: str, entries: list[Any], one: Callable[[str, Any, Warn], Instance | None], warn: Warn
+) -> list[Instance]:
     """Translate a registry's entries with ``one``; an entry ``one`` rejects (None) or chokes on
     is skipped with a warning naming it, never failing the whole list."""
     out: list[Instance] = []
@@ -128,7 +130,9 @@ class RegistryDiscovery(Discovery):
             if restored is not None:
                 instances, fetched_at = restored
                 watch.publish(instances, source="disk", fetched_at=fetched_at)
-                log.info("graylb: service '%s': restored %d instance(s) from a disk snapshot", watch.service, len(instances))
+                log.info(
+                    "graylb: service '%s': restored %d instance(s) from a disk snapshot", watch.service, len(instances)
+                )
         self._tasks[watch.service] = _loop.spawn(self._run(watch))
         if self._sweeper is None and self.idle_timeout > 0:
             self._sweeper = _loop.spawn(self._sweep())
@@ -139,7 +143,9 @@ class RegistryDiscovery(Discovery):
             if instances is not None:
                 before = watch.snapshot
                 snap = watch.publish(instances, source=self.name)
-                if self._store is not None and (before is None or before.revision != snap.revision or before.source == "disk"):
+                if self._store is not None and (
+                    before is None or before.revision != snap.revision or before.source == "disk"
+                ):
                     self._store.save(snap)
             elif watch.snapshot is not None:
                 watch.publish(watch.snapshot.instances, source=self.name)  # confirmed: refresh its age
@@ -180,7 +186,12 @@ class RegistryDiscovery(Discovery):
                 task = self._tasks.pop(service, None)
                 if task is not None:
                     task.cancel()
-                log.info("graylb: %s: stopped watching service '%s' (unused for %.0fs)", self.name, service, self.idle_timeout)
+                log.info(
+                    "graylb: %s: stopped watching service '%s' (unused for %.0fs)",
+                    self.name,
+                    service,
+                    self.idle_timeout,
+                )
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per watched service: instances, snapshot age, source, last error (for CLIs and health checks)."""

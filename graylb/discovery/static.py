@@ -80,7 +80,9 @@ class StaticDiscovery(Discovery):
                 if inst.address == instance or f"{inst.host}:{inst.port}" == instance:
                     return svc, inst.id
         if service:
-            raise KeyError(f"service '{service}': no instance {instance if '@' in instance else f'{service}@{instance}'}")
+            raise KeyError(
+                f"service '{service}': no instance {instance if '@' in instance else f'{service}@{instance}'}"
+            )
         raise KeyError(f"no instance {instance} in any service")
 
     def remove(self, instance: Instance | str, service: str | None = None) -> None:

@@ -7,7 +7,15 @@ registry-neutral :mod:`graylb.admin` actions work on (:mod:`.store`)."""
 from __future__ import annotations
 
 from .auth import NacosAuth
-from .client import NacosAuthError, NacosConfig, NacosError, NacosUnavailable, check_response, content_md5, namespace_pair
+from .client import (
+    NacosAuthError,
+    NacosConfig,
+    NacosError,
+    NacosUnavailable,
+    check_response,
+    content_md5,
+    namespace_pair,
+)
 from .discovery import NacosDiscovery
 from .registration import NacosRegistration
 from .rules import NacosRuleSource

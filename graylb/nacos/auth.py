@@ -79,7 +79,15 @@ class _RedactSecrets(logging.Filter):
 
 
 _FILTER = _RedactSecrets()
-_HTTP_LOGGERS = ("httpx", "httpcore", "httpcore.http11", "httpcore.http2", "httpcore.connection", "httpcore.proxy", "httpcore.socks")
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.connection",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
 
 
 def _install_log_filter() -> None:
@@ -109,7 +117,9 @@ class NacosAuth:
         self._expires_at = 0.0
         self._state = threading.Lock()  # guards the fields above; held only briefly
         self._login_lock = threading.Lock()  # one (sync) login at a time
-        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self.logins = 0
 
     def __repr__(self) -> str:
@@ -164,9 +174,14 @@ class NacosAuth:
         status = response.status_code
         text = self._scrub(_body_text(response))
         if status in (401, 403):
-            raise NacosAuthError(f"Nacos login failed for user '{user}': wrong username or password ({status} {text!r})", status)
+            raise NacosAuthError(
+                f"Nacos login failed for user '{user}': wrong username or password ({status} {text!r})", status
+            )
         if status == 429 or status >= 500:
-            raise NacosUnavailable(f"Nacos unavailable while logging in as user '{user}' at {self.config.address}: {status} {text!r}", status)
+            raise NacosUnavailable(
+                f"Nacos unavailable while logging in as user '{user}' at {self.config.address}: {status} {text!r}",
+                status,
+            )
         if status >= 400:
             hint = " (is the address / context path right?)" if status == 404 else ""
             raise NacosError(f"Nacos login for user '{user}' failed: {status} {text!r}{hint}", status)
@@ -178,7 +193,7 @@ class NacosAuth:
         if not isinstance(token, str) or not token:
             raise NacosError(f"Nacos login for user '{user}' answered {status} without an accessToken", status)
         try:
-            ttl = float(data.get("tokenTtl") or DEFAULT_TOKEN_TTL)  # type: ignore[union-attr]
+            ttl = float(data.get("tokenTtl") or DEFAULT_TOKEN_TTL)
         except (TypeError, ValueError):
             ttl = DEFAULT_TOKEN_TTL
         if ttl <= 0:
@@ -195,7 +210,16 @@ class NacosAuth:
             if current is not None:
                 return current
             started = self._clock()
-            response = self._send(client, "POST", LOGIN_PATH, None, self._login_form(), None, None, f"logging in as user '{self.config.username}'")
+            response = self._send(
+                client,
+                "POST",
+                LOGIN_PATH,
+                None,
+                self._login_form(),
+                None,
+                None,
+                f"logging in as user '{self.config.username}'",
+            )
             return self._accept_login(response, started)
 
     def _async_lock(self) -> asyncio.Lock:
@@ -215,7 +239,16 @@ class NacosAuth:
             if current is not None:
                 return current
             started = self._clock()
-            response = await self._asend(client, "POST", LOGIN_PATH, None, self._login_form(), None, None, f"logging in as user '{self.config.username}'")
+            response = await self._asend(
+                client,
+                "POST",
+                LOGIN_PATH,
+                None,
+                self._login_form(),
+                None,
+                None,
+                f"logging in as user '{self.config.username}'",
+            )
             return self._accept_login(response, started)
 
     # ------------------------------------------------------------------ requests
@@ -276,11 +309,20 @@ class NacosAuth:
         return response
 
     def _log_relogin(self, what: str, response: httpx.Response) -> None:
-        log.info("graylb: Nacos at %s answered 403 to %s (%s); logging in again", self.config.address, what, self._scrub(_body_text(response, 80)))
+        log.info(
+            "graylb: Nacos at %s answered 403 to %s (%s); logging in again",
+            self.config.address,
+            what,
+            self._scrub(_body_text(response, 80)),
+        )
 
     def _forbidden(self, what: str, response: httpx.Response) -> NacosAuthError:
         text = self._scrub(_body_text(response))
-        return NacosAuthError(f"Nacos refused {what} for user '{self.config.username}' even after logging in again: 403 {text!r} (does the user have the permission this needs?)", 403)
+        return NacosAuthError(
+            f"Nacos refused {what} for user '{self.config.username}' even after logging in again: 403 {text!r} (does "
+            "the user have the permission this needs?)",
+            403,
+        )
 
     # ------------------------------------------------------------------ the wire
 
@@ -297,13 +339,33 @@ class NacosAuth:
             kw["timeout"] = timeout
         return kw
 
-    def _send(self, client: httpx.Client, method: str, path: str, params: Any, data: Any, headers: Any, timeout: Any, what: str) -> httpx.Response:
+    def _send(
+        self,
+        client: httpx.Client,
+        method: str,
+        path: str,
+        params: Any,
+        data: Any,
+        headers: Any,
+        timeout: Any,
+        what: str,
+    ) -> httpx.Response:
         try:
             return client.request(method, path, **self._kwargs(params, data, headers, timeout))
         except httpx.TransportError as exc:
             raise self._unreachable(exc, what) from None
 
-    async def _asend(self, client: httpx.AsyncClient, method: str, path: str, params: Any, data: Any, headers: Any, timeout: Any, what: str) -> httpx.Response:
+    async def _asend(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        params: Any,
+        data: Any,
+        headers: Any,
+        timeout: Any,
+        what: str,
+    ) -> httpx.Response:
         try:
             return await client.request(method, path, **self._kwargs(params, data, headers, timeout))
         except httpx.TransportError as exc:

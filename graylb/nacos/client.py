@@ -25,7 +25,16 @@ import httpx
 
 from ..errors import GraylbError
 
-__all__ = ["NacosConfig", "NacosError", "NacosAuthError", "NacosUnavailable", "check_response", "content_md5", "namespace_pair", "DEFAULT_GROUP"]
+__all__ = [
+    "NacosConfig",
+    "NacosError",
+    "NacosAuthError",
+    "NacosUnavailable",
+    "check_response",
+    "content_md5",
+    "namespace_pair",
+    "DEFAULT_GROUP",
+]
 
 DEFAULT_GROUP = "DEFAULT_GROUP"
 
@@ -95,14 +104,20 @@ class NacosConfig:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Nacos address {_safe_address(self.address)!r}: expected http(s)://host:port")
         if parts.username or parts.password or parts.query:
-            raise ValueError("Nacos address: put the credentials in username= / password= (NACOS_USERNAME / NACOS_PASSWORD), not in the URL")
+            raise ValueError(
+                "Nacos address: put the credentials in username= / password= (NACOS_USERNAME / NACOS_PASSWORD), not "
+                "in the URL"
+            )
         ctx = "/" + str(self.context_path or "").strip().strip("/")
         ctx = "" if ctx == "/" else ctx
         object.__setattr__(self, "context_path", ctx)
         path = parts.path.rstrip("/")
         if path:
             if path != ctx:  # "http://h:8848/nacos" is a common way to write it: same thing
-                raise ValueError(f"Nacos address {address!r}: give the context path as context_path= (default '/nacos'), not in the address")
+                raise ValueError(
+                    f"Nacos address {address!r}: give the context path as context_path= (default '/nacos'), not in "
+                    "the address"
+                )
             address = address.rstrip("/")[: -len(path)]
         object.__setattr__(self, "address", address.rstrip("/"))
         if self.api_version not in ("v1", "v2"):
@@ -163,7 +178,10 @@ class NacosConfig:
         return httpx.Client(**self._httpx_kwargs())
 
     def async_client(self, max_connections: int = 20) -> httpx.AsyncClient:
-        return httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), **self._httpx_kwargs())
+        return httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            **self._httpx_kwargs(),
+        )
 
 
 def content_md5(content: str | bytes) -> str:
@@ -194,7 +212,11 @@ def check_response(response: httpx.Response, what: str) -> None:
     status = response.status_code
     text = _body_text(response)
     if status == 403:
-        raise NacosAuthError(f"Nacos refused {what}: forbidden (403 {text!r}); check the user's permissions, or set NACOS_USERNAME / NACOS_PASSWORD if the server has auth enabled", status)
+        raise NacosAuthError(
+            f"Nacos refused {what}: forbidden (403 {text!r}); check the user's permissions, or set NACOS_USERNAME / "
+            "NACOS_PASSWORD if the server has auth enabled",
+            status,
+        )
     if status == 429 or status >= 500:
         raise NacosUnavailable(f"Nacos unavailable while {what}: {status} {text!r}", status)
     if status >= 400:
@@ -245,4 +267,3 @@ def _v2_envelope(response: httpx.Response) -> tuple[int, str] | None:
         return int(data["code"]), str(data.get("message") or "")[:300]
     except (TypeError, ValueError):
         return None
-

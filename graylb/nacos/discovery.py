@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 
+from ..discovery.base import ServiceWatch
+from ..discovery.registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
 from ..instance import MAX_WEIGHT, Health, Instance
 from .auth import NacosAuth
 from .client import NacosConfig, NacosError, check_response
-from ..discovery.base import ServiceWatch
-from ..discovery.registry import RegistryDiscovery, Warn, metadata_weight, translate_entries
 
 __all__ = ["NacosDiscovery", "ProtectionThresholdReached", "instances_from_hosts"]
 
@@ -43,7 +43,14 @@ class NacosDiscovery(RegistryDiscovery):
 
     name = "nacos"
 
-    def __init__(self, config: NacosConfig | str | None = None, *, refresh_interval: float = 1.0, healthy_only: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: NacosConfig | str | None = None,
+        *,
+        refresh_interval: float = 1.0,
+        healthy_only: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.config = config if isinstance(config, NacosConfig) else NacosConfig.from_env(config)
         self.refresh_interval = refresh_interval
         self.healthy_only = healthy_only
@@ -64,7 +71,12 @@ class NacosDiscovery(RegistryDiscovery):
         if self._client is None:
             self._client = self.config.async_client()
         c = self.config
-        params: dict[str, str] = {"serviceName": watch.service, "groupName": c.group, "namespaceId": c.namespace, "healthyOnly": "true" if self.healthy_only else "false"}
+        params: dict[str, str] = {
+            "serviceName": watch.service,
+            "groupName": c.group,
+            "namespaceId": c.namespace,
+            "healthyOnly": "true" if self.healthy_only else "false",
+        }
         if c.clusters:
             params["clusterName" if c.api_version == "v2" else "clusters"] = ",".join(c.clusters)
         what = f"listing instances of service '{watch.service}'"
@@ -75,7 +87,10 @@ class NacosDiscovery(RegistryDiscovery):
         if not isinstance(data, Mapping):
             raise NacosError(f"Nacos answered {what} with an unexpected body")
         if data.get("reachProtectionThreshold"):
-            raise ProtectionThresholdReached(f"Nacos reached the protection threshold for service '{watch.service}' (too many unhealthy instances, all returned); keeping the last good snapshot")
+            raise ProtectionThresholdReached(
+                f"Nacos reached the protection threshold for service '{watch.service}' (too many unhealthy "
+                "instances, all returned); keeping the last good snapshot"
+            )
         hosts = data.get("hosts") or []
         digest = hashlib.sha1(json.dumps(hosts, sort_keys=True, default=str).encode()).hexdigest()
         if digest == cursor:
@@ -110,7 +125,16 @@ def _instance(service: str, host: Mapping[str, Any], warn: Warn) -> Instance | N
     lane = labels.pop("lane", None) or None
     weight = _weight(labels.pop("weight", None), host.get("weight", 1.0), service, name, warn)
     health = Health.PASSING if host.get("healthy", True) is not False else Health.CRITICAL
-    return Instance(service=service, host=str(ip), port=port, version=version, weight=weight, lane=lane, labels=labels, health=health)
+    return Instance(
+        service=service,
+        host=str(ip),
+        port=port,
+        version=version,
+        weight=weight,
+        lane=lane,
+        labels=labels,
+        health=health,
+    )
 
 
 def _weight(meta_weight: str | None, nacos_weight: Any, service: str, name: str, warn: Warn) -> int:

@@ -101,7 +101,9 @@ class NacosRegistration(Registration):
         env: Mapping[str, str] | None = None,
     ) -> None:
         if not service or "@@" in service:
-            raise ValueError(f"service name {service!r} must not be empty or contain '@@' (give the group in NacosConfig.group)")
+            raise ValueError(
+                f"service name {service!r} must not be empty or contain '@@' (give the group in NacosConfig.group)"
+            )
         if not ip:
             raise ValueError(f"service '{service}': ip must not be empty")
         if not 0 < int(port) < 65536:
@@ -111,13 +113,24 @@ class NacosRegistration(Registration):
         except (TypeError, ValueError):
             raise ValueError(f"service '{service}': weight {weight!r} is not a number") from None
         if not (math.isfinite(weight) and 0.0 <= weight <= MAX_NACOS_WEIGHT):
-            raise ValueError(f"service '{service}': weight {weight} outside 0..{MAX_NACOS_WEIGHT:g} (Nacos's range; 0 = no traffic)")
+            raise ValueError(
+                f"service '{service}': weight {weight} outside 0..{MAX_NACOS_WEIGHT:g} (Nacos's range; 0 = no traffic)"
+            )
         if not beat_interval > 0:
             raise ValueError(f"service '{service}': beat_interval must be positive, got {beat_interval!r}")
         if not cluster:
             raise ValueError(f"service '{service}': cluster must not be empty")
         meta: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
-        build = self._resolve_build(service, version=version, image=image, commit=commit, meta=meta, meta_name="metadata", env=env, require_version=require_version)
+        build = self._resolve_build(
+            service,
+            version=version,
+            image=image,
+            commit=commit,
+            meta=meta,
+            meta_name="metadata",
+            env=env,
+            require_version=require_version,
+        )
         meta.update(build.metadata())
         if lane is not None:
             meta["lane"] = str(lane)
@@ -125,7 +138,7 @@ class NacosRegistration(Registration):
         # preserved.heart.beat.interval (default 5000 ms), and the client obeys it: so a
         # beat_interval other than 5 s must be declared, as the Java client does. Nacos also
         # insists that the interval is below the unhealthy / delete timeouts (15 s / 30 s).
-        interval_ms = int(round(float(beat_interval) * 1000))
+        interval_ms = round(float(beat_interval) * 1000)
         if ephemeral and interval_ms != 5000 and _HB_INTERVAL not in meta:
             meta[_HB_INTERVAL] = str(interval_ms)
             if interval_ms >= 15000:
@@ -155,7 +168,10 @@ class NacosRegistration(Registration):
         super().__init__()
 
     def __repr__(self) -> str:
-        return f"NacosRegistration({self.service!r}, id={self.instance_id!r}, nacos={self.config.address}, namespace={self.config.namespace!r})"
+        return (
+            f"NacosRegistration({self.service!r}, id={self.instance_id!r}, nacos={self.config.address}, "
+            f"namespace={self.config.namespace!r})"
+        )
 
     # ------------------------------------------------------------------ the wire
 
@@ -262,7 +278,13 @@ class NacosRegistration(Registration):
 
     def _beat(self) -> None:
         if not self._send_beat():
-            log.warning("graylb: Nacos at %s no longer knows %s (code %d; server restarted or instance expired): registering again", self.config.address, self.instance_id, RESOURCE_NOT_FOUND)
+            log.warning(
+                "graylb: Nacos at %s no longer knows %s (code %d; server restarted or instance expired): "
+                "registering again",
+                self.config.address,
+                self.instance_id,
+                RESOURCE_NOT_FOUND,
+            )
             self._put_registration()
 
     def _after_deregister(self) -> None:

@@ -14,9 +14,9 @@ from urllib.parse import unquote_plus
 
 import httpx
 
+from ..rules.watched import WatchedRuleSource
 from .auth import NacosAuth
 from .client import NacosConfig, check_response, content_md5
-from ..rules.watched import WatchedRuleSource
 
 __all__ = ["NacosRuleSource"]
 
@@ -50,7 +50,8 @@ class NacosRuleSource(WatchedRuleSource):
         self.md5 = ""  # of the content we hold ("" = none): what the listener compares
         self._client: httpx.AsyncClient | None = None
         where = f"{self.group}/{self.data_id}" + (f" (tenant {self.tenant})" if self.tenant else "")
-        snapshot_name = f"rules-nacos-{self.config.address.split('://', 1)[-1].replace(':', '_')}-{self.tenant or '_'}-{self.group}-{self.data_id}.yaml"
+        host = self.config.address.split("://", 1)[-1].replace(":", "_")
+        snapshot_name = f"rules-nacos-{host}-{self.tenant or '_'}-{self.group}-{self.data_id}.yaml"
         super().__init__(name=f"nacos config {where}", snapshot_dir=snapshot_dir, snapshot_name=snapshot_name)
         self._start(initial_timeout)
 

@@ -25,12 +25,12 @@ from typing import Any
 
 import httpx
 
-from .discovery import instances_from_hosts
 from ..admin import register_store
 from ..errors import GraylbError
 from ..instance import Instance
 from .auth import NacosAuth
 from .client import NacosConfig, NacosError, _body_text, check_response, content_md5
+from .discovery import instances_from_hosts
 
 __all__ = ["NacosConfigStore"]
 
@@ -91,7 +91,11 @@ class NacosConfigStore:
             text = r.text.strip()
             if text and "config data not exist" not in text and text[:1] in ("{", "<"):
                 # Not Nacos's "no such config" but the web server's "no such page".
-                raise NacosError(f"Nacos at {self.config.address} answered 404 while {what}: {text[:200]!r} (is the context path {self.config.context_path or '/'!r} right?)", 404)
+                raise NacosError(
+                    f"Nacos at {self.config.address} answered 404 while {what}: {text[:200]!r} (is the context path "
+                    f"{self.config.context_path or '/'!r} right?)",
+                    404,
+                )
             return None, None
         check_response(r, what)
         try:
@@ -137,7 +141,12 @@ class NacosConfigStore:
         NacosDiscovery reads them; problems name the instance."""
         c = self.config
         what = f"listing instances of service '{service}' (namespace '{c.namespace}', group '{c.group}')"
-        params: dict[str, str] = {"serviceName": service, "groupName": c.group, "namespaceId": c.namespace, "healthyOnly": "false"}
+        params: dict[str, str] = {
+            "serviceName": service,
+            "groupName": c.group,
+            "namespaceId": c.namespace,
+            "healthyOnly": "false",
+        }
         if c.clusters:
             params["clusterName" if c.api_version == "v2" else "clusters"] = ",".join(c.clusters)
         r = self._request("GET", f"/{c.api_version}/ns/instance/list", params=params)

@@ -252,7 +252,9 @@ class HeaderCodec:
                 used = sum(len(m) for m in kept) + max(len(kept) - 1, 0)
                 added, dropped = _join_bounded(ours.split(","), used, len(kept))
                 if dropped:
-                    self._report([f"{dropped} gray baggage member(s) left out: the baggage header is full"], outbound=True)
+                    self._report(
+                        [f"{dropped} gray baggage member(s) left out: the baggage header is full"], outbound=True
+                    )
                 kept.extend(added)
             return ",".join(kept) or None
         except Exception:
@@ -499,6 +501,8 @@ class HeaderCodec:
         (name, value) pairs are passed through untouched.
         """
         out: list[Any] = []
+        name: Any  # str or bytes, item by item (and anything at all in a malformed item)
+        value: Any
         for item in items:
             try:
                 name, value = item
@@ -513,7 +517,8 @@ class HeaderCodec:
                 stripped = self.strip_baggage(value.decode("latin-1") if is_bytes else str(value))
                 if stripped is None:
                     continue
-                item = (name, stripped.encode("latin-1") if is_bytes else stripped)
+                out.append((name, stripped.encode("latin-1") if is_bytes else stripped))
+                continue
             out.append(item)
         return out
 

@@ -31,7 +31,9 @@ class GrayContext:
     values: Mapping[str, str] = dataclasses.field(default_factory=lambda: _NO_ENTRIES)
     # Serialised headers, filled lazily by the codec that injects this context (one per codec
     # configuration). Not part of equality; the context itself never changes after creation.
-    _wire_cache: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False, hash=False)
+    _wire_cache: dict[str, tuple[tuple[str, str], ...]] = dataclasses.field(
+        default_factory=dict, init=False, compare=False, repr=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         for name in ("pins", "values"):
@@ -39,7 +41,11 @@ class GrayContext:
             # Always copy (a caller's mapping, even a read-only view, may change under us and
             # would make the wire cache stale); the shared empty mapping needs no copy.
             if value is not _NO_ENTRIES:
-                object.__setattr__(self, name, types.MappingProxyType({str(k): str(v) for k, v in value.items()}) if value else _NO_ENTRIES)
+                object.__setattr__(
+                    self,
+                    name,
+                    types.MappingProxyType({str(k): str(v) for k, v in value.items()}) if value else _NO_ENTRIES,
+                )
         if self.lane == "":
             object.__setattr__(self, "lane", None)
 
@@ -110,7 +116,12 @@ def _with_override(ctx: GrayContext, override: ProcessOverride) -> GrayContext:
     if last is not None and last[0] is ctx and last[1] is override:
         return last[2]
     forced = override.ctx
-    merged = ctx.merged(lane=forced.lane, lane_forced=forced.lane_forced if forced.lane else None, pins=forced.pins, values=forced.values)
+    merged = ctx.merged(
+        lane=forced.lane,
+        lane_forced=forced.lane_forced if forced.lane else None,
+        pins=forced.pins,
+        values=forced.values,
+    )
     _last_merge = (ctx, override, merged)
     return merged
 
@@ -171,7 +182,7 @@ def bind(fn: F) -> F:
         finally:
             _CURRENT.reset(token)
 
-    return bound  # type: ignore[return-value]
+    return bound  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy cannot see it is F
 
 
 class ContextIterator:

@@ -80,13 +80,17 @@ class GrayASGIMiddleware:
     gateways.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], *, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], *, codec: HeaderCodec | None = None, trust: Trust = True
+    ) -> None:
         self.app = app
         self.codec = codec if codec is not None else HeaderCodec()
         self._untrusted_check = trust_check(trust)
         self._wanted = frozenset(n.encode("latin-1") for n in self.codec._extract_names)
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope.get("type") not in _ASGI_GRAY_SCOPES:
             return await self.app(scope, receive, send)
         check = self._untrusted_check
@@ -126,7 +130,9 @@ class GrayWSGIMiddleware:
     ``Content-Length`` for a one-item list, or sendfile).
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], *, codec: HeaderCodec | None = None, trust: Trust = True) -> None:
+    def __init__(
+        self, app: Callable[..., Iterable[bytes]], *, codec: HeaderCodec | None = None, trust: Trust = True
+    ) -> None:
         self.app = app
         self.codec = codec if codec is not None else HeaderCodec()
         self._untrusted_check = trust_check(trust)

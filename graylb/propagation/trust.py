@@ -12,14 +12,14 @@ import functools
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 from urllib.parse import unquote
 
 __all__ = ["Trust", "trust_networks", "trust_check", "peer_address"]
 
 _logger = logging.getLogger("graylb.propagation")
 
-Trust = Union[bool, Callable[[Any], bool]]
+Trust = bool | Callable[[Any], bool]
 
 
 def trust_check(trust: Trust, carrier_name: str = "scope_or_environ") -> Callable[[Any], bool] | None:

@@ -88,7 +88,7 @@ def accept_preference(lines: list[str]) -> Preference | None:
         if len(_cache) >= _CACHE_SIZE:
             _cache.clear()
         _cache[text] = found
-    return found  # type: ignore[return-value]
+    return found  # type: ignore[return-value]  # not _MISS here: a sentinel object() does not narrow
 
 
 def accept_version(lines: list[str]) -> tuple[str, str] | None:

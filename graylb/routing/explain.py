@@ -7,10 +7,10 @@ import dataclasses
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.context import EMPTY, GrayContext
+from ..rules.compiled import CompiledRoute, CompiledService
 from .hashing import unit_interval
 from .matchers import observations
 from .request import RequestInfo
-from ..rules.compiled import CompiledService
 from .router import ServiceState, route
 
 __all__ = ["Explanation", "explain_state", "explain_rules"]
@@ -41,12 +41,16 @@ class Explanation:
 def explain_state(state: ServiceState, request: RequestInfo, ctx: GrayContext = EMPTY) -> Explanation:
     """Run the router on ``state`` and say why it decided what it did."""
     service = state.service
-    reasons: list[str] = [f"subset '{subset}' {selector} matches none of: {offered}" for subset, selector, offered in state.unmatched]
+    reasons: list[str] = [
+        f"subset '{subset}' {selector} matches none of: {offered}" for subset, selector, offered in state.unmatched
+    ]
     if state.rules is None:
         reasons.append("no rules for this service: every instance outside a lane is a candidate")
     lane_picker = state.lanes.get(ctx.lane) if ctx.lane is not None else None
     routes = [(rs.route, list(zip(rs.names, _weights(rs.cumulative)))) for rs in state.routes]
-    if _context_reasons(service, ctx, lane_picker is not None and len(lane_picker) > 0, len(lane_picker or ()), reasons):
+    if _context_reasons(
+        service, ctx, lane_picker is not None and len(lane_picker) > 0, len(lane_picker or ()), reasons
+    ):
         _route_reasons(routes, request, ctx, state.default_name, reasons)
     try:
         d = route(state, request, ctx)
@@ -57,7 +61,9 @@ def explain_state(state: ServiceState, request: RequestInfo, ctx: GrayContext = 
     return Explanation(service, d.route, d.subset, d.picker.instances, tuple(reasons))
 
 
-def explain_rules(service: str, rules: CompiledService | None, request: RequestInfo, ctx: GrayContext = EMPTY) -> Explanation:
+def explain_rules(
+    service: str, rules: CompiledService | None, request: RequestInfo, ctx: GrayContext = EMPTY
+) -> Explanation:
     """What the rules alone decide, with no registry at hand (so no candidates, no fallback)."""
     reasons: list[str] = ["no registry: subsets are taken as populated, candidates unknown"]
     if rules is None:
@@ -80,14 +86,27 @@ def _context_reasons(service: str, ctx: GrayContext, lane_live: bool, lane_size:
     if ctx.lane is None:
         return True
     if lane_live:
-        reasons.append(f"lane '{ctx.lane}': " + (f"{lane_size} instance(s) carry it" if lane_size else "instances carrying it win where the service has some; else the default subset"))
+        reasons.append(
+            f"lane '{ctx.lane}': "
+            + (
+                f"{lane_size} instance(s) carry it"
+                if lane_size
+                else "instances carrying it win where the service has some; else the default subset"
+            )
+        )
         return False
     forced = " and the lane is forced" if ctx.lane_forced else ", so the call leaves the lane for the default subset"
     reasons.append(f"lane '{ctx.lane}': no instance carries it{forced}")
     return False
 
 
-def _route_reasons(routes, request: RequestInfo, ctx: GrayContext, default: str, reasons: list[str]) -> tuple[str, str]:
+def _route_reasons(
+    routes: list[tuple[CompiledRoute, list[tuple[str, float]]]],
+    request: RequestInfo,
+    ctx: GrayContext,
+    default: str,
+    reasons: list[str],
+) -> tuple[str, str]:
     for r, targets in routes:
         if r.match is not None and not r.match(request, ctx):
             reasons.append(f"route '{r.name}' does not match")
@@ -101,12 +120,13 @@ def _route_reasons(routes, request: RequestInfo, ctx: GrayContext, default: str,
         if len(targets) <= 1:
             return r.name, targets[0][0] if targets else (r.to[0].subset if r.to else default)
         split = ", ".join(f"{n} {w:g}" for n, w in targets)
-        key = r.sticky.extract(request, ctx) if r.sticky else None
-        if not key:
-            reasons.append(f"weights {split}; random draw" + (f" ({r.sticky.describe()} absent)" if r.sticky else ""))
+        sticky = r.sticky
+        key = sticky.extract(request, ctx) if sticky else None
+        if sticky is None or not key:
+            reasons.append(f"weights {split}; random draw" + (f" ({sticky.describe()} absent)" if sticky else ""))
             return r.name, "/".join(n for n, _ in targets)
         point = unit_interval(key) * sum(w for _, w in targets)
-        reasons.append(f"weights {split}; sticky on {r.sticky.describe()}={key!r} -> point {point:g}")
+        reasons.append(f"weights {split}; sticky on {sticky.describe()}={key!r} -> point {point:g}")
         for name, w in targets:
             if point < w:
                 return r.name, name
@@ -116,7 +136,7 @@ def _route_reasons(routes, request: RequestInfo, ctx: GrayContext, default: str,
     return "default", default
 
 
-def _observed(r, request: RequestInfo, reasons: list[str]) -> None:
+def _observed(r: CompiledRoute, request: RequestInfo, reasons: list[str]) -> None:
     # Conditions that extract a value (an API version) say what they found: "does not match"
     # alone would not tell a vendor mismatch from a version mismatch.
     for description, seen in observations(r.match, request):

@@ -76,6 +76,8 @@ def observations(matcher: Matcher | None, request: RequestInfo) -> list[tuple[st
     return out
 
 
+# Matchers are plain functions (one call per request, no method lookup); what explain() and
+# observations() read is set on them as function attributes, which Callable does not declare.
 def _named(fn: Matcher, description: str, parts: Sequence[Matcher] = ()) -> Matcher:
     fn.description = description  # type: ignore[attr-defined]
     fn.__qualname__ = f"matcher<{description}>"

@@ -88,7 +88,7 @@ def _lowered(headers: Mapping[str, str | Sequence[str]]) -> tuple[dict[str, str]
                 first[name] = value[0]
                 lines[name] = list(value)
         else:
-            first[name] = value  # type: ignore[assignment]
+            first[name] = value  # type: ignore[assignment]  # a str, or anything else a caller passed: one value
     return first, lines
 
 

@@ -18,7 +18,7 @@ from ..errors import NoInstanceAvailable
 from ..instance import Health, Instance
 from ..picking.pickers import LoadStats, Picker, make_picker
 from ..propagation.context import GrayContext
-from ..rules.compiled import DEFAULT_RETRY, CompiledRoute, CompiledService, HashKey, RetryPolicy
+from ..rules.compiled import DEFAULT_RETRY, CompiledRoute, CompiledService, HashKey, Matcher, RetryPolicy
 from ..versioning import VersionSelector
 from .hashing import unit_interval
 from .request import RequestInfo
@@ -27,6 +27,10 @@ __all__ = ["Decision", "ServiceState", "RouteState", "route", "build_state", "ve
 
 #: The subset name used when a service has no ``default``: every instance outside a lane.
 ALL_SUBSET = "*"
+
+# One row of ServiceState.route_table: (match, route name, live subset names, their pickers,
+# cumulative weights, total weight, sticky key).
+_RouteRow = tuple[Matcher | None, str, tuple[str, ...], tuple[Picker, ...], tuple[float, ...], float, HashKey | None]
 
 
 class Decision:
@@ -41,7 +45,15 @@ class Decision:
 
     __slots__ = ("service", "route", "subset", "picker", "hash_key", "fallback_from")
 
-    def __init__(self, service: str, route: str, subset: str, picker: Picker, hash_key: str | None = None, fallback_from: str | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        route: str,
+        subset: str,
+        picker: Picker,
+        hash_key: str | None = None,
+        fallback_from: str | None = None,
+    ) -> None:
         self.service = service
         self.route = route
         self.subset = subset
@@ -50,7 +62,10 @@ class Decision:
         self.fallback_from = fallback_from
 
     def __repr__(self) -> str:
-        return f"Decision(service={self.service!r}, route={self.route!r}, subset={self.subset!r}, candidates={len(self.picker)})"
+        return (
+            f"Decision(service={self.service!r}, route={self.route!r}, subset={self.subset!r}, "
+            f"candidates={len(self.picker)})"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,7 +104,7 @@ class ServiceState:
     # (subset, its selector, the versions on offer) — almost always a selector/label mismatch.
     unmatched: tuple[tuple[str, str, str], ...] = ()
     # The routes flattened to plain tuples: unpacking a tuple beats attribute lookups per call.
-    route_table: tuple[tuple, ...] = ()
+    route_table: tuple[_RouteRow, ...] = ()
 
     @property
     def default(self) -> Picker:
@@ -146,9 +161,13 @@ def build_state(
         return make_picker(policy, [i for i in pool if i.id not in ejected] if ejected else pool, stats)
 
     unmatched = tuple(
-        (name, rules.subsets[name].describe(), versions_summary(instances if rules.subsets[name].selects_lane else base))
+        (
+            name,
+            rules.subsets[name].describe(),
+            versions_summary(instances if rules.subsets[name].selects_lane else base),
+        )
         for name, pool in members.items()
-        if rules and name != ALL_SUBSET and not pool and (base or rules.subsets[name].selects_lane and instances)
+        if rules and name != ALL_SUBSET and not pool and (base or (rules.subsets[name].selects_lane and instances))
     )
     subsets = {name: picker(pool) for name, pool in members.items()}
     groups = tuple(frozenset(i.id for i in pool) for pool in (*members.values(), *lane_members.values()) if pool)
@@ -172,7 +191,9 @@ def build_state(
         pin_pickers={},
         groups=groups,
         unmatched=unmatched,
-        route_table=tuple((r.route.match, r.name, r.names, r.pickers, r.cumulative, r.total, r.route.sticky) for r in routes),
+        route_table=tuple(
+            (r.route.match, r.name, r.names, r.pickers, r.cumulative, r.total, r.route.sticky) for r in routes
+        ),
     )
 
 
@@ -207,9 +228,9 @@ def route(state: ServiceState, request: RequestInfo, ctx: GrayContext) -> Decisi
             return Decision(service, "pin", f"pin:{selector}", picker, hash_key)
     lane = ctx.lane
     if lane is not None:
-        picker = state.lanes.get(lane)
-        if picker is not None and len(picker):
-            return Decision(service, "lane", f"lane:{lane}", picker, hash_key)
+        lane_picker = state.lanes.get(lane)
+        if lane_picker is not None and len(lane_picker):
+            return Decision(service, "lane", f"lane:{lane}", lane_picker, hash_key)
         if ctx.lane_forced:
             raise NoInstanceAvailable(service, f"lane:{lane}", "the lane is forced and no instance carries it")
         return _default(state, "lane-default", hash_key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..instance import Instance
 from ..propagation.context import GrayContext
@@ -32,7 +33,7 @@ __all__ = [
 #: ``matcher(request, gray_context) -> bool``; compiled from a route's ``match`` list.
 Matcher = Callable[[RequestInfo, GrayContext], bool]
 
-_EMPTY: Mapping[str, str] = types.MappingProxyType({})
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})  # one shared empty mapping, for any value type
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,7 +54,9 @@ class SubsetSpec:
 
     def describe(self) -> str:
         """``{version: ^2, zone: a}``: the selector as a rules document would write it."""
-        parts = ([f"version: {self.version.text}"] if self.version is not None else []) + [f"{k}: {v}" for k, v in self.labels.items()]
+        parts = ([f"version: {self.version.text}"] if self.version is not None else []) + [
+            f"{k}: {v}" for k, v in self.labels.items()
+        ]
         return "{" + ", ".join(parts) + "}"
 
     @property

@@ -20,7 +20,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -62,9 +62,7 @@ class _Loader(yaml.SafeLoader):
             except TypeError:  # unhashable key: SafeConstructor reports it
                 continue
             if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -127,6 +125,7 @@ def _check_depth(data: Any, source: str) -> None:
     stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
     while stack:
         value, loc = stack.pop()
+        children: Iterable[tuple[Any, Any]]
         if isinstance(value, Mapping):
             children = value.items()
         elif isinstance(value, list):
@@ -170,7 +169,9 @@ def parse_rules(doc: str | bytes | Mapping[str, Any], source: str = "", *, revis
 # --------------------------------------------------------------------------- pydantic errors
 
 # Location elements pydantic adds that are not part of the document path.
-_INTERNAL = re.compile(r"^(\[key\]|(function-(after|before|wrap|plain)|literal|tagged-union|union|chain|nullable|lax-or-strict|json-or-python)\[.*)$")
+_INTERNAL = re.compile(
+    r"^(\[key\]|(function-(after|before|wrap|plain)|literal|tagged-union|union|chain|nullable|lax-or-strict|json-or-python)\[.*)$"
+)
 
 
 def _type_name(value: Any) -> str:
@@ -222,7 +223,12 @@ def _message(err: Mapping[str, Any], loc: tuple[Any, ...], is_key: bool) -> str:
         return f"expected true or false, got {_type_name(value)}"
     if kind in ("string_type",):
         return f"expected a string, got {_type_name(value)}"
-    limits = {"greater_than_equal": ">= {ge}", "less_than_equal": "<= {le}", "greater_than": "> {gt}", "less_than": "< {lt}"}
+    limits = {
+        "greater_than_equal": ">= {ge}",
+        "less_than_equal": "<= {le}",
+        "greater_than": "> {gt}",
+        "less_than": "< {lt}",
+    }
     if kind in limits:
         return f"must be {limits[kind].format(**ctx)}, got {value!r}"
     msg = str(err.get("msg", kind))

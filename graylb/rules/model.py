@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,9 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import InvalidVersion
 from ..versioning import VersionSelector
+
+if TYPE_CHECKING:
+    from pydantic.functional_validators import ModelWrapValidatorHandler
 
 __all__ = [
     "StringMatch",
@@ -108,18 +111,18 @@ class StringMatch(_Model):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    exact: Optional[Text] = None
-    prefix: Optional[Text] = None
-    regex: Optional[Text] = None
-    one_of: Optional[list[Text]] = Field(default=None, alias="in", max_length=100_000)
-    present: Optional[bool] = None
+    exact: Text | None = None
+    prefix: Text | None = None
+    regex: Text | None = None
+    one_of: list[Text] | None = Field(default=None, alias="in", max_length=100_000)
+    present: bool | None = None
     invert: bool = False
 
     _shorthand: bool = PrivateAttr(default=False)
 
     @model_validator(mode="wrap")
     @classmethod
-    def _accept_plain_string(cls, data: Any, handler: Any) -> StringMatch:
+    def _accept_plain_string(cls, data: Any, handler: ModelWrapValidatorHandler[StringMatch]) -> StringMatch:
         if isinstance(data, (str, int)) and not isinstance(data, bool):
             model = handler({"exact": data})
             model._shorthand = True
@@ -193,8 +196,8 @@ class ApiVersionMatch(_Model):
     # Declared first: the vendor / prefix checks below read it from the validated data.
     source: Literal["accept", "path"] = Field(alias="from")
     version: Name
-    vendor: Optional[Name] = None
-    prefix: Optional[Name] = None
+    vendor: Name | None = None
+    prefix: Name | None = None
 
     @field_validator("version")
     @classmethod
@@ -213,7 +216,9 @@ class ApiVersionMatch(_Model):
         if info.data.get("source") == "path":
             raise _error("vendor only applies to from: accept")
         if value.lower().startswith("vnd."):
-            raise _error("write the vendor without 'vnd.' ({fixed} for {given})", fixed=repr(value[4:]), given=repr(value))
+            raise _error(
+                "write the vendor without 'vnd.' ({fixed} for {given})", fixed=repr(value[4:]), given=repr(value)
+            )
         if not _VENDOR.fullmatch(value):
             raise _error("invalid vendor {got}: letters, digits, '-', '_', parts joined by '.'", got=repr(value))
         if any(_VERSION_PART.fullmatch(part) for part in value.split(".")):
@@ -239,9 +244,9 @@ class MatchClause(_Model):
     headers: dict[str, StringMatch] = Field(default_factory=dict)
     query: dict[str, StringMatch] = Field(default_factory=dict)
     context: dict[str, StringMatch] = Field(default_factory=dict)
-    path: Optional[StringMatch] = None
-    method: Optional[StringMatch] = None
-    api_version: Optional[ApiVersionMatch] = None
+    path: StringMatch | None = None
+    method: StringMatch | None = None
+    api_version: ApiVersionMatch | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -259,9 +264,9 @@ class Target(_Model):
 class HashOn(_Model):
     """Where a sticky or ring-hash key comes from: exactly one of header / query / context."""
 
-    header: Optional[Name] = None
-    query: Optional[Name] = None
-    context: Optional[Name] = None
+    header: Name | None = None
+    query: Name | None = None
+    context: Name | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HashOn:
@@ -273,10 +278,10 @@ class HashOn(_Model):
 
 
 class Route(_Model):
-    name: Optional[Name] = None
-    match: Optional[list[MatchClause]] = None
+    name: Name | None = None
+    match: list[MatchClause] | None = None
     to: list[Target]
-    sticky: Optional[HashOn] = None
+    sticky: HashOn | None = None
 
     @field_validator("to")
     @classmethod
@@ -295,9 +300,9 @@ class Subset(_Model):
     """Instances whose version matches ``version`` and whose metadata equals every label;
     ``lane: X`` is shorthand for the label ``lane: X``."""
 
-    version: Optional[Name] = None
+    version: Name | None = None
     labels: dict[str, Text] = Field(default_factory=dict)
-    lane: Optional[Name] = None
+    lane: Name | None = None
 
     @field_validator("version")
     @classmethod
@@ -324,7 +329,9 @@ class Subset(_Model):
         if self.version is None and not self.labels and self.lane is None:
             raise _error("needs at least one of version, labels, lane")
         if self.version is not None and self.labels.get("version", self.version) != self.version:
-            raise _error("version {a} conflicts with labels.version {b}", a=repr(self.version), b=repr(self.labels["version"]))
+            raise _error(
+                "version {a} conflicts with labels.version {b}", a=repr(self.version), b=repr(self.labels["version"])
+            )
         if self.lane is not None and self.labels.get("lane", self.lane) != self.lane:
             raise _error("lane {a} conflicts with labels.lane {b}", a=repr(self.lane), b=repr(self.labels["lane"]))
         return self
@@ -334,13 +341,13 @@ class LoadBalancer(_Model):
     """``load_balancer: round_robin`` or ``{policy: ring_hash, hash_on: {header: x-user-id}}``."""
 
     policy: Literal["weighted_random", "round_robin", "least_request", "ring_hash"] = "weighted_random"
-    hash_on: Optional[HashOn] = None
+    hash_on: HashOn | None = None
 
     _shorthand: bool = PrivateAttr(default=False)
 
     @model_validator(mode="wrap")
     @classmethod
-    def _accept_policy_name(cls, data: Any, handler: Any) -> LoadBalancer:
+    def _accept_policy_name(cls, data: Any, handler: ModelWrapValidatorHandler[LoadBalancer]) -> LoadBalancer:
         if isinstance(data, str):
             model = handler({"policy": data})
             model._shorthand = True
@@ -350,7 +357,9 @@ class LoadBalancer(_Model):
     @model_validator(mode="after")
     def _hash_on_iff_ring_hash(self) -> LoadBalancer:
         if self.policy == "ring_hash" and self.hash_on is None:
-            raise _error("ring_hash needs hash_on, e.g. {example}", example="{policy: ring_hash, hash_on: {header: x-user-id}}")
+            raise _error(
+                "ring_hash needs hash_on, e.g. {example}", example="{policy: ring_hash, hash_on: {header: x-user-id}}"
+            )
         if self.policy != "ring_hash" and self.hash_on is not None:
             raise _error("hash_on only applies to policy ring_hash (policy is {p})", p=repr(self.policy))
         return self
@@ -386,7 +395,7 @@ RetryOn = Annotated[Any, PlainValidator(_retry_condition)]
 
 class Retries(_Model):
     attempts: int = Field(2, ge=0, le=10)
-    on: Optional[list[RetryOn]] = None  # None: connect-failure + reset
+    on: list[RetryOn] | None = None  # None: connect-failure + reset
     idempotent_only: bool = True
 
     @model_validator(mode="before")
@@ -453,12 +462,12 @@ class OutlierDetection(_Model):
 
 class Service(_Model):
     subsets: dict[str, Subset] = Field(default_factory=dict)
-    default: Optional[Text] = None
+    default: Text | None = None
     routes: list[Route] = Field(default_factory=list)
     fallback: Literal["default", "any", "fail"] = "default"
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
-    retries: Optional[Retries] = None
-    outlier_detection: Optional[OutlierDetection] = None
+    retries: Retries | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 class RulesDocument(_Model):
@@ -530,7 +539,10 @@ def check_references(doc: Any) -> list[tuple[str, str]]:
             name = name if isinstance(name, str) and name else f"routes[{i}]"
             if name in seen:
                 errors.append(
-                    (format_loc((*base, "routes", i, "name")), f"duplicate route name {name!r} (also routes[{seen[name]}])")
+                    (
+                        format_loc((*base, "routes", i, "name")),
+                        f"duplicate route name {name!r} (also routes[{seen[name]}])",
+                    )
                 )
             else:
                 seen[name] = i

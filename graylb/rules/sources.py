@@ -172,7 +172,12 @@ class FileRuleSource(RuleSource):
         except OSError as exc:
             message = f"{exc.strerror or exc}"
             if message != self._read_error:  # warn once per distinct problem, not every poll
-                log.warning("graylb: cannot read rules file %s (keeping revision %s): %s", self.path, self.current.revision or "none", message)
+                log.warning(
+                    "graylb: cannot read rules file %s (keeping revision %s): %s",
+                    self.path,
+                    self.current.revision or "none",
+                    message,
+                )
                 self._read_error = message
             return False
         self._read_error = None

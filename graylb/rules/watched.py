@@ -5,7 +5,6 @@ good document for starts during an outage. Subclasses implement :meth:`_poll` on
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import threading
@@ -15,9 +14,9 @@ from typing import Any
 from .. import _loop
 from ..discovery.backoff import ExponentialJitter
 from ..discovery.cache import write_atomic
+from ..watching import watch_forever
 from .compiled import NO_RULES
 from .sources import RuleSource
-from ..watching import watch_forever
 
 __all__ = ["WatchedRuleSource"]
 
@@ -41,12 +40,17 @@ class WatchedRuleSource(RuleSource):
         self._task: concurrent.futures.Future[Any] | None = None
 
     def _start(self, initial_timeout: float) -> None:
-        if self._snapshot is not None and self._snapshot.exists():
-            if self.apply(self._snapshot.read_bytes(), revision="disk", origin=f"{self.name} (disk snapshot)"):
-                log.info("graylb: rules from %s restored from %s", self.name, self._snapshot)
+        if (
+            self._snapshot is not None
+            and self._snapshot.exists()
+            and self.apply(self._snapshot.read_bytes(), revision="disk", origin=f"{self.name} (disk snapshot)")
+        ):
+            log.info("graylb: rules from %s restored from %s", self.name, self._snapshot)
         self._task = _loop.spawn(self._run())
         if not self._first.wait(initial_timeout):
-            log.warning("graylb: no answer for %s after %.1fs; starting with the rules in force", self.name, initial_timeout)
+            log.warning(
+                "graylb: no answer for %s after %.1fs; starting with the rules in force", self.name, initial_timeout
+            )
 
     async def _poll(self, state: Any) -> Any:
         """One (possibly long) poll. Apply a changed document with :meth:`_apply_remote`.

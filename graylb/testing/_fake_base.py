@@ -53,11 +53,11 @@ class FakeHandler(TrackedHandler):
 
     server: FakeServer
     chunk_above: ClassVar[int]
-    error_content_type: ClassVar[str]  # of the traceback a bug in the fake answers with (500)
+    error_content_type: str  # of the traceback a bug in the fake answers with (500)
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -191,8 +191,18 @@ class FakeBase(Generic[Rec]):
             self._server = server
             self._restarted(time.monotonic())
             self._reaper_stop = threading.Event()
-            self._reaper = threading.Thread(target=self._reap_loop, args=(self._reaper_stop,), name=f"{self._thread_name}-reaper-{self.port}", daemon=True)
-            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{self._thread_name}-{self.port}", daemon=True)
+            self._reaper = threading.Thread(
+                target=self._reap_loop,
+                args=(self._reaper_stop,),
+                name=f"{self._thread_name}-reaper-{self.port}",
+                daemon=True,
+            )
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"{self._thread_name}-{self.port}",
+                daemon=True,
+            )
         self._thread.start()
         self._reaper.start()
         return self

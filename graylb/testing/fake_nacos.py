@@ -7,7 +7,8 @@ uses: naming (instance register / deregister / update / list / beat, service lis
 wrappers), config (get / publish / delete and the long-polling listener) and the JWT login. Where
 behaviour had to be chosen it follows a real 2.x server (alibaba/nacos ``InstanceController``,
 ``InstanceControllerV2``, ``HttpRequestInstanceBuilder``, ``ServiceUtil``, ``ConfigController``,
-``ConfigServletInner``, ``ConfigOperationService``, ``LongPollingService``, ``MD5Util``, ``UserController`` and the JWT auth plugin).
+``ConfigServletInner``, ``ConfigOperationService``, ``LongPollingService``, ``MD5Util``,
+``UserController`` and the JWT auth plugin).
 
 Example::
 
@@ -175,7 +176,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, quote_plus, unquote
@@ -202,13 +203,38 @@ _CHUNK_ABOVE = 8192 - 1  # Tomcat's 8 KiB response buffer: a body that fills it 
 _WORD, _LINE = "\x02", "\x01"
 _CODE_OK, _CODE_NOT_FOUND = 10000, 10200
 _CONFIG_TYPES = {"properties", "xml", "json", "text", "html", "yaml", "unset"}
-_CONTENT_TYPES = {"json": "application/json;charset=UTF-8", "xml": "application/xml;charset=UTF-8", "html": "text/html;charset=UTF-8"}
+_CONTENT_TYPES = {
+    "json": "application/json;charset=UTF-8",
+    "xml": "application/xml;charset=UTF-8",
+    "html": "text/html;charset=UTF-8",
+}
 _TEXT_PLAIN = "text/plain;charset=UTF-8"
 _JSON = "application/json"
-_NO_CACHE = [("Pragma", "no-cache"), ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"), ("Cache-Control", "no-cache,no-store")]
-_DEFAULT_FAIL_BODIES = {500: "caused: server error;", 503: "server is DOWN now, please try again later!", 429: "Too Many Requests"}
-_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
-_V2_ERRORS = {10000: "parameter missing", 10001: "access denied", 20002: "parameter validate error", 20004: "resource not found", 21001: "weight error", 30000: "server error"}
+_NO_CACHE = [
+    ("Pragma", "no-cache"),
+    ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ("Cache-Control", "no-cache,no-store"),
+]
+_DEFAULT_FAIL_BODIES = {
+    500: "caused: server error;",
+    503: "server is DOWN now, please try again later!",
+    429: "Too Many Requests",
+}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+}
+_V2_ERRORS = {
+    10000: "parameter missing",
+    10001: "access denied",
+    20002: "parameter validate error",
+    20004: "resource not found",
+    21001: "weight error",
+    30000: "server error",
+}
 _WEIGHT_ERROR = f"instance format invalid: The weights range from {_MIN_WEIGHT} to {_MAX_WEIGHT}"
 _INTERVAL_ERROR = "Instance 'heart beat interval' must less than 'heart beat timeout' and 'ip delete timeout'."
 
@@ -224,7 +250,8 @@ def config_md5(content: str | None) -> str:
 
 
 def java_url_encode(text: str) -> str:
-    """``java.net.URLEncoder.encode(text, "UTF-8")``: space -> ``+``, ``.-*_`` and alphanumerics kept, the rest ``%XX``."""
+    """``java.net.URLEncoder.encode(text, "UTF-8")``: space -> ``+``, ``.-*_`` and alphanumerics
+    kept, the rest ``%XX``."""
     return quote_plus(text, safe="*").replace("~", "%7E")
 
 
@@ -376,7 +403,10 @@ class _Service:
 
     def describe(self) -> str:
         """Java's ``Service.toString()`` as it appears in 2.x error messages."""
-        return f"Service{{namespace='{self.namespace}', group='{self.group}', name='{self.name}', ephemeral={str(self.ephemeral is not False).lower()}, revision=0}}"
+        return (
+            f"Service{{namespace='{self.namespace}', group='{self.group}', name='{self.name}', "
+            f"ephemeral={str(self.ephemeral is not False).lower()}, revision=0}}"
+        )
 
 
 @dataclasses.dataclass
@@ -418,7 +448,19 @@ def _v2_error(status: int, code: int, data: Any) -> _HTTPError:
 def _spring_error(status: int, message: str, path: str, headers: list[tuple[str, str]] | None = None) -> _HTTPError:
     """Spring Boot's error envelope (Nacos runs with ``server.error.include-message=ALWAYS``)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-    return _HTTPError(_json(status, {"timestamp": stamp, "status": status, "error": _REASONS.get(status, "Error"), "message": message, "path": path}, headers))
+    return _HTTPError(
+        _json(
+            status,
+            {
+                "timestamp": stamp,
+                "status": status,
+                "error": _REASONS.get(status, "Error"),
+                "message": message,
+                "path": path,
+            },
+            headers,
+        )
+    )
 
 
 def _naming_error(status: int, message: str) -> _HTTPError:
@@ -466,7 +508,9 @@ class _Request:
         """A ``@RequestParam`` of a plain controller: absent -> Spring's 400 envelope."""
         value = self.param(name)
         if value is None:
-            raise _spring_error(400, f"Required request parameter '{name}' for method parameter type String is not present", self.path)
+            raise _spring_error(
+                400, f"Required request parameter '{name}' for method parameter type String is not present", self.path
+            )
         return value
 
 
@@ -491,12 +535,26 @@ class FakeNacos(FakeBase[RecordedRequest]):
     _handler = _Handler
     _thread_name = "fake-nacos"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, auth: Mapping[str, str] | None = None, token_ttl: float = 18000.0, beat_timeout: float = 15.0,
-                 delete_timeout: float = 30.0, protect_threshold: float = 0.0, long_poll_min_hold: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        auth: Mapping[str, str] | None = None,
+        token_ttl: float = 18000.0,
+        beat_timeout: float = 15.0,
+        delete_timeout: float = 30.0,
+        protect_threshold: float = 0.0,
+        long_poll_min_hold: float = 10.0,
+    ) -> None:
         if beat_timeout <= 0 or delete_timeout <= 0 or token_ttl <= 0 or long_poll_min_hold < 0:
             raise ValueError("timeouts must be positive")
         self._init_base(host, port)
-        self.token_ttl, self.beat_timeout, self.delete_timeout = float(token_ttl), float(beat_timeout), float(delete_timeout)
+        self.token_ttl, self.beat_timeout, self.delete_timeout = (
+            float(token_ttl),
+            float(beat_timeout),
+            float(delete_timeout),
+        )
         self.protect_threshold, self.long_poll_min_hold = float(protect_threshold), float(long_poll_min_hold)
         self._auth = dict(auth) if auth is not None else None
 
@@ -508,15 +566,29 @@ class FakeNacos(FakeBase[RecordedRequest]):
         self._tokens: dict[str, _Token] = {}
         self._jwt_secret = secrets.token_bytes(32)
 
-        self._routes: dict[str, dict[str, Any]] = {
-            "/nacos/v1/ns/instance": {"POST": self._v1_register, "DELETE": self._v1_deregister, "PUT": self._v1_update, "GET": self._v1_detail},
+        self._routes: dict[str, dict[str, Callable[[_Request], _Response]]] = {
+            "/nacos/v1/ns/instance": {
+                "POST": self._v1_register,
+                "DELETE": self._v1_deregister,
+                "PUT": self._v1_update,
+                "GET": self._v1_detail,
+            },
             "/nacos/v1/ns/instance/list": {"GET": self._v1_list},
             "/nacos/v1/ns/instance/beat": {"PUT": self._v1_beat},
             "/nacos/v1/ns/service/list": {"GET": self._v1_service_list},
-            "/nacos/v2/ns/instance": {"POST": self._v2_register, "DELETE": self._v2_deregister, "PUT": self._v2_update, "GET": self._v2_detail},
+            "/nacos/v2/ns/instance": {
+                "POST": self._v2_register,
+                "DELETE": self._v2_deregister,
+                "PUT": self._v2_update,
+                "GET": self._v2_detail,
+            },
             "/nacos/v2/ns/instance/list": {"GET": self._v2_list},
             "/nacos/v2/ns/service/list": {"GET": self._v2_service_list},
-            "/nacos/v1/cs/configs": {"GET": self._config_get, "POST": self._config_publish, "DELETE": self._config_delete},
+            "/nacos/v1/cs/configs": {
+                "GET": self._config_get,
+                "POST": self._config_publish,
+                "DELETE": self._config_delete,
+            },
             "/nacos/v1/cs/configs/listener": {"POST": self._config_listener},
             "/nacos/v1/auth/login": {"POST": self._login},
             "/nacos/v1/auth/users/login": {"POST": self._login},
@@ -557,50 +629,123 @@ class FakeNacos(FakeBase[RecordedRequest]):
             for token in self._tokens.values():
                 token.expires = float("-inf")
 
-    def register(self, service: str, ip: str, port: int, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP, cluster: str = _DEFAULT_CLUSTER,
-                 weight: float = 1.0, healthy: bool = True, enabled: bool = True, ephemeral: bool = True, metadata: Mapping[str, str] | None = None,
-                 beats_required: bool = False) -> str:
+    def register(
+        self,
+        service: str,
+        ip: str,
+        port: int,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+        group: str = _DEFAULT_GROUP,
+        cluster: str = _DEFAULT_CLUSTER,
+        weight: float = 1.0,
+        healthy: bool = True,
+        enabled: bool = True,
+        ephemeral: bool = True,
+        metadata: Mapping[str, str] | None = None,
+        beats_required: bool = False,
+    ) -> str:
         """Register (or replace) an instance; returns its instanceId. See the module docstring."""
         grouped = self._grouped_name(service, group)
         if not _MIN_WEIGHT <= float(weight) <= _MAX_WEIGHT:
             raise ValueError(_WEIGHT_ERROR)
         if not _CLUSTER_NAME_RE.match(cluster):
             raise ValueError(f"Instance 'clusterName' should be characters with only 0-9a-zA-Z-. (current: {cluster})")
-        inst = _Instance(ip, int(port), cluster, float(weight), bool(healthy), bool(enabled), bool(ephemeral), {str(k): str(v) for k, v in (metadata or {}).items()},
-                         bool(beats_required), time.monotonic())
+        inst = _Instance(
+            ip,
+            int(port),
+            cluster,
+            float(weight),
+            bool(healthy),
+            bool(enabled),
+            bool(ephemeral),
+            {str(k): str(v) for k, v in (metadata or {}).items()},
+            bool(beats_required),
+            time.monotonic(),
+        )
         with self._lock:
             err = self._add_instance(namespace, grouped, inst)
         if err:
             raise ValueError(err)
         return f"{ip}#{port}#{cluster}#{grouped}"
 
-    def deregister(self, service: str, ip: str, port: int, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP, cluster: str | None = None) -> None:
+    def deregister(
+        self,
+        service: str,
+        ip: str,
+        port: int,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+        group: str = _DEFAULT_GROUP,
+        cluster: str | None = None,
+    ) -> None:
         with self._lock:
             svc, inst = self._find(service, ip, port, namespace, group, cluster)
             del svc.instances[(inst.ip, inst.port)]
 
-    def set_healthy(self, service: str, ip: str, port: int, healthy: bool, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP, cluster: str | None = None) -> None:
+    def set_healthy(
+        self,
+        service: str,
+        ip: str,
+        port: int,
+        healthy: bool,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+        group: str = _DEFAULT_GROUP,
+        cluster: str | None = None,
+    ) -> None:
         with self._lock:
             self._find(service, ip, port, namespace, group, cluster)[1].healthy = bool(healthy)
 
-    def set_enabled(self, service: str, ip: str, port: int, enabled: bool, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP, cluster: str | None = None) -> None:
+    def set_enabled(
+        self,
+        service: str,
+        ip: str,
+        port: int,
+        enabled: bool,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+        group: str = _DEFAULT_GROUP,
+        cluster: str | None = None,
+    ) -> None:
         with self._lock:
             self._find(service, ip, port, namespace, group, cluster)[1].enabled = bool(enabled)
 
-    def set_weight(self, service: str, ip: str, port: int, weight: float, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP, cluster: str | None = None) -> None:
+    def set_weight(
+        self,
+        service: str,
+        ip: str,
+        port: int,
+        weight: float,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+        group: str = _DEFAULT_GROUP,
+        cluster: str | None = None,
+    ) -> None:
         if not _MIN_WEIGHT <= float(weight) <= _MAX_WEIGHT:
             raise ValueError(_WEIGHT_ERROR)
         with self._lock:
             self._find(service, ip, port, namespace, group, cluster)[1].weight = float(weight)
 
-    def heartbeat(self, service: str, ip: str, port: int, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP, cluster: str | None = None) -> None:
+    def heartbeat(
+        self,
+        service: str,
+        ip: str,
+        port: int,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+        group: str = _DEFAULT_GROUP,
+        cluster: str | None = None,
+    ) -> None:
         """What a client beat does: refresh the beat clock; an unhealthy instance turns healthy."""
         with self._lock:
             inst = self._find(service, ip, port, namespace, group, cluster)[1]
             inst.last_beat = time.monotonic()
             inst.healthy = True
 
-    def set_protect_threshold(self, service: str, threshold: float | None, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP) -> None:
+    def set_protect_threshold(
+        self, service: str, threshold: float | None, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP
+    ) -> None:
         """One service's protection threshold (``None`` = the constructor's default)."""
         grouped = self._grouped_name(service, group)
         with self._lock:
@@ -610,7 +755,9 @@ class FakeNacos(FakeBase[RecordedRequest]):
                 svc = self._services[(namespace, grouped)] = _Service(namespace, g, n, None)
             svc.protect_threshold = threshold
 
-    def instances(self, service: str, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP) -> list[dict[str, Any]]:
+    def instances(
+        self, service: str, *, namespace: str = _DEFAULT_NAMESPACE, group: str = _DEFAULT_GROUP
+    ) -> list[dict[str, Any]]:
         """The stored instances (real health, disabled ones included) in list-answer shape."""
         grouped = self._grouped_name(service, group)
         with self._lock:
@@ -638,12 +785,16 @@ class FakeNacos(FakeBase[RecordedRequest]):
             raise ValueError("service is required")
         return service if _SPLITTER in service else f"{group}{_SPLITTER}{service}"
 
-    def _find(self, service: str, ip: str, port: int, namespace: str, group: str, cluster: str | None) -> tuple[_Service, _Instance]:
+    def _find(
+        self, service: str, ip: str, port: int, namespace: str, group: str, cluster: str | None
+    ) -> tuple[_Service, _Instance]:
         grouped = self._grouped_name(service, group)
         svc = self._services.get((namespace, grouped))
         inst = svc.instances.get((ip, int(port))) if svc else None
         if svc is None or inst is None or (cluster is not None and inst.cluster != cluster):
-            raise KeyError(f"no instance {ip}:{port} in {namespace}/{grouped}" + (f" cluster {cluster}" if cluster else ""))
+            raise KeyError(
+                f"no instance {ip}:{port} in {namespace}/{grouped}" + (f" cluster {cluster}" if cluster else "")
+            )
         return svc, inst
 
     def _add_instance(self, namespace: str, grouped: str, inst: _Instance) -> str | None:
@@ -663,11 +814,19 @@ class FakeNacos(FakeBase[RecordedRequest]):
     def _instance_json(self, svc: _Service, inst: _Instance, healthy: bool | None = None) -> dict[str, Any]:
         md = inst.metadata
         return {
-            "instanceId": f"{inst.ip}#{inst.port}#{inst.cluster}#{svc.grouped}", "ip": inst.ip, "port": inst.port, "weight": inst.weight,
-            "healthy": inst.healthy if healthy is None else healthy, "enabled": inst.enabled, "ephemeral": inst.ephemeral, "clusterName": inst.cluster,
-            "serviceName": svc.grouped, "metadata": dict(md),
+            "instanceId": f"{inst.ip}#{inst.port}#{inst.cluster}#{svc.grouped}",
+            "ip": inst.ip,
+            "port": inst.port,
+            "weight": inst.weight,
+            "healthy": inst.healthy if healthy is None else healthy,
+            "enabled": inst.enabled,
+            "ephemeral": inst.ephemeral,
+            "clusterName": inst.cluster,
+            "serviceName": svc.grouped,
+            "metadata": dict(md),
             "instanceHeartBeatInterval": _metadata_ms(md, "preserved.heart.beat.interval", _BEAT_INTERVAL_MS),
-            "instanceHeartBeatTimeOut": self._beat_timeout_ms(inst), "ipDeleteTimeout": self._delete_timeout_ms(inst),
+            "instanceHeartBeatTimeOut": self._beat_timeout_ms(inst),
+            "ipDeleteTimeout": self._delete_timeout_ms(inst),
             "instanceIdGenerator": md.get("preserved.instance.id.generator") or "simple",
         }
 
@@ -679,10 +838,12 @@ class FakeNacos(FakeBase[RecordedRequest]):
 
     def _service_info(self, namespace: str, grouped: str, clusters: str, healthy_only: bool) -> dict[str, Any]:
         """``InstanceOperatorClientImpl.listInstance`` + ``ServiceUtil.selectInstancesWithHealthyProtection``."""
-        group, name = grouped.split(_SPLITTER, 1)
+        group, _name = grouped.split(_SPLITTER, 1)
         svc = self._services.get((namespace, grouped))
         wanted = {c for c in clusters.split(",")} if clusters.strip() else set()
-        eligible = [i for i in (svc.instances.values() if svc else ()) if (not wanted or i.cluster in wanted) and i.enabled]
+        eligible = [
+            i for i in (svc.instances.values() if svc else ()) if (not wanted or i.cluster in wanted) and i.enabled
+        ]
         healthy_count = sum(1 for i in eligible if i.healthy)
         reach = False
         hosts: list[dict[str, Any]] = []
@@ -693,8 +854,18 @@ class FakeNacos(FakeBase[RecordedRequest]):
                 hosts = [self._instance_json(svc, i, healthy=True) for i in eligible]
             else:
                 hosts = [self._instance_json(svc, i) for i in eligible if i.healthy or not healthy_only]
-        return {"name": grouped, "groupName": group, "clusters": clusters, "cacheMillis": _CACHE_MILLIS, "hosts": hosts, "lastRefTime": int(time.time() * 1000),
-                "checksum": hashlib.md5(_json_bytes(hosts)).hexdigest(), "allIPs": False, "reachProtectionThreshold": reach, "valid": True}
+        return {
+            "name": grouped,
+            "groupName": group,
+            "clusters": clusters,
+            "cacheMillis": _CACHE_MILLIS,
+            "hosts": hosts,
+            "lastRefTime": int(time.time() * 1000),
+            "checksum": hashlib.md5(_json_bytes(hosts)).hexdigest(),
+            "allIPs": False,
+            "reachProtectionThreshold": reach,
+            "valid": True,
+        }
 
     def _service_names(self, namespace: str, group: str) -> list[str]:
         return sorted(s.name for (ns, _), s in self._services.items() if ns == namespace and s.group == group)
@@ -792,7 +963,11 @@ class FakeNacos(FakeBase[RecordedRequest]):
         if self._auth is not None and (not username or self._auth.get(username) != password):
             return _text(403, "unknown user!")
         token = self._issue_token(username)
-        return _json(200, {"accessToken": token, "tokenTtl": int(self.token_ttl), "globalAdmin": True, "username": username}, [("Authorization", f"Bearer {token}")])
+        return _json(
+            200,
+            {"accessToken": token, "tokenTtl": int(self.token_ttl), "globalAdmin": True, "username": username},
+            [("Authorization", f"Bearer {token}")],
+        )
 
     def _check_auth(self, req: _Request) -> None:
         """The auth filter in front of every ``@Secured`` API (2.x JWT plugin rules)."""
@@ -861,19 +1036,33 @@ class FakeNacos(FakeBase[RecordedRequest]):
             metadata = _parse_metadata(req.optional("metadata", ""))
         except ValueError as e:
             raise _naming_error(400, str(e)) from None
-        inst = _Instance(ip, port, cluster, weight, _convert_bool(req.optional("healthy", "true")), enabled, _convert_bool(req.optional("ephemeral", "true")), metadata,
-                         True, time.monotonic())
+        inst = _Instance(
+            ip,
+            port,
+            cluster,
+            weight,
+            _convert_bool(req.optional("healthy", "true")),
+            enabled,
+            _convert_bool(req.optional("ephemeral", "true")),
+            metadata,
+            True,
+            time.monotonic(),
+        )
         self._check_instance(inst)
         return inst
 
     @staticmethod
     def _check_instance(inst: _Instance) -> None:
         interval = _metadata_ms(inst.metadata, "preserved.heart.beat.interval", _BEAT_INTERVAL_MS)
-        if (_metadata_ms(inst.metadata, "preserved.heart.beat.timeout", _DEFAULT_BEAT_TIMEOUT_MS) < interval
-                or _metadata_ms(inst.metadata, "preserved.ip.delete.timeout", _DEFAULT_DELETE_TIMEOUT_MS) < interval):
+        if (
+            _metadata_ms(inst.metadata, "preserved.heart.beat.timeout", _DEFAULT_BEAT_TIMEOUT_MS) < interval
+            or _metadata_ms(inst.metadata, "preserved.ip.delete.timeout", _DEFAULT_DELETE_TIMEOUT_MS) < interval
+        ):
             raise _naming_error(400, _INTERVAL_ERROR)
         if inst.cluster and not _CLUSTER_NAME_RE.match(inst.cluster):
-            raise _naming_error(400, f"Instance 'clusterName' should be characters with only 0-9a-zA-Z-. (current: {inst.cluster})")
+            raise _naming_error(
+                400, f"Instance 'clusterName' should be characters with only 0-9a-zA-Z-. (current: {inst.cluster})"
+            )
 
     def _register_or_400(self, namespace: str, grouped: str, inst: _Instance, v2: bool = False) -> None:
         with self._lock:
@@ -906,7 +1095,11 @@ class FakeNacos(FakeBase[RecordedRequest]):
             svc = self._services.get((namespace, grouped))
             if svc is None:
                 g, n = grouped.split(_SPLITTER, 1)
-                raise _naming_error(400, f"service not found, namespace: {namespace}, service: {_Service(namespace, g, n, inst.ephemeral).describe()}")
+                raise _naming_error(
+                    400,
+                    f"service not found, namespace: {namespace}, service: "
+                    f"{_Service(namespace, g, n, inst.ephemeral).describe()}",
+                )
             self._apply_update(svc, inst)
         return _text(200, "ok")
 
@@ -931,8 +1124,16 @@ class FakeNacos(FakeBase[RecordedRequest]):
             svc, inst = self._detail(namespace, grouped, cluster, ip, port)
             if inst is None:
                 raise _naming_error(404, svc)
-            body = {"service": grouped, "ip": ip, "port": port, "clusterName": cluster, "weight": inst.weight, "healthy": inst.healthy,
-                    "instanceId": f"{ip}#{port}#{cluster}#{grouped}", "metadata": dict(inst.metadata)}
+            body = {
+                "service": grouped,
+                "ip": ip,
+                "port": port,
+                "clusterName": cluster,
+                "weight": inst.weight,
+                "healthy": inst.healthy,
+                "instanceId": f"{ip}#{port}#{cluster}#{grouped}",
+                "metadata": dict(inst.metadata),
+            }
         return _json(200, body)
 
     def _detail(self, namespace: str, grouped: str, cluster: str, ip: str, port: int) -> tuple[Any, _Instance | None]:
@@ -963,7 +1164,9 @@ class FakeNacos(FakeBase[RecordedRequest]):
                 if not isinstance(beat, dict):
                     raise ValueError("not an object")
             except ValueError:
-                raise _naming_error(500, "caused: Nacos deserialize for class [com.alibaba.nacos.naming.healthcheck.RsInfo] failed. ;") from None
+                raise _naming_error(
+                    500, "caused: Nacos deserialize for class [com.alibaba.nacos.naming.healthcheck.RsInfo] failed. ;"
+                ) from None
         cluster = req.optional("clusterName", _DEFAULT_CLUSTER)
         ip = req.optional("ip", "")
         try:
@@ -981,13 +1184,27 @@ class FakeNacos(FakeBase[RecordedRequest]):
             inst = svc.instances.get((ip, port)) if svc else None
             if inst is None:
                 if beat is None:
-                    return _json(200, {"clientBeatInterval": _BEAT_INTERVAL_MS, "code": _CODE_NOT_FOUND, "lightBeatEnabled": True})
+                    return _json(
+                        200,
+                        {"clientBeatInterval": _BEAT_INTERVAL_MS, "code": _CODE_NOT_FOUND, "lightBeatEnabled": True},
+                    )
                 try:  # BeatInfoInstanceBuilder: the beat re-creates the instance
                     weight = float(beat.get("weight", 1.0))
                     metadata = {str(k): str(v) for k, v in (beat.get("metadata") or {}).items()}
                 except (TypeError, ValueError, AttributeError) as e:
                     raise _naming_error(400, str(e)) from None
-                inst = _Instance(ip, port, cluster, weight, True, True, bool(beat.get("ephemeral", True)), metadata, True, time.monotonic())
+                inst = _Instance(
+                    ip,
+                    port,
+                    cluster,
+                    weight,
+                    True,
+                    True,
+                    bool(beat.get("ephemeral", True)),
+                    metadata,
+                    True,
+                    time.monotonic(),
+                )
                 self._check_instance(inst)
                 self._register_or_400(namespace, grouped, inst)
             inst.last_beat = time.monotonic()
@@ -1001,7 +1218,7 @@ class FakeNacos(FakeBase[RecordedRequest]):
         start = max(0, (page_no - 1) * page_size)
         if start >= len(names):
             return []
-        return names[start:min(start + page_size, len(names))]
+        return names[start : min(start + page_size, len(names))]
 
     def _v1_service_list(self, req: _Request) -> _Response:
         def to_int(text: str) -> int:  # NumberUtils.toInt: 0 when unparsable
@@ -1021,10 +1238,13 @@ class FakeNacos(FakeBase[RecordedRequest]):
 
     @staticmethod
     def _v2_missing(name: str, type_: str = "String") -> _HTTPError:
-        return _v2_error(400, 10000, f"Required request parameter '{name}' for method parameter type {type_} is not present")
+        return _v2_error(
+            400, 10000, f"Required request parameter '{name}' for method parameter type {type_} is not present"
+        )
 
     def _v2_form(self, req: _Request) -> tuple[str, str, _Instance]:
         """``InstanceForm.validate`` + ``checkWeight`` + ``buildInstance``."""
+
         def blank(name: str) -> bool:
             return not (req.param(name) or "").strip()
 
@@ -1042,15 +1262,30 @@ class FakeNacos(FakeBase[RecordedRequest]):
         for name, default in (("healthy", True), ("enabled", True), ("ephemeral", True)):
             value = _spring_bool(req.param(name) or "") if not blank(name) else default
             if value is None:
-                raise _v2_error(400, 20002, f"Failed to convert value of type 'java.lang.String' to required type 'java.lang.Boolean'; Invalid boolean value [{req.param(name)}]")
+                raise _v2_error(
+                    400,
+                    20002,
+                    "Failed to convert value of type 'java.lang.String' to required type 'java.lang.Boolean'; "
+                    f"Invalid boolean value [{req.param(name)}]",
+                )
             flags[name] = value
         try:
             metadata = _parse_metadata(req.optional("metadata", ""))
         except ValueError as e:
             raise _v2_error(400, 30000, str(e)) from None
         grouped = f"{req.optional('groupName', _DEFAULT_GROUP)}{_SPLITTER}{(req.param('serviceName') or '').strip()}"
-        inst = _Instance((req.param("ip") or "").strip(), port, req.optional("clusterName", _DEFAULT_CLUSTER), weight, flags["healthy"], flags["enabled"], flags["ephemeral"],
-                         metadata, True, time.monotonic())
+        inst = _Instance(
+            (req.param("ip") or "").strip(),
+            port,
+            req.optional("clusterName", _DEFAULT_CLUSTER),
+            weight,
+            flags["healthy"],
+            flags["enabled"],
+            flags["ephemeral"],
+            metadata,
+            True,
+            time.monotonic(),
+        )
         try:
             self._check_instance(inst)
         except _HTTPError as e:
@@ -1076,7 +1311,12 @@ class FakeNacos(FakeBase[RecordedRequest]):
             svc = self._services.get((namespace, grouped))
             if svc is None:
                 g, n = grouped.split(_SPLITTER, 1)
-                raise _v2_error(400, 30000, f"service not found, namespace: {namespace}, service: {_Service(namespace, g, n, inst.ephemeral).describe()}")
+                raise _v2_error(
+                    400,
+                    30000,
+                    f"service not found, namespace: {namespace}, service: "
+                    f"{_Service(namespace, g, n, inst.ephemeral).describe()}",
+                )
             self._apply_update(svc, inst)
         return _v2_ok("ok")
 
@@ -1097,7 +1337,12 @@ class FakeNacos(FakeBase[RecordedRequest]):
         namespace, grouped = self._v2_service_name(req)
         healthy_only = _spring_bool(req.param("healthyOnly") or "false")
         if healthy_only is None:
-            raise _v2_error(400, 20002, f"Failed to convert value of type 'java.lang.String' to required type 'java.lang.Boolean'; Invalid boolean value [{req.param('healthyOnly')}]")
+            raise _v2_error(
+                400,
+                20002,
+                "Failed to convert value of type 'java.lang.String' to required type 'java.lang.Boolean'; Invalid "
+                f"boolean value [{req.param('healthyOnly')}]",
+            )
         with self._lock:
             info = self._service_info(namespace, grouped, req.param("clusterName") or "", healthy_only)
         return _v2_ok(info)
@@ -1117,8 +1362,16 @@ class FakeNacos(FakeBase[RecordedRequest]):
             svc, inst = self._detail(namespace, grouped, cluster, ip, port)
             if inst is None:
                 raise _v2_error(404, 20004, svc)
-            data = {"serviceName": grouped, "ip": ip, "port": port, "clusterName": cluster, "weight": inst.weight, "healthy": inst.healthy,
-                    "instanceId": f"{ip}#{port}#{cluster}#{grouped}", "metadata": dict(inst.metadata)}
+            data = {
+                "serviceName": grouped,
+                "ip": ip,
+                "port": port,
+                "clusterName": cluster,
+                "weight": inst.weight,
+                "healthy": inst.healthy,
+                "instanceId": f"{ip}#{port}#{cluster}#{grouped}",
+                "metadata": dict(inst.metadata),
+            }
         return _v2_ok(data)
 
     def _v2_service_list(self, req: _Request) -> _Response:
@@ -1128,7 +1381,9 @@ class FakeNacos(FakeBase[RecordedRequest]):
         except ValueError as e:
             raise _v2_error(400, 20002, str(e)) from None
         with self._lock:
-            names = self._service_names(req.param("namespaceId") or _DEFAULT_NAMESPACE, req.param("groupName") or _DEFAULT_GROUP)
+            names = self._service_names(
+                req.param("namespaceId") or _DEFAULT_NAMESPACE, req.param("groupName") or _DEFAULT_GROUP
+            )
         return _v2_ok({"count": len(names), "services": self._page(names, page_no, page_size)})
 
     # ---- config -----------------------------------------------------------------------------
@@ -1161,8 +1416,13 @@ class FakeNacos(FakeBase[RecordedRequest]):
             cfg = self._configs.get((data_id, group, tenant))
         if cfg is None:
             return _Response(404, b"config data not exist\n")  # response.getWriter().println(...)
-        headers = [("Config-Type", cfg.type), ("Content-Type", _CONTENT_TYPES.get(cfg.type, _TEXT_PLAIN)), ("Content-MD5", cfg.md5), *_NO_CACHE,
-                   ("Last-Modified", formatdate(cfg.modified, usegmt=True))]
+        headers = [
+            ("Config-Type", cfg.type),
+            ("Content-Type", _CONTENT_TYPES.get(cfg.type, _TEXT_PLAIN)),
+            ("Content-MD5", cfg.md5),
+            *_NO_CACHE,
+            ("Last-Modified", formatdate(cfg.modified, usegmt=True)),
+        ]
         return _Response(200, cfg.content.encode("utf-8"), headers)
 
     def _config_publish(self, req: _Request) -> _Response:
@@ -1263,9 +1523,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m graylb.testing.fake_nacos [--port 8848] [--user nacos:nacos]``: serve until interrupted."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m graylb.testing.fake_nacos", description="Run FakeNacos on 127.0.0.1 until interrupted.")
+    parser = argparse.ArgumentParser(
+        prog="python -m graylb.testing.fake_nacos", description="Run FakeNacos on 127.0.0.1 until interrupted."
+    )
     parser.add_argument("--port", type=int, default=8848)
-    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="turn auth on with this user (repeatable)")
+    parser.add_argument(
+        "--user", action="append", default=[], metavar="NAME:PASSWORD", help="turn auth on with this user (repeatable)"
+    )
     args = parser.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) if args.user else None
     fake = FakeNacos(port=args.port, auth=users).start()

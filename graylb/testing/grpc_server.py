@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent import futures
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -44,7 +44,7 @@ _OPTIONS = (("grpc.so_reuseport", 0),)
 _METADATA_PREFIXES = ("x-gray-", "baggage")
 
 
-def _gray_metadata(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
+def _gray_metadata(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     seen: dict[str, str] = {}
     for key, value in metadata or ():
         key = key.lower()
@@ -85,7 +85,7 @@ class _Echo:
         with self._calls_lock:
             self.calls += 1
 
-    def _served(self, metadata: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
+    def _served(self, metadata: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
         ctx = current()
         return {
             "service": self.service,
@@ -137,7 +137,7 @@ class _AioServicer(echo_pb2_grpc.EchoServicer):
     def __init__(self, echo: _Echo) -> None:
         self._echo = echo
 
-    async def _gate(self, context: grpc.aio.ServicerContext) -> None:
+    async def _gate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         echo = self._echo
         echo._count_call()
         if echo.delay > 0:
@@ -146,11 +146,17 @@ class _AioServicer(echo_pb2_grpc.EchoServicer):
         if failure:
             await context.abort(*failure)
 
-    async def Say(self, request: echo_pb2.SayRequest, context: grpc.aio.ServicerContext) -> echo_pb2.SayReply:
+    async def Say(
+        self, request: echo_pb2.SayRequest, context: grpc.aio.ServicerContext[echo_pb2.SayRequest, echo_pb2.SayReply]
+    ) -> echo_pb2.SayReply:
         await self._gate(context)
         return echo_pb2.SayReply(text=request.text, **self._echo._served(context.invocation_metadata()))
 
-    async def Count(self, request: echo_pb2.CountRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[echo_pb2.CountReply]:
+    async def Count(
+        self,
+        request: echo_pb2.CountRequest,
+        context: grpc.aio.ServicerContext[echo_pb2.CountRequest, echo_pb2.CountReply],
+    ) -> AsyncIterator[echo_pb2.CountReply]:
         await self._gate(context)
         for seq in range(request.count):
             if seq and request.interval_ms:
@@ -162,23 +168,36 @@ class EchoServer(_Echo):
     """A started Echo server with a synchronous API: ``address``, ``host``, ``port``, ``stop()``
     (also on context exit), ``fail_with``, ``delay``, ``calls``, ``static_entry()``."""
 
-    def __init__(self, service: str = "orders", version: str = "1.0.0", lane: str | None = None, *, aio: bool = False, interceptors: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        service: str = "orders",
+        version: str = "1.0.0",
+        lane: str | None = None,
+        *,
+        aio: bool = False,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
         super().__init__(service, version, lane)
         self.aio = aio
         self.running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._server: grpc.Server | grpc.aio.Server  # a grpc.aio.Server (on self._loop) when aio
         if aio:
             self._start_aio(list(interceptors))
         else:
-            self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="graylb-grpc"), interceptors=list(interceptors), options=_OPTIONS)
+            self._server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="graylb-grpc"),
+                interceptors=list(interceptors),
+                options=_OPTIONS,
+            )
             echo_pb2_grpc.add_EchoServicer_to_server(_SyncServicer(self), self._server)
             self.port = self._bind(self._server)
             self._server.start()
         self.running = True
 
     @staticmethod
-    def _bind(server: Any) -> int:
+    def _bind(server: grpc.Server | grpc.aio.Server) -> int:
         port = server.add_insecure_port("127.0.0.1:0")
         if not port:
             raise RuntimeError("could not bind a gRPC server on 127.0.0.1")
@@ -190,7 +209,7 @@ class EchoServer(_Echo):
         self._thread = threading.Thread(target=loop.run_forever, name="graylb-grpc-aio", daemon=True)
         self._thread.start()
 
-        async def start() -> Any:
+        async def start() -> grpc.aio.Server:
             server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
             echo_pb2_grpc.add_EchoServicer_to_server(_AioServicer(self), server)
             self.port = self._bind(server)
@@ -222,11 +241,12 @@ class EchoServer(_Echo):
         wait = (grace or 0) + 5
         if self._loop is not None:
             try:
-                asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(timeout=wait)
+                aio_server = cast(grpc.aio.Server, self._server)  # a loop is only there for one
+                asyncio.run_coroutine_threadsafe(aio_server.stop(grace), self._loop).result(timeout=wait)
             finally:
                 self._close_loop()
         else:
-            self._server.stop(grace).wait(timeout=wait)
+            cast(grpc.Server, self._server).stop(grace).wait(timeout=wait)
 
     def __enter__(self) -> EchoServer:
         return self
@@ -235,14 +255,24 @@ class EchoServer(_Echo):
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<EchoServer {self.service} {self.version} lane={self.lane} at {self.address}{'' if self.running else ' stopped'}>"
+        return (
+            f"<EchoServer {self.service} {self.version} lane={self.lane} at "
+            f"{self.address}{'' if self.running else ' stopped'}>"
+        )
 
 
 class AioEchoServer(_Echo):
     """A ``grpc.aio`` Echo server on the caller's event loop: ``await start()`` (binds a free port;
     ``address`` / ``port`` are known after it), ``await stop(grace=None)``, ``async with``."""
 
-    def __init__(self, service: str = "orders", version: str = "1.0.0", lane: str | None = None, *, interceptors: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        service: str = "orders",
+        version: str = "1.0.0",
+        lane: str | None = None,
+        *,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
         super().__init__(service, version, lane)
         self._interceptors = list(interceptors)
         self._server: grpc.aio.Server | None = None
@@ -273,10 +303,20 @@ class AioEchoServer(_Echo):
         await self.stop()
 
     def __repr__(self) -> str:
-        return f"<AioEchoServer {self.service} {self.version} lane={self.lane} at {self.address}{'' if self.running else ' stopped'}>"
+        return (
+            f"<AioEchoServer {self.service} {self.version} lane={self.lane} at "
+            f"{self.address}{'' if self.running else ' stopped'}>"
+        )
 
 
-def serve_echo(service: str = "orders", version: str = "1.0.0", lane: str | None = None, *, aio: bool = False, interceptors: Sequence[Any] = ()) -> EchoServer:
+def serve_echo(
+    service: str = "orders",
+    version: str = "1.0.0",
+    lane: str | None = None,
+    *,
+    aio: bool = False,
+    interceptors: Sequence[Any] = (),
+) -> EchoServer:
     """Start an Echo server for ``service`` at ``version`` (in ``lane``) on a free 127.0.0.1 port.
 
     ``aio=True`` serves with ``grpc.aio`` on a background event loop; the API stays synchronous.
@@ -285,7 +325,9 @@ def serve_echo(service: str = "orders", version: str = "1.0.0", lane: str | None
     return EchoServer(service, version, lane, aio=aio, interceptors=interceptors)
 
 
-def serve_echo_aio(service: str = "orders", version: str = "1.0.0", lane: str | None = None, *, interceptors: Sequence[Any] = ()) -> AioEchoServer:
+def serve_echo_aio(
+    service: str = "orders", version: str = "1.0.0", lane: str | None = None, *, interceptors: Sequence[Any] = ()
+) -> AioEchoServer:
     """An Echo server for the caller's event loop, not yet started: ``await server.start()`` or
     ``async with serve_echo_aio(...) as server:``."""
     return AioEchoServer(service, version, lane, interceptors=interceptors)

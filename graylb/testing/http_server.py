@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["WSGIServer", "serve_wsgi", "TrackingHTTPServer", "TrackedHandler"]
 
-WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class TrackedHandler(BaseHTTPRequestHandler):
@@ -48,7 +48,7 @@ class _Handler(TrackedHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         path, _, query = self.path.partition("?")
-        environ = {
+        environ: dict[str, Any] = {
             "REQUEST_METHOD": self.command,
             "SCRIPT_NAME": "",
             "PATH_INFO": path,
@@ -74,7 +74,9 @@ class _Handler(TrackedHandler):
             environ[key] = f"{environ[key]},{value}" if key in environ else value
         status_headers: list[Any] = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             status_headers[:] = [status, headers]
             return lambda data: None
 
@@ -104,6 +106,9 @@ class TrackingHTTPServer(ThreadingHTTPServer):
     drop them all like a crashed process would (handlers call :meth:`track` / :meth:`untrack`).
     Shared by the test WSGI server and the fake registries."""
 
+    # AF_INET (the default family; nothing here sets another): bound, it is getsockname()'s
+    # (host, port), the host a str. typeshed's type also allows bytes hosts and IPv6 4-tuples.
+    server_address: tuple[str, int]
     daemon_threads = True
     allow_reuse_address = True
     # The default listen backlog (5) drops connection bursts: hundreds of watchers connect at once.
@@ -145,7 +150,12 @@ class WSGIServer:
         self._server = _Server((host, port), app)
         self.host, self.port = self._server.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"graylb-http-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"graylb-http-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         self.running = True
 

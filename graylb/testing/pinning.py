@@ -25,8 +25,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import GraylbError
 from ..balancer import add_no_instance_hook
+from ..errors import GraylbError
 from ..propagation.context import GrayContext, ProcessOverride, install_override
 from ..versioning import VersionSelector
 
@@ -46,7 +46,14 @@ class Override:
     ``start()`` / ``stop()`` by hand (what the pytest fixtures do). ``misses`` lists the calls
     that found no instance while it was active, as ``(service, message)``."""
 
-    def __init__(self, *, pins: Mapping[str, str] | None = None, lane: str | None = None, forced: bool = False, strict: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        pins: Mapping[str, str] | None = None,
+        lane: str | None = None,
+        forced: bool = False,
+        strict: bool = True,
+    ) -> None:
         self.pins = dict(pins or {})
         for service, selector in self.pins.items():
             if not service or not isinstance(service, str):
@@ -54,7 +61,9 @@ class Override:
             try:
                 VersionSelector(str(selector))
             except ValueError as exc:
-                raise ValueError(f"pin_version: service '{service}': bad version selector {selector!r}: {exc}") from None
+                raise ValueError(
+                    f"pin_version: service '{service}': bad version selector {selector!r}: {exc}"
+                ) from None
         if lane is not None and not lane:
             raise ValueError("lane: the lane name must be a non-empty string")
         self.lane = lane
@@ -122,7 +131,7 @@ class Override:
                 if name.startswith("test") and callable(member):
                     setattr(target, name, self(member))
             return target
-        fn: Callable[..., Any] = target  # type: ignore[assignment]
+        fn: Callable[..., Any] = target  # type: ignore[assignment]  # not a class: isclass does not narrow T
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
@@ -130,14 +139,14 @@ class Override:
                 with self._fresh():
                     return await fn(*args, **kwargs)
 
-            return run_async  # type: ignore[return-value]
+            return run_async  # type: ignore[return-value]  # functools.wraps(fn): the decorated T
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             with self._fresh():
                 return fn(*args, **kwargs)
 
-        return run  # type: ignore[return-value]
+        return run  # type: ignore[return-value]  # functools.wraps(fn): the decorated T
 
     def _concerns(self, service: str) -> bool:
         return service in self.pins or self.lane is not None

@@ -44,13 +44,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="registry behind the graylb_backend fixture: memory (default), consul (FakeConsul) or nacos (FakeNacos)",
     )
-    parser.addini("graylb_registry", "default registry for the graylb_backend fixture (memory, consul, nacos)", default="memory")
+    parser.addini(
+        "graylb_registry", "default registry for the graylb_backend fixture (memory, consul, nacos)", default="memory"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "graylb_pin(service, version): pin the service to a version for the whole test (any thread/task)")
+    config.addinivalue_line(
+        "markers", "graylb_pin(service, version): pin the service to a version for the whole test (any thread/task)"
+    )
     config.addinivalue_line("markers", "graylb_lane(name, forced=False): put every call made during the test in a lane")
-    config.addinivalue_line("markers", "graylb_registry(*names): run the graylb_backend fixture on these registries (memory, consul, nacos)")
+    config.addinivalue_line(
+        "markers", "graylb_registry(*names): run the graylb_backend fixture on these registries (memory, consul, nacos)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,7 +68,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kinds = list(marker.args) or list(BACKENDS)
     for kind in kinds:
         if kind not in BACKENDS:
-            raise pytest.UsageError(f"{metafunc.definition.nodeid}: graylb_registry({kind!r}): choose from {', '.join(BACKENDS)}")
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: graylb_registry({kind!r}): choose from {', '.join(BACKENDS)}"
+            )
     metafunc.parametrize("graylb_backend", kinds, indirect=True, ids=[f"graylb-{k}" for k in kinds])
 
 
@@ -132,7 +140,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 @pytest.fixture
 def graylb_registry() -> Any:
-    """An in-memory registry: ``graylb_registry.add({"host": ..., "port": ..., "version": "2.0.0"}, service="orders")``."""
+    """An in-memory registry:
+    ``graylb_registry.add({"host": ..., "port": ..., "version": "2.0.0"}, service="orders")``."""
     from ..discovery.static import StaticDiscovery
 
     return StaticDiscovery()
@@ -162,7 +171,12 @@ def graylb_nacos() -> Iterator[Any]:
 def graylb_backend(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Instances and rules on the chosen registry; its balancers see every change before
     ``add`` / ``remove`` / ``set_rules`` return."""
-    kind = getattr(request, "param", None) or request.config.getoption("--graylb-registry") or request.config.getini("graylb_registry") or "memory"
+    kind = (
+        getattr(request, "param", None)
+        or request.config.getoption("--graylb-registry")
+        or request.config.getini("graylb_registry")
+        or "memory"
+    )
     from .registries import open_backend
 
     backend = open_backend(kind)

@@ -18,6 +18,7 @@ change, so a test never races the registry's propagation delay.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -68,8 +69,18 @@ class RegistryBackend:
         pass
 
     # -- the test-facing verbs --------------------------------------------------------------
-    def add(self, service: str, host: str = "127.0.0.1", port: int | None = None, *, version: str | None = None, lane: str | None = None, weight: int | None = None,
-            server: Any = None, instance_id: str | None = None) -> str:
+    def add(
+        self,
+        service: str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        version: str | None = None,
+        lane: str | None = None,
+        weight: int | None = None,
+        server: Any = None,
+        instance_id: str | None = None,
+    ) -> str:
         """Register an instance (``server=`` takes anything with ``host``/``port``, e.g. a
         :func:`serve_wsgi` server or an echo server). Returns its id, for :meth:`remove`."""
         if server is not None:
@@ -87,7 +98,9 @@ class RegistryBackend:
         try:
             service, host, port = self._instances.pop(instance_id)
         except KeyError:
-            raise KeyError(f"no instance '{instance_id}' was added to this {self.kind} backend (added: {sorted(self._instances)})") from None
+            raise KeyError(
+                f"no instance '{instance_id}' was added to this {self.kind} backend (added: {sorted(self._instances)})"
+            ) from None
         self._deregister(service, host, port, instance_id)
         self._wait(lambda b: not self._sees(b, service, host, port), f"'{service}' instance {host}:{port} to disappear")
 
@@ -109,7 +122,11 @@ class RegistryBackend:
         balancer = Balancer(self.discovery(), self.rule_source(), **kwargs)
         self.balancers.append(balancer)
         for service, host, port in list(self._instances.values()):
-            self._wait_one(balancer, lambda b, s=service, h=host, p=port: self._sees(b, s, h, p), f"'{service}' instance {host}:{port} to appear")
+            self._wait_one(
+                balancer,
+                functools.partial(self._sees, service=service, host=host, port=port),
+                f"'{service}' instance {host}:{port} to appear",
+            )
         return balancer
 
     def close(self) -> None:
@@ -166,7 +183,7 @@ class MemoryBackend(RegistryBackend):
             source.apply(text, origin="memory backend rules")
 
     def discovery(self) -> Discovery:
-        return _SharedRegistry(self.registry)  # type: ignore[return-value]
+        return _SharedRegistry(self.registry)  # type: ignore[return-value]  # forwards every attribute to a Discovery
 
     def rule_source(self) -> RuleSource:
         source = StaticRules(self._rules_text, name="memory backend rules")
@@ -232,7 +249,15 @@ class NacosBackend(RegistryBackend):
 
     kind = "nacos"
 
-    def __init__(self, fake: Any = None, *, data_id: str = "graylb.rules", group: str = "DEFAULT_GROUP", refresh_interval: float = 0.05, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fake: Any = None,
+        *,
+        data_id: str = "graylb.rules",
+        group: str = "DEFAULT_GROUP",
+        refresh_interval: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         from .fake_nacos import FakeNacos
 
@@ -267,7 +292,11 @@ class NacosBackend(RegistryBackend):
 
 def open_backend(kind: str, **kwargs: Any) -> RegistryBackend:
     """``memory`` | ``consul`` | ``nacos`` (fake servers started on free 127.0.0.1 ports)."""
-    factories: dict[str, Callable[..., RegistryBackend]] = {"memory": MemoryBackend, "consul": ConsulBackend, "nacos": NacosBackend}
+    factories: dict[str, Callable[..., RegistryBackend]] = {
+        "memory": MemoryBackend,
+        "consul": ConsulBackend,
+        "nacos": NacosBackend,
+    }
     try:
         factory = factories[kind]
     except KeyError:

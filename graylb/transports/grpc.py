@@ -27,8 +27,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -49,6 +49,42 @@ log = logging.getLogger("graylb")
 
 _FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 Metadata = Sequence[tuple[str, Any]]
+AioMetadata = grpc.aio.Metadata | Sequence[tuple[str, Any]]
+Serializer = Callable[[Any], bytes]
+Deserializer = Callable[[bytes], Any]
+
+# The channels serve every method of every service, so requests and responses are Any; so are
+# the call objects handed back: grpc's own (from a sub-channel) or stand-ins that forward to one
+# (_ServedCall, _AioUnaryCall, _DeferredAioCall), which grpc's type stubs do not know.
+if TYPE_CHECKING:
+    # Generic in grpc's type stubs; the sync ones are not subscriptable at run time.
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable[Any, Any]
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable[Any, Any]
+    _StreamStreamBase = grpc.StreamStreamMultiCallable[Any, Any]
+    _AioUnaryUnaryBase = grpc.aio.UnaryUnaryMultiCallable[Any, Any]
+    _AioUnaryStreamBase = grpc.aio.UnaryStreamMultiCallable[Any, Any]
+    _AioStreamUnaryBase = grpc.aio.StreamUnaryMultiCallable[Any, Any]
+    _AioStreamStreamBase = grpc.aio.StreamStreamMultiCallable[Any, Any]
+else:
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable
+    _StreamStreamBase = grpc.StreamStreamMultiCallable
+    _AioUnaryUnaryBase = grpc.aio.UnaryUnaryMultiCallable
+    _AioUnaryStreamBase = grpc.aio.UnaryStreamMultiCallable
+    _AioStreamUnaryBase = grpc.aio.StreamUnaryMultiCallable
+    _AioStreamStreamBase = grpc.aio.StreamStreamMultiCallable
+
+# The event loop holds only weak references to tasks: the fire-and-forget ones started here are
+# kept alive until they finish.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 class _SubChannels:
@@ -101,7 +137,7 @@ def _values_of(md: list[tuple[str, Any]]) -> Callable[[str], list[str]]:
     return values
 
 
-def _metadata_with_context(balancer: Balancer, metadata: Metadata | None) -> list[tuple[str, Any]]:
+def _metadata_with_context(balancer: Balancer, metadata: AioMetadata | None) -> list[tuple[str, Any]]:
     """The call's metadata plus the gray context, exactly as the client interceptors do it."""
     md = outbound_metadata(balancer.codec, current(), metadata)
     return list(metadata or ()) if md is None else md
@@ -110,7 +146,9 @@ def _metadata_with_context(balancer: Balancer, metadata: Metadata | None) -> lis
 class _Router:
     """What the sync and aio channels share: routing, metadata, sub-channels, served records."""
 
-    def __init__(self, balancer: Balancer, service: str, factory: Callable[[str], Any], closer: Callable[[Any], None]) -> None:
+    def __init__(
+        self, balancer: Balancer, service: str, factory: Callable[[str], Any], closer: Callable[[Any], None]
+    ) -> None:
         self.balancer = balancer
         self.service = service
         self.subchannels = _SubChannels(factory, closer)
@@ -118,17 +156,19 @@ class _Router:
         watch.add_listener(self.subchannels.retain)
         self._watch = watch
 
-    def start(self, method: str, metadata: Metadata | None) -> tuple[Call, list[tuple[str, Any]]]:
+    def start(self, method: str, metadata: AioMetadata | None) -> tuple[Call, list[tuple[str, Any]]]:
         md = _metadata_with_context(self.balancer, metadata)
         headers = {k.lower(): v for k, v in md if isinstance(v, str)}
         try:
-            call = self.balancer.start(self.service, RequestInfo("POST", method, headers.get, "", _values_of(md)), current())
+            call = self.balancer.start(
+                self.service, RequestInfo("POST", method, headers.get, "", _values_of(md)), current()
+            )
         except NoInstanceAvailable as exc:
             telemetry.record_no_instance(exc.service, exc.subset)
             raise
         return call, md
 
-    async def astart(self, method: str, metadata: Metadata | None) -> tuple[Call, list[tuple[str, Any]]]:
+    async def astart(self, method: str, metadata: AioMetadata | None) -> tuple[Call, list[tuple[str, Any]]]:
         """:meth:`start` for grpc.aio: the first RPCs await the service's first snapshot."""
         if not self.balancer.ready(self.service):
             try:
@@ -213,7 +253,9 @@ class _Attempt:
             return
         self.open = False
         self.call.done(self.instance, ok=code not in _FAILURES)
-        telemetry.record(self.served, "ok" if code == grpc.StatusCode.OK else "error", time.perf_counter() - self.started)
+        telemetry.record(
+            self.served, "ok" if code == grpc.StatusCode.OK else "error", time.perf_counter() - self.started
+        )
 
     def _end_in_callback(self, code: grpc.StatusCode | None) -> None:
         try:
@@ -243,14 +285,16 @@ class _Attempt:
                 status = None
             self._end_in_callback(status)
 
-        asyncio.ensure_future(later())
+        _spawn(later())
 
 
 # -- sync ------------------------------------------------------------------------------------
 
 
-class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
-    def __init__(self, channel: GrayChannel, method: str, ser: Any, deser: Any, kw: dict) -> None:
+class _UnaryUnary(_UnaryUnaryBase):
+    def __init__(
+        self, channel: GrayChannel, method: str, ser: Serializer | None, deser: Deserializer | None, kw: dict[str, Any]
+    ) -> None:
         self._ch, self._method, self._ser, self._deser, self._kw = channel, method, ser, deser, kw
         self._per_channel: dict[Any, Any] = {}  # sub-channel -> its multicallable (~7 us to make)
 
@@ -263,10 +307,26 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
             mc = self._per_channel[channel] = channel.unary_unary(self._method, self._ser, self._deser, **self._kw)
         return mc
 
-    def __call__(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
         return self.with_call(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
 
-    def with_call(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, Any]:
         router = self._ch._router
         call, md = router.start(self._method, metadata)
         started = time.perf_counter()
@@ -275,11 +335,22 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
             instance = call.next_instance()
             try:
                 sub = self._sub(instance)
-                response, rpc = sub.with_call(request, timeout=_remaining(deadline), metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+                response, rpc = sub.with_call(
+                    request,
+                    timeout=_remaining(deadline),
+                    metadata=md,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
             except grpc.RpcError as exc:
                 code = _code_of(exc)
                 call.done(instance, ok=code not in _FAILURES)
-                if code == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
+                if (
+                    code == grpc.StatusCode.UNAVAILABLE
+                    and call.can_retry(CONNECT_FAILURE, "POST")
+                    and (deadline is None or time.monotonic() < deadline)
+                ):
                     continue
                 router.finish(call, instance, started, "error")
                 raise
@@ -290,12 +361,27 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):
             call.done(instance, ok=True)
             return response, _ServedCall(rpc, router.finish(call, instance, started, "ok"))
 
-    def future(self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
         # A future is handed back before the RPC ends: route and pick once, no retry.
         call, md = self._ch._router.start(self._method, metadata)
         attempt = _Attempt(call, call.next_instance())
         try:
-            fut = self._sub(attempt.instance).future(request, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+            fut = self._sub(attempt.instance).future(
+                request,
+                timeout=timeout,
+                metadata=md,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
         except BaseException:
             attempt.end(None)
             raise
@@ -307,16 +393,28 @@ class _Streaming:
     """unary-stream, stream-unary and stream-stream: one pick per call, no retry. The attempt
     ends when the RPC does: in its done callback, or before returning for a blocking call."""
 
-    def __init__(self, channel: GrayChannel, kind: str, method: str, ser: Any, deser: Any, kw: dict) -> None:
+    def __init__(
+        self,
+        channel: GrayChannel,
+        kind: str,
+        method: str,
+        ser: Serializer | None,
+        deser: Deserializer | None,
+        kw: dict[str, Any],
+    ) -> None:
         self._ch, self._kind, self._method, self._ser, self._deser, self._kw = channel, kind, method, ser, deser, kw
 
-    def _start(self, metadata: Metadata | None, invoke: Callable[[Any, list[tuple[str, Any]]], Any]) -> tuple[_Attempt, Any]:
+    def _start(
+        self, metadata: Metadata | None, invoke: Callable[[Any, list[tuple[str, Any]]], Any]
+    ) -> tuple[_Attempt, Any]:
         """Route, pick, and ``invoke(sub multicallable, metadata)``; an error that keeps the RPC
         from starting ends the attempt."""
         call, md = self._ch._router.start(self._method, metadata)
         attempt = _Attempt(call, call.next_instance())
         try:
-            sub = getattr(self._ch._router.subchannels.get(attempt.instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
+            sub = getattr(self._ch._router.subchannels.get(attempt.instance), self._kind)(
+                self._method, self._ser, self._deser, **self._kw
+            )
             return attempt, invoke(sub, md)
         except grpc.RpcError as exc:  # a blocking call's status
             attempt.end(_code_of(exc))
@@ -329,32 +427,94 @@ class _Streaming:
 class _ResponseStreaming(_Streaming):
     """unary-stream and stream-stream: the call object is the response iterator."""
 
-    def __call__(self, request_or_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        attempt, rpc = self._start(metadata, lambda sub, md: sub(request_or_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression))
+    def __call__(
+        self,
+        request_or_iterator: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        attempt, rpc = self._start(
+            metadata,
+            lambda sub, md: sub(
+                request_or_iterator,
+                timeout=timeout,
+                metadata=md,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            ),
+        )
         rpc.add_done_callback(attempt.on_done)
         return rpc
 
 
-class _UnaryStream(_ResponseStreaming, grpc.UnaryStreamMultiCallable):
+class _UnaryStream(_ResponseStreaming, _UnaryStreamBase):
     pass
 
 
-class _StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):
-    def __call__(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+class _StreamUnary(_Streaming, _StreamUnaryBase):
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
         return self.with_call(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)[0]
 
-    def with_call(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        attempt, (response, rpc) = self._start(metadata, lambda sub, md: sub.with_call(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression))
+    def with_call(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, Any]:
+        attempt, (response, rpc) = self._start(
+            metadata,
+            lambda sub, md: sub.with_call(
+                request_iterator,
+                timeout=timeout,
+                metadata=md,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            ),
+        )
         attempt.end(grpc.StatusCode.OK)
         return response, _ServedCall(rpc, attempt.served)
 
-    def future(self, request_iterator, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        attempt, fut = self._start(metadata, lambda sub, md: sub.future(request_iterator, timeout=timeout, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready, compression=compression))
+    def future(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        attempt, fut = self._start(
+            metadata,
+            lambda sub, md: sub.future(
+                request_iterator,
+                timeout=timeout,
+                metadata=md,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            ),
+        )
         fut.add_done_callback(attempt.on_done)
         return fut
 
 
-class _StreamStream(_ResponseStreaming, grpc.StreamStreamMultiCallable):
+class _StreamStream(_ResponseStreaming, _StreamStreamBase):
     pass
 
 
@@ -362,7 +522,14 @@ class GrayChannel(grpc.Channel):
     """``grpc.Channel`` for one registry service. ``credentials`` (``grpc.ssl_channel_credentials``)
     makes every sub-channel secure; ``options`` are passed to each sub-channel."""
 
-    def __init__(self, balancer: Balancer, service: str, *, credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        balancer: Balancer,
+        service: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
         def factory(address: str) -> grpc.Channel:
             if credentials is not None:
                 return grpc.secure_channel(address, credentials, options)
@@ -374,22 +541,46 @@ class GrayChannel(grpc.Channel):
     def subchannel_count(self) -> int:
         return len(self._router.subchannels)
 
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _UnaryUnary:
         return _UnaryUnary(self, method, request_serializer, response_deserializer, kw)
 
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _UnaryStream:
         return _UnaryStream(self, "unary_stream", method, request_serializer, response_deserializer, kw)
 
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _StreamUnary:
         return _StreamUnary(self, "stream_unary", method, request_serializer, response_deserializer, kw)
 
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _StreamStream:
         return _StreamStream(self, "stream_stream", method, request_serializer, response_deserializer, kw)
 
-    def subscribe(self, callback, try_to_connect=False):
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
         callback(grpc.ChannelConnectivity.READY)  # routing state, not one connection's
 
-    def unsubscribe(self, callback):
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
         pass
 
     def close(self) -> None:
@@ -410,12 +601,12 @@ class _AioUnaryCall:
     """Awaitable result of an aio unary RPC through the gray channel; after it completes,
     ``graylb`` holds the :class:`Served` record and ``call`` the last real grpc.aio call."""
 
-    def __init__(self, owner: _AioUnaryUnary, request: Any, kw: dict) -> None:
+    def __init__(self, owner: _AioUnaryUnary, request: Any, kw: dict[str, Any]) -> None:
         self._owner, self._request, self._kw = owner, request, kw
         self.graylb: Served | None = None
         self.call: Any = None
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._run().__await__()
 
     async def _run(self) -> Any:
@@ -435,7 +626,11 @@ class _AioUnaryCall:
                 response = await self.call
             except grpc.aio.AioRpcError as exc:
                 call.done(instance, ok=exc.code() not in _FAILURES)
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and call.can_retry(CONNECT_FAILURE, "POST") and (deadline is None or time.monotonic() < deadline):
+                if (
+                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and call.can_retry(CONNECT_FAILURE, "POST")
+                    and (deadline is None or time.monotonic() < deadline)
+                ):
                     continue
                 router.finish(call, instance, started, "error")
                 raise
@@ -450,22 +645,51 @@ class _AioUnaryCall:
             return response
 
 
-class _AioUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):
-    def __init__(self, channel: AioGrayChannel, method: str, ser: Any, deser: Any, kw: dict) -> None:
+class _AioUnaryUnary(_AioUnaryUnaryBase):
+    def __init__(
+        self,
+        channel: AioGrayChannel,
+        method: str,
+        ser: Serializer | None,
+        deser: Deserializer | None,
+        kw: dict[str, Any],
+    ) -> None:
         self._ch, self._method, self._ser, self._deser, self._kw = channel, method, ser, deser, kw
 
-    def __call__(self, request, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
-        kw = {"timeout": timeout, "metadata": metadata, "credentials": credentials, "wait_for_ready": wait_for_ready, "compression": compression}
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: AioMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        kw = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
         return _AioUnaryCall(self, request, kw)
 
 
 class _AioStreaming:
-    def __init__(self, channel: AioGrayChannel, kind: str, method: str, ser: Any, deser: Any, kw: dict) -> None:
+    def __init__(
+        self,
+        channel: AioGrayChannel,
+        kind: str,
+        method: str,
+        ser: Serializer | None,
+        deser: Deserializer | None,
+        kw: dict[str, Any],
+    ) -> None:
         self._ch, self._kind, self._method, self._ser, self._deser, self._kw = channel, kind, method, ser, deser, kw
 
-    def __call__(self, request=None, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None, compression=None):
+    def _start_call(self, request: Any, kw: dict[str, Any]) -> Any:
         self._ch._reap_soon()
-        kw = {"timeout": timeout, "metadata": metadata, "credentials": credentials, "wait_for_ready": wait_for_ready, "compression": compression}
         router = self._ch._router
         if router.balancer.ready(router.service):
             return self._begin(request, kw)
@@ -473,7 +697,7 @@ class _AioStreaming:
         # that starts the RPC when the snapshot is here instead of blocking the event loop.
         return _DeferredAioCall(self._begin_when_ready(request, kw))
 
-    async def _begin_when_ready(self, request: Any, kw: dict) -> Any:
+    async def _begin_when_ready(self, request: Any, kw: dict[str, Any]) -> Any:
         router = self._ch._router
         waited = time.monotonic()
         try:
@@ -485,12 +709,14 @@ class _AioStreaming:
             kw["timeout"] = max(0.0, kw["timeout"] - (time.monotonic() - waited))
         return self._begin(request, kw)
 
-    def _begin(self, request: Any, kw: dict) -> Any:
+    def _begin(self, request: Any, kw: dict[str, Any]) -> Any:
         router = self._ch._router
         call, md = router.start(self._method, kw.pop("metadata"))
         attempt = _Attempt(call, call.next_instance())
         try:
-            sub = getattr(router.subchannels.get(attempt.instance), self._kind)(self._method, self._ser, self._deser, **self._kw)
+            sub = getattr(router.subchannels.get(attempt.instance), self._kind)(
+                self._method, self._ser, self._deser, **self._kw
+            )
             args = () if request is None and self._kind == "stream_stream" else (request,)
             rpc = sub(*args, metadata=md, **kw)
         except BaseException:
@@ -510,7 +736,18 @@ class _DeferredAioCall:
     unchanged. Without a snapshot in time, they raise :class:`~graylb.errors.NoSnapshot`.
     """
 
-    _FORWARDED = frozenset({"read", "write", "done_writing", "initial_metadata", "trailing_metadata", "code", "details", "wait_for_connection"})
+    _FORWARDED = frozenset(
+        {
+            "read",
+            "write",
+            "done_writing",
+            "initial_metadata",
+            "trailing_metadata",
+            "code",
+            "details",
+            "wait_for_connection",
+        }
+    )
 
     def __init__(self, begin: Any) -> None:
         self._task: asyncio.Task[Any] = asyncio.ensure_future(begin)
@@ -548,14 +785,14 @@ class _DeferredAioCall:
 
         return forward
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
-    async def _iterate(self):
+    async def _iterate(self) -> AsyncIterator[Any]:
         async for item in await self._rpc():
             yield item
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._response().__await__()
 
     async def _response(self) -> Any:
@@ -585,22 +822,68 @@ class _DeferredAioCall:
             self._callbacks.append(callback)
 
 
-class _AioUnaryStream(_AioStreaming, grpc.aio.UnaryStreamMultiCallable):
+class _AioUnaryStream(_AioStreaming, _AioUnaryStreamBase):
+    def __call__(
+        self,
+        request: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: AioMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        kw = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._start_call(request, kw)
+
+
+class _AioRequestStreaming(_AioStreaming):
+    """stream-unary and stream-stream: grpc.aio takes their options positionally too."""
+
+    def __call__(
+        self,
+        request_iterator: AsyncIterable[Any] | Iterable[Any] | None = None,
+        timeout: float | None = None,
+        metadata: AioMetadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        kw = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return self._start_call(request_iterator, kw)
+
+
+class _AioStreamUnary(_AioRequestStreaming, _AioStreamUnaryBase):
     pass
 
 
-class _AioStreamUnary(_AioStreaming, grpc.aio.StreamUnaryMultiCallable):
-    pass
-
-
-class _AioStreamStream(_AioStreaming, grpc.aio.StreamStreamMultiCallable):
+class _AioStreamStream(_AioRequestStreaming, _AioStreamStreamBase):
     pass
 
 
 class AioGrayChannel(grpc.aio.Channel):
     """The ``grpc.aio.Channel`` twin of :class:`GrayChannel`; create and use it on one event loop."""
 
-    def __init__(self, balancer: Balancer, service: str, *, credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        balancer: Balancer,
+        service: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
         def factory(address: str) -> grpc.aio.Channel:
             if credentials is not None:
                 return grpc.aio.secure_channel(address, credentials, options)
@@ -613,16 +896,40 @@ class AioGrayChannel(grpc.aio.Channel):
     def subchannel_count(self) -> int:
         return len(self._router.subchannels)
 
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _AioUnaryUnary:
         return _AioUnaryUnary(self, method, request_serializer, response_deserializer, kw)
 
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _AioUnaryStream:
         return _AioUnaryStream(self, "unary_stream", method, request_serializer, response_deserializer, kw)
 
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _AioStreamUnary:
         return _AioStreamUnary(self, "stream_unary", method, request_serializer, response_deserializer, kw)
 
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kw):
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kw: Any,
+    ) -> _AioStreamStream:
         return _AioStreamStream(self, "stream_stream", method, request_serializer, response_deserializer, kw)
 
     async def close(self, grace: float | None = None) -> None:
@@ -632,7 +939,7 @@ class AioGrayChannel(grpc.aio.Channel):
 
     def _reap_soon(self) -> None:
         if self._pending_close:  # one list check per RPC; closing happens in a task
-            asyncio.ensure_future(self.reap())
+            _spawn(self.reap())
 
     async def reap(self) -> int:
         """Close sub-channels of instances that left the snapshot. aio channels must be closed on
@@ -646,7 +953,7 @@ class AioGrayChannel(grpc.aio.Channel):
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return grpc.ChannelConnectivity.READY
 
-    async def wait_for_state_change(self, last_observed_state) -> None:
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         raise NotImplementedError("a gray channel has no single connectivity state")
 
     async def channel_ready(self) -> None:

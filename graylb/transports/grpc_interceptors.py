@@ -47,8 +47,8 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -69,13 +69,22 @@ __all__ = [
 
 _logger = logging.getLogger("graylb.propagation")
 
+# The interceptors are generic per method over request and response types, which they never look
+# at: requests, responses and the call objects grpc hands back are typed Any here.
+if TYPE_CHECKING:
+    # Generic in grpc's type stubs, not at run time (grpc.RpcMethodHandler[...] raises there).
+    _RpcMethodHandlerBase = grpc.RpcMethodHandler[Any, Any]
+else:
+    _RpcMethodHandlerBase = grpc.RpcMethodHandler
 
 
 def _checked_codec(codec: HeaderCodec | None) -> HeaderCodec:
     codec = codec if codec is not None else HeaderCodec()
     for name in codec.header_names:
         if name.endswith("-bin") or name.startswith("grpc-"):
-            raise ValueError(f"{name!r} cannot carry gray context in gRPC metadata ('-bin' is binary, 'grpc-' is reserved)")
+            raise ValueError(
+                f"{name!r} cannot carry gray context in gRPC metadata ('-bin' is binary, 'grpc-' is reserved)"
+            )
     return codec
 
 
@@ -137,7 +146,9 @@ def _gray_metadata(codec: HeaderCodec, ctx: GrayContext, metadata: Any) -> list[
 
 
 class _CallDetails(
-    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
     grpc.ClientCallDetails,
 ):
     """``grpc.ClientCallDetails`` with new metadata (grpc requires a subclass)."""
@@ -170,16 +181,36 @@ class GrayClientInterceptor(
             getattr(details, "compression", None),
         )
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
         return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
         return continuation(self._details(client_call_details), request)
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
         return continuation(self._details(client_call_details), request_iterator)
 
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
         return continuation(self._details(client_call_details), request_iterator)
 
 
@@ -203,16 +234,36 @@ class _AioClientBase:
             getattr(details, "wait_for_ready", None),
         )
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
 
@@ -285,7 +336,8 @@ def _metadata_get(metadata: Any, wanted: frozenset[str]) -> Callable[[str], str 
                 found[key] = f"{previous},{value}"
     except Exception:
         _logger.warning("graylb: malformed gRPC metadata; reading no gray context from it")
-        return {}.get
+        none: dict[str, str] = {}
+        return none.get
     return found.get
 
 
@@ -340,10 +392,16 @@ def _make_stripped_context_class(base: type) -> type:
             raise AttributeError(name)
         return getattr(self._inner, name)
 
-    namespace.update(__init__=__init__, invocation_metadata=invocation_metadata, __getattr__=__getattr__, __slots__=("_inner", "_codec"))
+    namespace.update(
+        __init__=__init__,
+        invocation_metadata=invocation_metadata,
+        __getattr__=__getattr__,
+        __slots__=("_inner", "_codec"),
+    )
     namespace["__module__"] = __name__
     cls = type(f"GrayStripped{base.__name__}", (base,), namespace)
-    cls.__abstractmethods__ = frozenset()
+    # ABCMeta reads __abstractmethods__ at instantiation; typeshed's `type` does not declare it.
+    cls.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]
     return cls
 
 
@@ -365,7 +423,7 @@ class _RpcMethodHandler(
             "stream_stream",
         ),
     ),
-    grpc.RpcMethodHandler,
+    _RpcMethodHandlerBase,
 ):
     pass
 
@@ -386,7 +444,9 @@ class _ServerBase:
             return self.codec.extract(_metadata_get(metadata, self._wanted)), servicer_context
         return EMPTY, stripped_class(servicer_context, self.codec)
 
-    def _wrap_sync(self, behavior: Callable[..., Any], streaming: bool, metadata: Any, stripped_class: type) -> Callable[..., Any]:
+    def _wrap_sync(
+        self, behavior: Callable[..., Any], streaming: bool, metadata: Any, stripped_class: type
+    ) -> Callable[..., Any]:
         # A private Context per call, like GrayWSGIMiddleware: the behaviour and every step of a
         # response iterator run in it, so a pooled worker thread is never left with a stale
         # context and iteration from another thread (grpc.aio's executor path) works too.
@@ -401,7 +461,9 @@ class _ServerBase:
 
         return wrapped
 
-    def _wrap_handler(self, handler: Any, metadata: Any, wrap: Callable[[Callable[..., Any], bool, Any], Callable[..., Any]]) -> Any:
+    def _wrap_handler(
+        self, handler: Any, metadata: Any, wrap: Callable[[Callable[..., Any], bool, Any], Callable[..., Any]]
+    ) -> _RpcMethodHandler | None:
         if handler is None:
             return None
         behaviours = {}
@@ -421,7 +483,11 @@ class GrayServerInterceptor(_ServerBase, grpc.ServerInterceptor):
     """``grpc.server(pool, interceptors=[GrayServerInterceptor(trust=...)])``: each handler runs
     with the gray context from its call's metadata. See the module docstring for ``trust``."""
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         metadata = getattr(handler_call_details, "invocation_metadata", None)
         return self._wrap_handler(handler, metadata, self._wrap)
@@ -443,7 +509,11 @@ class AioGrayServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
     with the caller's gray context. Each kind of handler stays that kind, since grpc.aio picks
     how to run a handler by inspecting it."""
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         metadata = getattr(handler_call_details, "invocation_metadata", None)
         return self._wrap_handler(handler, metadata, self._wrap)

@@ -28,8 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from contract_backends import BACKENDS, Backend, StartFailed, real_nacos_from_env, recipe, start_fake_consul, start_fake_nacos, start_real_consul
+from contract_backends import (
+    BACKENDS,
+    Backend,
+    StartFailed,
+    real_nacos_from_env,
+    recipe,
+    start_fake_consul,
+    start_fake_nacos,
+    start_real_consul,
+)
 
 _ID = re.compile(r"\[(" + "|".join(re.escape(b) for b in BACKENDS) + r")\]")
 
@@ -56,8 +64,23 @@ def _unavailable(name: str, reason: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_registry_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY", "NACOS_ADDR", "NACOS_SERVER_ADDR", "NACOS_USERNAME", "NACOS_PASSWORD",
-                 "NACOS_NAMESPACE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for name in (
+        "CONSUL_HTTP_TOKEN",
+        "CONSUL_HTTP_ADDR",
+        "CONSUL_HTTP_SSL",
+        "CONSUL_HTTP_SSL_VERIFY",
+        "NACOS_ADDR",
+        "NACOS_SERVER_ADDR",
+        "NACOS_USERNAME",
+        "NACOS_PASSWORD",
+        "NACOS_NAMESPACE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

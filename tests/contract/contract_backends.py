@@ -103,7 +103,9 @@ class Backend:
     def bad_config(self) -> Any:
         raise NotImplementedError
 
-    def registration(self, service: str, *, ip: str, port: int, version: str, lane: str | None, weight: int) -> Registration:
+    def registration(
+        self, service: str, *, ip: str, port: int, version: str, lane: str | None, weight: int
+    ) -> Registration:
         raise NotImplementedError
 
     def register_expiring(self, service: str, *, ip: str, port: int, version: str) -> None:
@@ -133,16 +135,28 @@ class ConsulBackend(Backend):
     expiry_budget = 12.0  # TTL 2 s, then the passing filter drops it; blocking query wakes at once
     min_hold = 1.0
 
-    def __init__(self, name: str, url: str, management_token: str, read_token: str, no_token: str, stop: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        management_token: str,
+        read_token: str,
+        no_token: str,
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self.name, self.url = name, url
         # management (everything), read-only (every *:read), and a valid token without any
         # service, node or key permission (only key_prefix "zzz-none" read)
         self.token, self.read_token, self.no_token = management_token, read_token, no_token
         self._stop = stop
-        self.http = httpx.Client(base_url=url, headers={"X-Consul-Token": management_token}, timeout=30, trust_env=False)
+        self.http = httpx.Client(
+            base_url=url, headers={"X-Consul-Token": management_token}, timeout=30, trust_env=False
+        )
 
     def client(self, token: str | None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-Consul-Token": token} if token else {}, timeout=30, trust_env=False)
+        return httpx.Client(
+            base_url=self.url, headers={"X-Consul-Token": token} if token else {}, timeout=30, trust_env=False
+        )
 
     def config(self, token: str | None = None) -> ConsulConfig:
         return ConsulConfig(self.url, token=token or self.token, timeout=10)
@@ -150,12 +164,30 @@ class ConsulBackend(Backend):
     def bad_config(self) -> ConsulConfig:
         return ConsulConfig(self.url, token=str(uuid.uuid4()), timeout=10)
 
-    def registration(self, service: str, *, ip: str, port: int, version: str, lane: str | None, weight: int) -> ConsulRegistration:
-        return ConsulRegistration(self.config(), service, address=ip, port=port, version=version, lane=lane, weight=weight, ttl=10, deregister_after=60)
+    def registration(
+        self, service: str, *, ip: str, port: int, version: str, lane: str | None, weight: int
+    ) -> ConsulRegistration:
+        return ConsulRegistration(
+            self.config(),
+            service,
+            address=ip,
+            port=port,
+            version=version,
+            lane=lane,
+            weight=weight,
+            ttl=10,
+            deregister_after=60,
+        )
 
     def register_expiring(self, service: str, *, ip: str, port: int, version: str) -> None:
-        body = {"Name": service, "ID": f"{service}-{ip}-{port}", "Address": ip, "Port": port, "Meta": {"version": version},
-                "Check": {"CheckID": f"{service}-{ip}-{port}-ttl", "TTL": "2s", "Status": "passing"}}
+        body = {
+            "Name": service,
+            "ID": f"{service}-{ip}-{port}",
+            "Address": ip,
+            "Port": port,
+            "Meta": {"version": version},
+            "Check": {"CheckID": f"{service}-{ip}-{port}-ttl", "TTL": "2s", "Status": "passing"},
+        }
         r = self.http.put("/v1/agent/service/register", json=body)
         assert r.status_code == 200, r.text
 
@@ -185,7 +217,17 @@ class ConsulBackend(Backend):
 class NacosBackend(Backend):
     kind = "nacos"
 
-    def __init__(self, name: str, url: str, username: str, password: str, *, expiry_budget: float, min_hold: float, stop: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        username: str,
+        password: str,
+        *,
+        expiry_budget: float,
+        min_hold: float,
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self.name, self.url = name, url
         self.username, self.password = username, password
         self.expiry_budget, self.min_hold = expiry_budget, min_hold
@@ -203,15 +245,35 @@ class NacosBackend(Backend):
         """A request under the context path, logged in (one re-login on a 403)."""
         return self.auth.request(self.http, method, path, **kw)
 
-    def registration(self, service: str, *, ip: str, port: int, version: str, lane: str | None, weight: int) -> NacosRegistration:
-        return NacosRegistration(self.config(), service, ip=ip, port=port, version=version, lane=lane, weight=weight / 100)
+    def registration(
+        self, service: str, *, ip: str, port: int, version: str, lane: str | None, weight: int
+    ) -> NacosRegistration:
+        return NacosRegistration(
+            self.config(), service, ip=ip, port=port, version=version, lane=lane, weight=weight / 100
+        )
 
     def register_expiring(self, service: str, *, ip: str, port: int, version: str) -> None:
         # Ephemeral, never beating: unhealthy 1.5 s after registration (a real server checks
         # every 5 s), removed after 3 s. The metadata keys are Nacos's own per-instance knobs.
-        metadata = {"version": version, "preserved.heart.beat.interval": "500", "preserved.heart.beat.timeout": "1500", "preserved.ip.delete.timeout": "3000"}
-        r = self.raw("POST", "/v1/ns/instance", data={"serviceName": service, "groupName": "DEFAULT_GROUP", "namespaceId": "public", "ip": ip, "port": str(port),
-                                                      "ephemeral": "true", "metadata": json.dumps(metadata)})
+        metadata = {
+            "version": version,
+            "preserved.heart.beat.interval": "500",
+            "preserved.heart.beat.timeout": "1500",
+            "preserved.ip.delete.timeout": "3000",
+        }
+        r = self.raw(
+            "POST",
+            "/v1/ns/instance",
+            data={
+                "serviceName": service,
+                "groupName": "DEFAULT_GROUP",
+                "namespaceId": "public",
+                "ip": ip,
+                "port": str(port),
+                "ephemeral": "true",
+                "metadata": json.dumps(metadata),
+            },
+        )
         assert r.status_code == 200 and r.text.strip() == "ok", r.text
 
     def discovery(self) -> graylb.NacosDiscovery:
@@ -225,7 +287,9 @@ class NacosBackend(Backend):
         assert r.status_code == 200, r.text
 
     def rule_source(self, key: str) -> graylb.NacosRuleSource:
-        return graylb.NacosRuleSource(self.config(), key, poll_timeout=30, initial_timeout=5)  # only a change answers within a test's 10 s
+        return graylb.NacosRuleSource(
+            self.config(), key, poll_timeout=30, initial_timeout=5
+        )  # only a change answers within a test's 10 s
 
     def close(self) -> None:
         self.http.close()
@@ -296,7 +360,13 @@ acl {{
     log_path = workdir / "consul.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
-    proc = subprocess.Popen([str(binary), "agent", "-config-file", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(binary), "agent", "-config-file", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -320,7 +390,9 @@ acl {{
         except httpx.TransportError:
             return False
         # a leader, and the agent's node (with serfHealth) in the catalog: registrations sync
-        return r.status_code == 200 and any(c.get("CheckID") == "serfHealth" for e in r.json() for c in e.get("Checks") or ())
+        return r.status_code == 200 and any(
+            c.get("CheckID") == "serfHealth" for e in r.json() for c in e.get("Checks") or ()
+        )
 
     try:
         try:
@@ -328,12 +400,26 @@ acl {{
         except AssertionError as exc:
             raise StartFailed(str(exc)) from None
         secrets = []
-        for policy_name, rules in (("contract-read-only", 'key_prefix "" { policy = "read" }\nservice_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'),
-                                   ("contract-nothing", 'key_prefix "zzz-none" { policy = "read" }')):
-            policy = httpx.put(f"{url}/v1/acl/policy", headers=headers, timeout=10, json={"Name": policy_name, "Rules": rules})
+        for policy_name, rules in (
+            (
+                "contract-read-only",
+                'key_prefix "" { policy = "read" }\n'
+                'service_prefix "" { policy = "read" }\n'
+                'node_prefix "" { policy = "read" }',
+            ),
+            ("contract-nothing", 'key_prefix "zzz-none" { policy = "read" }'),
+        ):
+            policy = httpx.put(
+                f"{url}/v1/acl/policy", headers=headers, timeout=10, json={"Name": policy_name, "Rules": rules}
+            )
             if policy.status_code != 200:
                 raise StartFailed(f"creating ACL policy {policy_name}: {policy.status_code} {policy.text[:200]}")
-            token = httpx.put(f"{url}/v1/acl/token", headers=headers, timeout=10, json={"Description": policy_name, "Policies": [{"ID": policy.json()["ID"]}]})
+            token = httpx.put(
+                f"{url}/v1/acl/token",
+                headers=headers,
+                timeout=10,
+                json={"Description": policy_name, "Policies": [{"ID": policy.json()["ID"]}]},
+            )
             if token.status_code != 200:
                 raise StartFailed(f"creating an ACL token for {policy_name}: {token.status_code} {token.text[:200]}")
             secrets.append(token.json()["SecretID"])
@@ -353,8 +439,14 @@ def real_nacos_from_env() -> NacosBackend | None:
     url = os.environ.get("GRAYLB_NACOS_URL")
     if not url:
         return None
-    return NacosBackend("real-nacos", url, os.environ.get("GRAYLB_NACOS_USERNAME", "nacos"), os.environ.get("GRAYLB_NACOS_PASSWORD", "nacos"),
-                        expiry_budget=20.0, min_hold=10.0)
+    return NacosBackend(
+        "real-nacos",
+        url,
+        os.environ.get("GRAYLB_NACOS_USERNAME", "nacos"),
+        os.environ.get("GRAYLB_NACOS_PASSWORD", "nacos"),
+        expiry_budget=20.0,
+        min_hold=10.0,
+    )
 
 
 @contextlib.contextmanager

@@ -51,10 +51,20 @@ def _hosts(snapshot: Any, healthy: bool = False) -> set[tuple[str, int]]:
 
 def test_registration_metadata_reaches_discovery(backend: Backend) -> None:
     service = backend.unique("orders")
-    with backend.registration(service, ip=IP, port=8080, version="2.1.0", lane="gray", weight=30), closing(backend.discovery()) as discovery:
+    with (
+        backend.registration(service, ip=IP, port=8080, version="2.1.0", lane="gray", weight=30),
+        closing(backend.discovery()) as discovery,
+    ):
         snap = _watch_until(discovery, service, lambda s: s.instances, 10, "the registered instance in discovery")
         (inst,) = snap.instances
-        assert (inst.host, inst.port, inst.version, inst.lane, inst.weight, inst.health) == (IP, 8080, "2.1.0", "gray", 30, Health.PASSING)
+        assert (inst.host, inst.port, inst.version, inst.lane, inst.weight, inst.health) == (
+            IP,
+            8080,
+            "2.1.0",
+            "gray",
+            30,
+            Health.PASSING,
+        )
         assert inst.labels == {} or all(not k.startswith("preserved.") for k in inst.labels)
 
 
@@ -64,12 +74,16 @@ def test_discovery_follows_registration_and_deregistration(backend: Backend) -> 
     service = backend.unique("pay")
     with closing(backend.discovery()) as discovery:
         w = discovery.watch(service)
-        assert w.wait_ready(10) and w.snapshot is not None and w.snapshot.instances == () and not w.stale, "an unknown service is an empty list, not an error"
+        assert w.wait_ready(10) and w.snapshot is not None and w.snapshot.instances == () and not w.stale, (
+            "an unknown service is an empty list, not an error"
+        )
         with backend.registration(service, ip=IP, port=9001, version="1.0.0", lane=None, weight=100):
             # Consul's blocking query waits 60 s here: seen within 10 s means the change woke it
             _watch_until(discovery, service, lambda s: _hosts(s) == {(IP, 9001)}, 10, "first instance")
             with backend.registration(service, ip=IP2, port=9002, version="2.0.0", lane=None, weight=100):
-                _watch_until(discovery, service, lambda s: _hosts(s) == {(IP, 9001), (IP2, 9002)}, 10, "second instance")
+                _watch_until(
+                    discovery, service, lambda s: _hosts(s) == {(IP, 9001), (IP2, 9002)}, 10, "second instance"
+                )
             _watch_until(discovery, service, lambda s: _hosts(s) == {(IP, 9001)}, 10, "deregistered instance gone")
         _watch_until(discovery, service, lambda s: s.instances == (), 10, "last instance gone")
         assert not w.stale
@@ -105,13 +119,28 @@ def test_instance_without_heartbeats_expires(backend: Backend) -> None:
     ``preserved.heart.beat.timeout`` (1.5 s here). A kept-alive instance next to it stays."""
     service = backend.unique("ttl")
     seen: list[set[tuple[str, int]]] = []
-    with backend.registration(service, ip=IP, port=7001, version="1.0.0", lane=None, weight=100), closing(backend.discovery()) as discovery:
+    with (
+        backend.registration(service, ip=IP, port=7001, version="1.0.0", lane=None, weight=100),
+        closing(backend.discovery()) as discovery,
+    ):
         w = discovery.watch(service)
         w.add_listener(lambda snap: seen.append(_hosts(snap, healthy=True)))
         _watch_until(discovery, service, lambda s: (IP, 7001) in _hosts(s), 10, "kept-alive instance")
         backend.register_expiring(service, ip=IP2, port=7002, version="1.0.0")
-        _watch_until(discovery, service, lambda s: (IP2, 7002) in _hosts(s, healthy=True) or any((IP2, 7002) in h for h in seen), 10, "expiring instance first healthy")
-        _watch_until(discovery, service, lambda s: _hosts(s, healthy=True) == {(IP, 7001)}, backend.expiry_budget, "expiring instance gone from the healthy set")
+        _watch_until(
+            discovery,
+            service,
+            lambda s: (IP2, 7002) in _hosts(s, healthy=True) or any((IP2, 7002) in h for h in seen),
+            10,
+            "expiring instance first healthy",
+        )
+        _watch_until(
+            discovery,
+            service,
+            lambda s: _hosts(s, healthy=True) == {(IP, 7001)},
+            backend.expiry_budget,
+            "expiring instance gone from the healthy set",
+        )
         assert not w.stale
 
 
@@ -176,7 +205,9 @@ def test_bad_credentials_are_a_clear_auth_error(backend: Backend) -> None:
     with closing(type(backend.discovery())(backend.bad_config())) as discovery:
         w = discovery.watch(service)
         assert w.wait_ready(10)
-        assert w.snapshot is None and w.stale and w.last_error, "bad credentials are an error, never an empty instance list"
+        assert w.snapshot is None and w.stale and w.last_error, (
+            "bad credentials are an error, never an empty instance list"
+        )
 
 
 # ============================================================================================
@@ -193,7 +224,9 @@ def test_consul_kv_index_404_and_cas_on_the_wire(backend: Backend) -> None:
     assert isinstance(backend, ConsulBackend)
     http, key = backend.http, backend.unique("key")
     missing = http.get(f"/v1/kv/{key}")
-    assert missing.status_code == 404 and missing.content == b"" and _idx(missing) >= 1, "a missing key: 404, empty body, a real index"
+    assert missing.status_code == 404 and missing.content == b"" and _idx(missing) >= 1, (
+        "a missing key: 404, empty body, a real index"
+    )
     assert http.put(f"/v1/kv/{key}", params={"cas": 0}, content=b"one").json() is True
     assert http.put(f"/v1/kv/{key}", params={"cas": 0}, content=b"two").json() is False, "cas=0 is create-only"
     r = http.get(f"/v1/kv/{key}")
@@ -203,7 +236,7 @@ def test_consul_kv_index_404_and_cas_on_the_wire(backend: Backend) -> None:
     assert http.put(f"/v1/kv/{key}", params={"cas": entry["ModifyIndex"]}, content=b"three").json() is True
     assert http.get(f"/v1/kv/{key}", params={"raw": ""}).content == b"three"
     assert http.put(f"/v1/kv/{key}", content=b"").json() is True
-    assert http.get(f"/v1/kv/{key}").json()[0]["Value"] is None, "an empty value is null, not \"\""
+    assert http.get(f"/v1/kv/{key}").json()[0]["Value"] is None, 'an empty value is null, not ""'
 
 
 def test_consul_kv_blocking_query(backend: Backend) -> None:
@@ -250,7 +283,9 @@ def test_consul_blocking_health_query_ignores_other_services(backend: Backend) -
     assert isinstance(backend, ConsulBackend)
     http, service, other = backend.http, backend.unique("quiet"), backend.unique("other")
     first = http.get(f"/v1/health/service/{service}")
-    assert first.status_code == 200 and first.json() == [] and _idx(first) >= 1, "an unknown service: 200 [] with an index"
+    assert first.status_code == 200 and first.json() == [] and _idx(first) >= 1, (
+        "an unknown service: 200 [] with an index"
+    )
     # make the agent's view of `service` exist: a blocking query that runs out
     view = http.get(f"/v1/health/service/{service}", params={"index": _idx(first), "wait": "1s"})
     index = _idx(view)
@@ -259,7 +294,9 @@ def test_consul_blocking_health_query_ignores_other_services(backend: Backend) -
     assert http.put(f"/v1/agent/service/deregister/{other}").status_code == 200
     started = time.monotonic()
     quiet = http.get(f"/v1/health/service/{service}", params={"index": index, "wait": "1s"})
-    assert _idx(quiet) == index and quiet.json() == [] and time.monotonic() - started >= 0.9, "other services must not wake it"
+    assert _idx(quiet) == index and quiet.json() == [] and time.monotonic() - started >= 0.9, (
+        "other services must not wake it"
+    )
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(http.get, f"/v1/health/service/{service}", params={"index": index, "wait": "10s"})
         assert http.put("/v1/agent/service/register", json={"Name": service, "Port": 2}).status_code == 200
@@ -275,19 +312,49 @@ def test_consul_health_entry_shape(backend: Backend) -> None:
     only(backend, "consul", "health entries are Consul's")
     assert isinstance(backend, ConsulBackend)
     http, service = backend.http, backend.unique("shape")
-    body = {"Name": service, "ID": f"{service}-1", "Address": IP, "Port": 8443, "Tags": ["v2"], "Meta": {"version": "2.0.0"},
-            "Weights": {"Passing": 3, "Warning": 1}, "Check": {"TTL": "30s", "Status": "passing"}}
+    body = {
+        "Name": service,
+        "ID": f"{service}-1",
+        "Address": IP,
+        "Port": 8443,
+        "Tags": ["v2"],
+        "Meta": {"version": "2.0.0"},
+        "Weights": {"Passing": 3, "Warning": 1},
+        "Check": {"TTL": "30s", "Status": "passing"},
+    }
     assert http.put("/v1/agent/service/register", json=body).status_code == 200
-    assert http.put("/v1/agent/service/register", json={"Name": service, "ID": f"{service}-2", "Port": 8444}).status_code == 200
+    assert (
+        http.put("/v1/agent/service/register", json={"Name": service, "ID": f"{service}-2", "Port": 8444}).status_code
+        == 200
+    )
     try:
-        r = wait_for(lambda: (x := http.get(f"/v1/health/service/{service}")).status_code == 200 and len(x.json()) == 2 and x, 10, "both instances")
+        r = wait_for(
+            lambda: (x := http.get(f"/v1/health/service/{service}")).status_code == 200 and len(x.json()) == 2 and x,
+            10,
+            "both instances",
+        )
         one, two = sorted(r.json(), key=lambda e: e["Service"]["ID"])
         svc = one["Service"]
-        assert svc["Address"] == IP and svc["Port"] == 8443 and svc["Meta"] == {"version": "2.0.0"} and svc["Weights"] == {"Passing": 3, "Warning": 1}
-        assert svc["TaggedAddresses"] == {"lan_ipv4": {"Address": IP, "Port": 8443}, "wan_ipv4": {"Address": IP, "Port": 8443}}
-        assert "TaggedAddresses" not in two["Service"] and two["Service"]["Address"] == "" and two["Service"]["Meta"] is None and two["Service"]["Tags"] == []
+        assert (
+            svc["Address"] == IP
+            and svc["Port"] == 8443
+            and svc["Meta"] == {"version": "2.0.0"}
+            and svc["Weights"] == {"Passing": 3, "Warning": 1}
+        )
+        assert svc["TaggedAddresses"] == {
+            "lan_ipv4": {"Address": IP, "Port": 8443},
+            "wan_ipv4": {"Address": IP, "Port": 8443},
+        }
+        assert (
+            "TaggedAddresses" not in two["Service"]
+            and two["Service"]["Address"] == ""
+            and two["Service"]["Meta"] is None
+            and two["Service"]["Tags"] == []
+        )
         assert two["Node"]["Address"], "an empty Service.Address means the node's address"
-        assert [c["CheckID"] for c in one["Checks"]] == ["serfHealth", f"service:{service}-1"], "node checks first, then the service's"
+        assert [c["CheckID"] for c in one["Checks"]] == ["serfHealth", f"service:{service}-1"], (
+            "node checks first, then the service's"
+        )
         assert [c["CheckID"] for c in two["Checks"]] == ["serfHealth"]
         assert one["Node"]["Meta"].get("consul-version") == "1.16.1"
         agent = http.get("/v1/agent/services").json()[f"{service}-1"]
@@ -296,7 +363,11 @@ def test_consul_health_entry_shape(backend: Backend) -> None:
         for sid in (f"{service}-1", f"{service}-2"):
             assert http.put(f"/v1/agent/service/deregister/{sid}").status_code == 200
     unknown = http.put(f"/v1/agent/service/deregister/{service}-1")
-    assert unknown.status_code == 404 and unknown.text.strip() == f'Unknown service ID "{service}-1". Ensure that the service ID is passed, not the service name.'
+    assert (
+        unknown.status_code == 404
+        and unknown.text.strip()
+        == f'Unknown service ID "{service}-1". Ensure that the service ID is passed, not the service name.'
+    )
 
 
 def test_consul_filters_and_validation_errors(backend: Backend) -> None:
@@ -307,20 +378,35 @@ def test_consul_filters_and_validation_errors(backend: Backend) -> None:
     assert isinstance(backend, ConsulBackend)
     http, service = backend.http, backend.unique("flt")
     for sid, lane in ((f"{service}-g", "gray"), (f"{service}-b", "blue")):
-        assert http.put("/v1/agent/service/register", json={"Name": service, "ID": sid, "Port": 1, "Meta": {"lane": lane}}).status_code == 200
+        assert (
+            http.put(
+                "/v1/agent/service/register", json={"Name": service, "ID": sid, "Port": 1, "Meta": {"lane": lane}}
+            ).status_code
+            == 200
+        )
     try:
         r = http.get(f"/v1/health/service/{service}", params={"filter": 'Service.Meta.lane == "gray"'})
         assert [e["Service"]["ID"] for e in r.json()] == [f"{service}-g"]
         prefix = "Failed to create boolean expression evaluator: "
-        cases = {'Service.Nope == "x"': 'Selector "Service.Nope" is not valid',
-                 'Service.Port == "abc"': 'Failed to coerce value "abc" for selector "Service.Port": strconv.ParseInt: parsing "abc": invalid syntax',
-                 'Service.Tags == "x"': 'Invalid match operator "Equal" for selector "Service.Tags"'}
+        cases = {
+            'Service.Nope == "x"': 'Selector "Service.Nope" is not valid',
+            'Service.Port == "abc"': 'Failed to coerce value "abc" for selector "Service.Port": '
+            'strconv.ParseInt: parsing "abc": invalid syntax',
+            'Service.Tags == "x"': 'Invalid match operator "Equal" for selector "Service.Tags"',
+        }
         for expression, message in cases.items():
             bad = http.get(f"/v1/health/service/{service}", params={"filter": expression})
             assert (bad.status_code, bad.text) == (500, prefix + message), expression
-        r = http.put("/v1/agent/service/register", json={"Name": "x", "Port": 1, "Check": {"HTTP": "http://127.0.0.1:1/"}})
-        assert (r.status_code, r.text) == (400, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
-        r = http.put("/v1/agent/service/register", json={"Name": "x", "Port": 1, "Weights": {"Passing": 0, "Warning": 1}})
+        r = http.put(
+            "/v1/agent/service/register", json={"Name": "x", "Port": 1, "Check": {"HTTP": "http://127.0.0.1:1/"}}
+        )
+        assert (r.status_code, r.text) == (
+            400,
+            "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks",
+        )
+        r = http.put(
+            "/v1/agent/service/register", json={"Name": "x", "Port": 1, "Weights": {"Passing": 0, "Warning": 1}}
+        )
         assert r.status_code == 400 and r.text.startswith("Invalid Weights")
     finally:
         for sid in (f"{service}-g", f"{service}-b"):
@@ -356,7 +442,11 @@ def test_consul_acl_errors_on_the_wire(backend: Backend, caplog: pytest.LogCaptu
     assert backend.http.put("/v1/agent/service/register", json={"Name": service, "Port": 1}).status_code == 200
     try:
         unknown = "00000000-1111-2222-3333-444444444444"
-        for headers, params in (({"X-Consul-Token": unknown}, {}), ({"Authorization": f"Bearer {unknown}"}, {}), ({}, {"token": unknown})):
+        for headers, params in (
+            ({"X-Consul-Token": unknown}, {}),
+            ({"Authorization": f"Bearer {unknown}"}, {}),
+            ({}, {"token": unknown}),
+        ):
             with backend.client(None) as c:
                 r = c.get(f"/v1/kv/{key}", headers=headers, params=params)
             assert r.status_code == 403 and r.text.strip() == "ACL not found"
@@ -368,19 +458,33 @@ def test_consul_acl_errors_on_the_wire(backend: Backend, caplog: pytest.LogCaptu
             r = c.get(f"/v1/kv/{key}")
             assert r.status_code == 403 and "anonymous token lacks permission 'key:read'" in r.text
             anon = c.get(f"/v1/health/service/{service}")
-            assert anon.status_code == 200 and anon.json() == [] and "X-Consul-Results-Filtered-By-ACLs" not in anon.headers
+            assert (
+                anon.status_code == 200
+                and anon.json() == []
+                and "X-Consul-Results-Filtered-By-ACLs" not in anon.headers
+            )
         with backend.client(backend.no_token) as c:
             hidden = c.get(f"/v1/health/service/{service}")
-            assert hidden.status_code == 200 and hidden.json() == [] and hidden.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+            assert (
+                hidden.status_code == 200
+                and hidden.json() == []
+                and hidden.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true"
+            )
         # graylb reads that header: a token that cannot see the service is an error, not "no instances"
         with closing(type(backend.discovery())(backend.config(backend.no_token))) as discovery:
             w = discovery.watch(service)
             assert w.wait_ready(10) and w.snapshot is None and "service:read" in (w.last_error or "")
         # no token at all: Consul says nothing was filtered, so graylb warns that empty may mean hidden
-        with caplog.at_level("WARNING", logger="graylb.discovery"), closing(type(backend.discovery())(ConsulConfig(backend.url, timeout=10))) as discovery:
+        with (
+            caplog.at_level("WARNING", logger="graylb.discovery"),
+            closing(type(backend.discovery())(ConsulConfig(backend.url, timeout=10))) as discovery,
+        ):
             w = discovery.watch(service)
             assert w.wait_ready(10) and w.snapshot is not None and w.snapshot.instances == ()
-        assert any(f"service '{service}' has no instances visible to Consul's anonymous token" in r.getMessage() for r in caplog.records)
+        assert any(
+            f"service '{service}' has no instances visible to Consul's anonymous token" in r.getMessage()
+            for r in caplog.records
+        )
         with closing(type(backend.store())(backend.config(backend.read_token))) as store:
             with pytest.raises(ConsulACLError, match="lacks a permission"):
                 store.put(key, "z")
@@ -397,12 +501,19 @@ def _md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-def _listen(backend: NacosBackend, data_id: str, md5: str, *, timeout_ms: int, no_hangup: bool = False) -> httpx.Response:
+def _listen(
+    backend: NacosBackend, data_id: str, md5: str, *, timeout_ms: int, no_hangup: bool = False
+) -> httpx.Response:
     headers = {"Long-Pulling-Timeout": str(timeout_ms)}
     if no_hangup:
         headers["Long-Pulling-Timeout-No-Hangup"] = "true"
-    return backend.raw("POST", "/v1/cs/configs/listener", data={"Listening-Configs": f"{data_id}\x02DEFAULT_GROUP\x02{md5}\x02\x01"}, headers=headers,
-                       timeout=httpx.Timeout(10, read=timeout_ms / 1000 + 15))
+    return backend.raw(
+        "POST",
+        "/v1/cs/configs/listener",
+        data={"Listening-Configs": f"{data_id}\x02DEFAULT_GROUP\x02{md5}\x02\x01"},
+        headers=headers,
+        timeout=httpx.Timeout(10, read=timeout_ms / 1000 + 15),
+    )
 
 
 def _changed(r: httpx.Response) -> list[list[str]]:
@@ -416,19 +527,27 @@ def test_nacos_config_md5_and_long_polling(backend: Backend) -> None:
     params = {"dataId": data_id, "group": "DEFAULT_GROUP"}
     missing = backend.raw("GET", "/v1/cs/configs", params=params)
     assert missing.status_code == 404 and missing.text.strip() == "config data not exist"
-    assert _listen(backend, data_id, "", timeout_ms=30000, no_hangup=True).text.strip() == "", "no copy of a missing item: nothing changed"
+    assert _listen(backend, data_id, "", timeout_ms=30000, no_hangup=True).text.strip() == "", (
+        "no copy of a missing item: nothing changed"
+    )
     content = "route: grün\n"
     assert backend.raw("POST", "/v1/cs/configs", data={**params, "content": content}).text.strip() == "true"
     r = backend.raw("GET", "/v1/cs/configs", params=params)
     assert r.status_code == 200 and r.content.decode("utf-8") == content and r.headers["Content-MD5"] == _md5(content)
-    assert _changed(_listen(backend, data_id, "", timeout_ms=30000)) == [[data_id, "DEFAULT_GROUP"]], "a stale md5 answers at once with the key"
+    assert _changed(_listen(backend, data_id, "", timeout_ms=30000)) == [[data_id, "DEFAULT_GROUP"]], (
+        "a stale md5 answers at once with the key"
+    )
     assert _listen(backend, data_id, _md5(content), timeout_ms=30000, no_hangup=True).text.strip() == ""
     hold_ms = int((backend.min_hold + 0.5) * 1000)
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         fut = pool.submit(_listen, backend, data_id, _md5(content), timeout_ms=hold_ms)
         quiet = fut.result(backend.min_hold + 20)
-        assert quiet.status_code == 200 and quiet.text.strip() == "" and time.monotonic() - started >= backend.min_hold - 0.1
+        assert (
+            quiet.status_code == 200
+            and quiet.text.strip() == ""
+            and time.monotonic() - started >= backend.min_hold - 0.1
+        )
         fut = pool.submit(_listen, backend, data_id, _md5(content), timeout_ms=30000)
         assert backend.raw("POST", "/v1/cs/configs", data={**params, "content": "route: blau\n"}).text.strip() == "true"
         woke = fut.result(40)
@@ -444,7 +563,9 @@ def test_nacos_cas_md5(backend: Backend) -> None:
     data_id = backend.unique("key")
     form = {"dataId": data_id, "group": "DEFAULT_GROUP"}
     assert backend.raw("POST", "/v1/cs/configs", data={**form, "content": "v: 1\n"}).text.strip() == "true"
-    stale = backend.raw("POST", "/v1/cs/configs", data={**form, "content": "v: x\n"}, headers={"casMd5": _md5("v: 0\n")})
+    stale = backend.raw(
+        "POST", "/v1/cs/configs", data={**form, "content": "v: x\n"}, headers={"casMd5": _md5("v: 0\n")}
+    )
     assert stale.status_code >= 400 and "cas publish fail" in stale.text.lower()
     assert backend.raw("GET", "/v1/cs/configs", params=form).text == "v: 1\n"
     ok = backend.raw("POST", "/v1/cs/configs", data={**form, "content": "v: 2\n"}, headers={"casMd5": _md5("v: 1\n")})
@@ -478,6 +599,16 @@ def test_nacos_protection_threshold_keeps_last_good_snapshot(backend: Backend) -
         backend.register_expiring(service, ip=IP, port=7200, version="1")
         w = discovery.watch(service)
         _watch_until(discovery, service, lambda s: _hosts(s, healthy=True) == {(IP, 7200)}, 10, "the instance, healthy")
-        wait_for(lambda: w.stale and "protection threshold" in (w.last_error or ""), backend.expiry_budget, "protection threshold reported")
+        wait_for(
+            lambda: w.stale and "protection threshold" in (w.last_error or ""),
+            backend.expiry_budget,
+            "protection threshold reported",
+        )
         assert _hosts(w.snapshot, healthy=True) == {(IP, 7200)}, "the last good snapshot stays in force"
-        _watch_until(discovery, service, lambda s: s.instances == () and not w.stale, backend.expiry_budget + 10, "deleted after ip.delete.timeout")
+        _watch_until(
+            discovery,
+            service,
+            lambda s: s.instances == () and not w.stale,
+            backend.expiry_budget + 10,
+            "deleted after ip.delete.timeout",
+        )

@@ -59,7 +59,15 @@ def graylb_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     of the runner's own (only those in ``env``)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "NACOS_"))}
     clean.update(env or {})
-    return subprocess.run([sys.executable, "-m", "graylb.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "graylb.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=clean,
+        check=False,
+    )
 
 
 def ok(r: subprocess.CompletedProcess) -> str:
@@ -84,7 +92,9 @@ class ConsulCli:
     def __init__(self, fake: Any) -> None:
         self.fake = fake
 
-    def run(self, *args: str, address: str | None = None, as_option: bool = False, token: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, address: str | None = None, as_option: bool = False, token: str | None = None
+    ) -> subprocess.CompletedProcess:
         env: dict[str, str] = {}
         target = address or (self.fake.url if self.fake is not None else None)
         if target is not None and as_option:
@@ -124,12 +134,33 @@ class ConsulCli:
         """orders: stable 1.4.2 / 1.4.3 (+ a critical 1.4.2), canary 2.0.0, a feature-x lane, and
         an entry without a port (discovery skips it)."""
         fake = self.fake
-        fake.register("orders", id="orders-1", address="10.0.0.1", port=8080, meta={"version": "1.4.2"}, weights={"Passing": 100, "Warning": 1})
-        fake.register("orders", id="orders-2", address="10.0.0.2", port=8080, meta={"version": "1.4.3", "weight": "250"})
-        fake.register("orders", id="orders-3", address="10.0.0.3", port=8080, meta={"version": "2.0.0", "image": "registry.example.com/orders:2.0.0", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"},
-                      weights={"Passing": 50, "Warning": 1})
+        fake.register(
+            "orders",
+            id="orders-1",
+            address="10.0.0.1",
+            port=8080,
+            meta={"version": "1.4.2"},
+            weights={"Passing": 100, "Warning": 1},
+        )
+        fake.register(
+            "orders", id="orders-2", address="10.0.0.2", port=8080, meta={"version": "1.4.3", "weight": "250"}
+        )
+        fake.register(
+            "orders",
+            id="orders-3",
+            address="10.0.0.3",
+            port=8080,
+            meta={
+                "version": "2.0.0",
+                "image": "registry.example.com/orders:2.0.0",
+                "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+            },
+            weights={"Passing": 50, "Warning": 1},
+        )
         fake.register("orders", id="orders-lane", address="", port=8081, tags=["version=2.1.0", "lane=feature-x"])
-        fake.register("orders", id="orders-4", address="10.0.0.4", port=8080, meta={"version": "1.4.2"}, check_status="critical")
+        fake.register(
+            "orders", id="orders-4", address="10.0.0.4", port=8080, meta={"version": "1.4.2"}, check_status="critical"
+        )
         fake.register("orders", id="orders-bad", address="10.0.0.9")  # no port: discovery skips it
 
     def kill_canary(self) -> None:
@@ -148,7 +179,9 @@ class NacosCli:
     def __init__(self, fake: Any) -> None:
         self.fake = fake
 
-    def run(self, *args: str, address: str | None = None, as_option: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, address: str | None = None, as_option: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         target = address or (self.fake.url if self.fake is not None else None)
         if target is not None:  # always an option: without --nacos the registry is Consul
             args = (*args, "--nacos", target)
@@ -181,13 +214,27 @@ class NacosCli:
         a feature-x lane, and a disabled instance (Nacos leaves it out)."""
         fake = self.fake
         fake.register("orders", "10.0.0.1", 8080, metadata={"version": "1.4.2"}, weight=100, **where)
-        fake.register("orders", "10.0.0.2", 8080, metadata={"version": "1.4.3", "weight": "250"}, **where)  # metadata weight wins
-        fake.register("orders", "10.0.0.3", 8080, metadata={"version": "2.0.0", "image": "registry.example.com/orders:2.0.0", "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8"},
-                      weight=0.5, **where)
+        fake.register(
+            "orders", "10.0.0.2", 8080, metadata={"version": "1.4.3", "weight": "250"}, **where
+        )  # metadata weight wins
+        fake.register(
+            "orders",
+            "10.0.0.3",
+            8080,
+            metadata={
+                "version": "2.0.0",
+                "image": "registry.example.com/orders:2.0.0",
+                "commit": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+            },
+            weight=0.5,
+            **where,
+        )
         fake.register("orders", "10.0.0.5", 8081, metadata={"version": "2.1.0", "lane": "feature-x"}, **where)
         fake.register("orders", "10.0.0.4", 8080, metadata={"version": "1.4.2"}, healthy=False, **where)
         fake.register("orders", "10.0.0.6", 8080, metadata={"version": "1.4.2"}, weight=0, **where)
-        fake.register("orders", "10.0.0.9", 8080, metadata={"version": "1.4.2"}, enabled=False, **where)  # Nacos leaves it out
+        fake.register(
+            "orders", "10.0.0.9", 8080, metadata={"version": "1.4.2"}, enabled=False, **where
+        )  # Nacos leaves it out
 
     def kill_canary(self) -> None:
         self.fake.set_healthy("orders", "10.0.0.3", 8080, False)

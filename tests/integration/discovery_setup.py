@@ -23,8 +23,18 @@ services:
         to: [{subset: canary}]
 """
 
-REGISTRY_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_CACERT",
-                "NACOS_ADDR", "NACOS_SERVER_ADDR", "NACOS_USERNAME", "NACOS_PASSWORD", "NACOS_NAMESPACE", "NACOS_GROUP")
+REGISTRY_ENV = (
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_SSL",
+    "CONSUL_CACERT",
+    "NACOS_ADDR",
+    "NACOS_SERVER_ADDR",
+    "NACOS_USERNAME",
+    "NACOS_PASSWORD",
+    "NACOS_NAMESPACE",
+    "NACOS_GROUP",
+)
 
 
 def clear_registry_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,8 @@ kinds (no proto). The first request message decides what the handler does: ``b"o
 (server streams send 3 messages), ``b"fail"`` aborts with INTERNAL (a failure that feeds outlier
 detection), ``b"hold"`` signals its arrival and waits until the client cancels or its deadline
 passes, ``b"slow"`` waits the same way without signalling (for deadline tests). Unary and
-client-streaming calls answer the instance id. :data:`SYNC_OPS` / :data:`AIO_OPS` make one call of each shape through a gray channel.
+client-streaming calls answer the instance id. :data:`SYNC_OPS` / :data:`AIO_OPS` make one call
+of each shape through a gray channel.
 :class:`DoneLog` records every ``Call.done(instance, ok)`` and lets a test wait for them (a future
 or a stream reports from grpc's thread or a callback, after the caller saw the end).
 """
@@ -27,7 +28,9 @@ from graylb.discovery.base import Discovery, ServiceWatch
 from graylb.instance import Instance
 
 SERVICE = "graylb.test.Shapes"
-UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI = (f"/{SERVICE}/{n}" for n in ("Unary", "ServerStream", "ClientStream", "Bidi"))
+UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI = (
+    f"/{SERVICE}/{n}" for n in ("Unary", "ServerStream", "ClientStream", "Bidi")
+)
 WAIT = 10.0  # seconds; every wait here is bounded by it
 OPTIONS = (("grpc.so_reuseport", 0),)
 
@@ -149,7 +152,9 @@ class DoneLog:
     def wait(self, count: int) -> list[tuple[str, bool]]:
         """The first ``count`` entries, once there; fails the test after :data:`WAIT`."""
         with self._cond:
-            assert self._cond.wait_for(lambda: len(self.entries) >= count, WAIT), f"{len(self.entries)} of {count} calls reported done: {self.entries}"
+            assert self._cond.wait_for(lambda: len(self.entries) >= count, WAIT), (
+                f"{len(self.entries)} of {count} calls reported done: {self.entries}"
+            )
             return list(self.entries)
 
 

@@ -15,8 +15,16 @@ RULES = {
             "subsets": {"api-v1": {"version": "^1"}, "api-v2": {"version": "^2"}},
             "default": "api-v1",
             "routes": [
-                {"name": "accept-v2", "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}}], "to": [{"subset": "api-v2"}]},
-                {"name": "path-v2", "match": [{"api_version": {"from": "path", "prefix": "/api/", "version": "2"}}], "to": [{"subset": "api-v2"}]},
+                {
+                    "name": "accept-v2",
+                    "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}}],
+                    "to": [{"subset": "api-v2"}],
+                },
+                {
+                    "name": "path-v2",
+                    "match": [{"api_version": {"from": "path", "prefix": "/api/", "version": "2"}}],
+                    "to": [{"subset": "api-v2"}],
+                },
             ],
         }
     }
@@ -55,11 +63,27 @@ def test_accept_and_path_versions_reach_their_subset(fleet: Fleet, mode: str) ->
 def test_the_selector_spellings_teams_use_all_select_v2(fleet: Fleet, mode: str, selector: str) -> None:
     fleet.start("v1", "orders", "1.4.2")
     fleet.start("v2", "orders", "2.0.0")
-    rules = {"services": {"orders": {**RULES["services"]["orders"], "routes": [
-        {"name": "api-v2", "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": selector}}, {"api_version": {"from": "path", "version": selector}}], "to": [{"subset": "api-v2"}]},
-    ]}}}
+    rules = {
+        "services": {
+            "orders": {
+                **RULES["services"]["orders"],
+                "routes": [
+                    {
+                        "name": "api-v2",
+                        "match": [
+                            {"api_version": {"from": "accept", "vendor": "myapp", "version": selector}},
+                            {"api_version": {"from": "path", "version": selector}},
+                        ],
+                        "to": [{"subset": "api-v2"}],
+                    },
+                ],
+            }
+        }
+    }
     sender = Sender(mode, graylb.Balancer(fleet.registry, rules))
-    by_accept, by_path, neither = sender.many([("http://orders/x", [V2_ACCEPT]), ("http://orders/v2/x", []), ("http://orders/v1/x", [])])  # type: ignore[list-item]
+    by_accept, by_path, neither = sender.many(
+        [("http://orders/x", [V2_ACCEPT]), ("http://orders/v2/x", []), ("http://orders/v1/x", [])]
+    )  # type: ignore[list-item]
     assert by_accept.json()["version"] == "2.0.0"  # type: ignore[union-attr]
     assert by_path.json()["version"] == "2.0.0"  # type: ignore[union-attr]
     assert neither.json()["version"] == "1.4.2"  # type: ignore[union-attr]
@@ -76,7 +100,13 @@ def test_explain_takes_accept_lines_from_repeated_h_options(tmp_path) -> None:
     root = Path(__file__).resolve().parents[2]
 
     def explain(*args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "graylb.cli", "rules", "explain", str(rules), "-s", "orders", *args], capture_output=True, text=True, timeout=120, cwd=root)
+        r = subprocess.run(
+            [sys.executable, "-m", "graylb.cli", "rules", "explain", str(rules), "-s", "orders", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=root,
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -85,4 +115,7 @@ def test_explain_takes_accept_lines_from_repeated_h_options(tmp_path) -> None:
     assert "this call: Accept prefers 'application/vnd.myapp.v2+json': version 'v2'" in two_lines
     by_path = explain("--path", "/api/v2/users", "-H", "accept:application/json")
     assert "=> route 'path-v2', subset 'api-v2'" in by_path
-    assert "api version from Accept (vnd.myapp) matches '^2'; this call: Accept prefers 'application/json': not a vendor media type" in by_path
+    assert (
+        "api version from Accept (vnd.myapp) matches '^2'; this call: Accept prefers 'application/json': not a "
+        "vendor media type" in by_path
+    )

@@ -13,7 +13,9 @@ DEMO_RULES = ROOT / "graylb" / "demo" / "rules.yaml"
 
 
 def graylb(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "graylb.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "graylb.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
 
 def test_validate_good_file() -> None:
@@ -24,7 +26,9 @@ def test_validate_good_file() -> None:
 
 def test_validate_bad_file_names_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "rules.yaml"
-    bad.write_text(DEMO_RULES.read_text().replace("to: [{subset: canary, weight: 5}", "to: [{subset: canery, weight: 5}"))
+    bad.write_text(
+        DEMO_RULES.read_text().replace("to: [{subset: canary, weight: 5}", "to: [{subset: canery, weight: 5}")
+    )
     r = graylb("rules", "validate", str(bad))
     assert r.returncode == 1
     assert "services.orders.routes[1].to[0].subset: unknown subset 'canery'" in r.stderr
@@ -53,11 +57,11 @@ def test_explain_rules_only(args: list[str], expected: str) -> None:
 def test_explain_with_registry_lists_candidates(tmp_path: Path) -> None:
     registry = tmp_path / "registry.yaml"
     registry.write_text(
-        "orders:\n"
-        "  - {address: '10.0.0.1:8080', version: 1.4.2}\n"
-        "  - {address: '10.0.0.2:8080', version: 2.0.0}\n"
+        "orders:\n  - {address: '10.0.0.1:8080', version: 1.4.2}\n  - {address: '10.0.0.2:8080', version: 2.0.0}\n"
     )
-    r = graylb("rules", "explain", str(DEMO_RULES), "-s", "orders", "-H", "user-group:beta", "--registry", str(registry))
+    r = graylb(
+        "rules", "explain", str(DEMO_RULES), "-s", "orders", "-H", "user-group:beta", "--registry", str(registry)
+    )
     assert r.returncode == 0, r.stderr
     assert "route 'beta-users', subset 'canary', 1 candidate(s)" in r.stdout
     assert "10.0.0.2:8080" in r.stdout and "10.0.0.1:8080" not in r.stdout

@@ -78,7 +78,16 @@ def test_status_table(fake: FakeConsul) -> None:
     assert ["1.4.2", "-", "-", "-", "10000", "passing", "10.0.0.1:8080", "fake-node/orders-1"] in rows
     assert ["1.4.2", "-", "-", "-", "100", "critical", "10.0.0.4:8080", "fake-node/orders-4"] in rows
     # Weights.Passing x 100; Meta image and commit (a full hash shown to 12 characters)
-    assert ["2.0.0", "registry.example.com/orders:2.0.0", "9fceb02d0ae5", "-", "5000", "passing", "10.0.0.3:8080", "fake-node/orders-3"] in rows
+    assert [
+        "2.0.0",
+        "registry.example.com/orders:2.0.0",
+        "9fceb02d0ae5",
+        "-",
+        "5000",
+        "passing",
+        "10.0.0.3:8080",
+        "fake-node/orders-3",
+    ] in rows
     assert ["1.4.3", "-", "-", "-", "250", "passing", "10.0.0.2:8080", "fake-node/orders-2"] in rows  # Meta weight wins
     # Tags k=v as the fallback, empty Service.Address -> the node's address.
     assert ["2.1.0", "-", "-", "feature-x", "100", "passing", "127.0.0.1:8081", "fake-node/orders-lane"] in rows
@@ -86,7 +95,11 @@ def test_status_table(fake: FakeConsul) -> None:
 
 
 def test_rollback_without_default_says_where_traffic_goes(fake: FakeConsul) -> None:
-    fake.kv_put(KEY, '{"services": {"orders": {"subsets": {"c": {"version": "^2"}}, "routes": [{"name": "all-c", "to": [{"subset": "c"}]}]}}}')
+    fake.kv_put(
+        KEY,
+        '{"services": {"orders": {"subsets": {"c": {"version": "^2"}}, '
+        '"routes": [{"name": "all-c", "to": [{"subset": "c"}]}]}}}',
+    )
     out = ok(run(fake, "rollback", "orders", "--key", KEY))
     assert "every instance outside a lane (the service has no default subset)" in out
     assert (kv(fake) or "").lstrip().startswith("{")  # JSON stays JSON
@@ -126,7 +139,11 @@ def test_write_token_from_env_and_from_file(acl_fake: FakeConsul, files: dict[st
     assert kv(acl_fake) == RULES_B
     for r in acl_fake.requests:  # only ever in the header
         assert "secret" not in r.target and "token" not in r.query
-    assert {r.headers.get("x-consul-token") for r in acl_fake.requests} <= {"w-3f2a-secret", "r-77c1-secret", "no-such-secret"}
+    assert {r.headers.get("x-consul-token") for r in acl_fake.requests} <= {
+        "w-3f2a-secret",
+        "r-77c1-secret",
+        "no-such-secret",
+    }
 
 
 def test_insecure_warns_and_bad_token_file_fails(fake: FakeConsul, tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ discovery do alike is in ``test_registry_discovery.py``."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,6 +18,7 @@ from graylb.consul.client import ConsulConfig
 from graylb.consul.discovery import ConsulDiscovery
 from graylb.consul.rules import ConsulRuleSource
 from graylb.testing.fake_consul import FakeConsul
+from graylb.testing.http_server import serve_wsgi
 from tests.conftest import wait_until
 from tests.integration.discovery_setup import RULES, OrdersServers, clear_registry_env
 
@@ -55,7 +59,11 @@ def test_registered_instance_becomes_routable_and_leaves(consul: FakeConsul, ser
         assert versions_seen(client) == {"1.4.2"}
         v2 = servers("2.0.0")
         sid = register(consul, v2, "2.0.0")
-        wait_until(lambda: client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"].version == "2.0.0")
+        wait_until(
+            lambda: (
+                client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"].version == "2.0.0"
+            )
+        )
         consul.deregister(sid)
         wait_until(lambda: len(disco.snapshot("orders").instances) == 1)
         served = client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"]
@@ -83,13 +91,25 @@ def test_ttl_expiry_then_deregistration(servers) -> None:
         s = servers("1.4.2")
         fake.register("orders", id="ttl-1", address=s.host, port=s.port, meta={"version": "1.4.2"}, check_status=None)
         # Register a TTL check over the HTTP API, as a serving process would.
-        httpx.put(f"{fake.url}/v1/agent/service/register", json={"Name": "orders", "ID": "ttl-1", "Address": s.host, "Port": s.port,
-                                                                  "Meta": {"version": "1.4.2"}, "Check": {"TTL": "0.3s", "Status": "passing", "DeregisterCriticalServiceAfter": "0.3s"}}).raise_for_status()
+        httpx.put(
+            f"{fake.url}/v1/agent/service/register",
+            json={
+                "Name": "orders",
+                "ID": "ttl-1",
+                "Address": s.host,
+                "Port": s.port,
+                "Meta": {"version": "1.4.2"},
+                "Check": {"TTL": "0.3s", "Status": "passing", "DeregisterCriticalServiceAfter": "0.3s"},
+            },
+        ).raise_for_status()
         disco = ConsulDiscovery(ConsulConfig(fake.url))
         watch = disco.watch("orders")
         wait_until(lambda: watch.snapshot and len(watch.snapshot.instances) == 1)
         wait_until(lambda: len(watch.snapshot.instances) == 0, message="TTL expiry removes the instance")
-        wait_until(lambda: "ttl-1" not in httpx.get(f"{fake.url}/v1/agent/services").json(), message="deregistered after the critical period")
+        wait_until(
+            lambda: "ttl-1" not in httpx.get(f"{fake.url}/v1/agent/services").json(),
+            message="deregistered after the critical period",
+        )
         disco.close()
 
 
@@ -179,6 +199,27 @@ def test_rules_from_kv_apply_and_bad_document_is_kept_out(consul: FakeConsul, se
     balancer.close()
 
 
+def test_a_kv_entry_without_modify_index_is_versioned_by_the_response_index() -> None:
+    """A KV entry without ``ModifyIndex`` (or 0) takes the answer's ``X-Consul-Index`` as its
+    version: reading it used to raise NameError, so such a document was never applied."""
+    body = json.dumps([{"Key": "graylb/rules", "Value": base64.b64encode(RULES.encode()).decode()}]).encode()
+
+    def kv(environ: dict, start_response) -> list[bytes]:
+        if "index=" in environ["QUERY_STRING"]:
+            time.sleep(0.05)  # a blocking query that saw no change
+        start_response("200 OK", [("Content-Type", "application/json"), ("X-Consul-Index", "7")])
+        return [body]
+
+    server = serve_wsgi(kv)
+    rules = ConsulRuleSource(ConsulConfig(server.url), "graylb/rules", initial_timeout=5)
+    try:
+        assert rules.last_fetch_error is None
+        assert rules.current.service("orders") is not None and rules.modify_index == 7
+    finally:
+        rules.close()
+        server.stop()
+
+
 def test_a_document_nested_too_deep_is_one_counted_rejection_and_the_watch_waits(consul: FakeConsul) -> None:
     """``services: [[[[...]]]]`` 500 levels deep used to raise RecursionError out of the parser:
     the watch logged "cannot read" and fetched the same document forever. It is a bad document
@@ -195,7 +236,9 @@ def test_a_document_nested_too_deep_is_one_counted_rejection_and_the_watch_waits
         consul.kv_put("graylb/rules", RULES.replace("to: [{subset: canary}]", "to: [{subset: stable}]"))
         wait_until(lambda: rules.current.revision != good, message="the next good document applied")
         reads = [r for r in consul.requests if r.path.startswith("/v1/kv/")]
-        assert reads and all("index" in r.query for r in reads), "after the rejection the watch only blocks for the next change"
+        assert reads and all("index" in r.query for r in reads), (
+            "after the rejection the watch only blocks for the next change"
+        )
         assert rules.rejected_count == 1
     finally:
         rules.close()

@@ -54,7 +54,13 @@ def read_back(fake: FakeConsul) -> list:
 
 
 def make(fake: FakeConsul, **kw) -> ConsulRegistration:
-    args = {"address": "127.0.0.1", "port": 9001, "version": "2.0.0", "ttl": TTL, "env": {}}  # env: the runner's own SERVICE_IMAGE etc. must not leak in
+    args = {
+        "address": "127.0.0.1",
+        "port": 9001,
+        "version": "2.0.0",
+        "ttl": TTL,
+        "env": {},
+    }  # env: the runner's own SERVICE_IMAGE etc. must not leak in
     args.update(kw)
     return ConsulRegistration(ConsulConfig(fake.url), "orders", **args)
 
@@ -86,7 +92,14 @@ def test_registers_meta_weights_and_stays_passing_past_several_ttls(fake: FakeCo
 
         wait_until(beat_and_check, message="10 heartbeats")
         [inst] = read_back(fake)
-        assert (inst.version, inst.lane, inst.weight, inst.health, inst.labels.get("zone"), inst.labels.get("team")) == ("2.0.0", "beta", 5, Health.PASSING, "a", "payments")
+        assert (
+            inst.version,
+            inst.lane,
+            inst.weight,
+            inst.health,
+            inst.labels.get("zone"),
+            inst.labels.get("team"),
+        ) == ("2.0.0", "beta", 5, Health.PASSING, "a", "payments")
     assert health(fake) == []
 
 
@@ -133,7 +146,9 @@ def test_agent_forgets_us_heartbeat_reregisters(fake: FakeConsul) -> None:
         assert len(registrations(fake)) == 2
 
 
-def test_heartbeat_logs_once_per_outage_and_once_on_recovery(fake: FakeConsul, caplog: pytest.LogCaptureFixture) -> None:
+def test_heartbeat_logs_once_per_outage_and_once_on_recovery(
+    fake: FakeConsul, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="graylb.consul")
     with make(fake) as reg:
         fake.fail_all(500)
@@ -170,12 +185,21 @@ def test_http_check_variant(fake: FakeConsul) -> None:
 
 def test_acl_read_token_cannot_register_and_token_stays_out_of_urls() -> None:
     with FakeConsul(acl_tokens={"w-secret-1": "write", "r-secret-2": "read"}) as fake:
-        reg = ConsulRegistration(ConsulConfig(fake.url, token="r-secret-2"), "orders", address="127.0.0.1", port=9001, version="2.0.0")
+        reg = ConsulRegistration(
+            ConsulConfig(fake.url, token="r-secret-2"), "orders", address="127.0.0.1", port=9001, version="2.0.0"
+        )
         with pytest.raises(ConsulACLError) as err:
             reg.register()
         assert "403" in str(err.value) and "lacks a permission" in str(err.value)
         assert "r-secret-2" not in str(err.value)
-        with ConsulRegistration(ConsulConfig(fake.url, token="w-secret-1"), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=TTL) as ok:
+        with ConsulRegistration(
+            ConsulConfig(fake.url, token="w-secret-1"),
+            "orders",
+            address="127.0.0.1",
+            port=9001,
+            version="2.0.0",
+            ttl=TTL,
+        ) as ok:
             wait_until(lambda: passes(fake, ok.check_id) >= 2, message="heartbeats")
         for r in fake.requests:
             assert "secret" not in r.target

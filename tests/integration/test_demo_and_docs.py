@@ -25,7 +25,9 @@ def test_readme_quick_start_runs_as_written() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert code == (ROOT / "examples" / "quickstart.py").read_text(), "README quick start and examples/quickstart.py differ"
+    assert code == (ROOT / "examples" / "quickstart.py").read_text(), (
+        "README quick start and examples/quickstart.py differ"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -36,7 +38,9 @@ def test_readme_grpc_quick_start_runs_as_written() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## gRPC quick start", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert code == (ROOT / "examples" / "grpc_canary.py").read_text(), "README gRPC quick start and examples/grpc_canary.py differ"
+    assert code == (ROOT / "examples" / "grpc_canary.py").read_text(), (
+        "README gRPC quick start and examples/grpc_canary.py differ"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["2.0.0", "1.4.2 ten-percent", "1.4.2"]
@@ -49,5 +53,9 @@ def test_readme_recipes_point_at_every_example_and_only_at_real_ones() -> None:
         assert (ROOT / link).exists(), f"README links to missing {link}"
     shipped = {f"examples/{p.name}" for p in (ROOT / "examples").glob("*.py")} | {"examples/pytest_pinning"}
     recipes = readme.split("## Recipes", 1)[1].split("\n## ", 1)[0]
-    missing = {e for e in shipped if e not in recipes} - {"examples/quickstart.py", "examples/consul_quickstart.py", "examples/nacos_quickstart.py"}
+    missing = {e for e in shipped if e not in recipes} - {
+        "examples/quickstart.py",
+        "examples/consul_quickstart.py",
+        "examples/nacos_quickstart.py",
+    }
     assert not missing, f"examples without a README recipe: {sorted(missing)}"

@@ -84,14 +84,21 @@ def _run(path: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def runs(request: pytest.FixtureRequest):
     """Start the selected examples in the background; each test waits for its own."""
-    selected = [item.callspec.params["path"] for item in request.session.items if item.module is request.module and hasattr(item, "callspec")]
+    selected = [
+        item.callspec.params["path"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    ]
     with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 2))) as pool:
         yield {path: pool.submit(_run, path) for path in selected}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs_and_shows_its_point(path: Path, runs: dict[Path, Future]) -> None:
-    assert path.name in EXPECTED, f"no expected output for examples/{path.name}: add the lines that prove its point to EXPECTED in {Path(__file__).name}"
+    assert path.name in EXPECTED, (
+        f"no expected output for examples/{path.name}: add the lines that prove its point to EXPECTED in "
+        f"{Path(__file__).name}"
+    )
     result = runs[path].result()
     output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     assert result.returncode == 0, f"examples/{path.name} exited {result.returncode}\n{output}"

@@ -50,7 +50,19 @@ class Registry:
     def explain(self, rules: Path, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "NACOS_"))}
         flag = f"--{self.kind}"
-        cmd = [sys.executable, "-m", "graylb.cli", "rules", "explain", str(rules), "-s", "orders", flag, url or self.fake.url, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "graylb.cli",
+            "rules",
+            "explain",
+            str(rules),
+            "-s",
+            "orders",
+            flag,
+            url or self.fake.url,
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
 

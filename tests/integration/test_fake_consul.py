@@ -26,7 +26,18 @@ WRITE, READ, NONE = "w-secret", "r-secret", "n-secret"
 
 @pytest.fixture(autouse=True)
 def _clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for name in (
+        "CONSUL_HTTP_TOKEN",
+        "CONSUL_HTTP_ADDR",
+        "CONSUL_HTTP_SSL",
+        "CONSUL_HTTP_SSL_VERIFY",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -67,7 +78,14 @@ def ids(r: httpx.Response) -> list[str]:
     return sorted(e["Service"]["ID"] for e in r.json())
 
 
-def wait_until(fake: FakeConsul, http: httpx.Client, path: str, pred: Callable[[httpx.Response], bool], timeout: float = 10.0, **params: Any) -> httpx.Response:
+def wait_until(
+    fake: FakeConsul,
+    http: httpx.Client,
+    path: str,
+    pred: Callable[[httpx.Response], bool],
+    timeout: float = 10.0,
+    **params: Any,
+) -> httpx.Response:
     """Follow a blocking query until pred holds: how a real watcher waits, no sleeps."""
     deadline = time.monotonic() + timeout
     index = 0
@@ -83,8 +101,19 @@ def wait_until(fake: FakeConsul, http: httpx.Client, path: str, pred: Callable[[
 
 
 def test_py_consul_registration_and_health_shape(fake: FakeConsul, pc: consul.Consul) -> None:
-    assert pc.agent.service.register("orders", service_id="orders-1", address="10.0.0.7", port=8080, tags=["v1", "blue"], meta={"version": "1.4.2", "lane": "gray"},
-                                     weights={"Passing": 10, "Warning": 2}, check=consul.Check.ttl("10s")) is True
+    assert (
+        pc.agent.service.register(
+            "orders",
+            service_id="orders-1",
+            address="10.0.0.7",
+            port=8080,
+            tags=["v1", "blue"],
+            meta={"version": "1.4.2", "lane": "gray"},
+            weights={"Passing": 10, "Warning": 2},
+            check=consul.Check.ttl("10s"),
+        )
+        is True
+    )
     index, nodes = pc.health.service("orders", passing=True)
     assert nodes == [], "a TTL check starts critical"
     assert pc.agent.check.ttl_pass("service:orders-1", "all good") is True
@@ -92,7 +121,9 @@ def test_py_consul_registration_and_health_shape(fake: FakeConsul, pc: consul.Co
     assert isinstance(index, str) and int(index) >= 1
     (entry,) = nodes
     svc = entry["Service"]
-    assert svc["ID"] == "orders-1" and svc["Service"] == "orders" and svc["Address"] == "10.0.0.7" and svc["Port"] == 8080
+    assert (
+        svc["ID"] == "orders-1" and svc["Service"] == "orders" and svc["Address"] == "10.0.0.7" and svc["Port"] == 8080
+    )
     assert svc["Tags"] == ["v1", "blue"] and svc["Meta"] == {"lane": "gray", "version": "1.4.2"}
     assert svc["Weights"] == {"Passing": 10, "Warning": 2} and svc["EnableTagOverride"] is False
     assert "Kind" not in svc, "Go omitempty: a typical service has no Kind"
@@ -104,7 +135,11 @@ def test_py_consul_registration_and_health_shape(fake: FakeConsul, pc: consul.Co
     assert set(checks) == {"serfHealth", "service:orders-1"}
     ttl = checks["service:orders-1"]
     assert ttl["Status"] == "passing" and ttl["Output"] == "all good" and ttl["Type"] == "ttl"
-    assert ttl["Name"] == "Service 'orders' check" and ttl["ServiceID"] == "orders-1" and ttl["ServiceTags"] == ["v1", "blue"]
+    assert (
+        ttl["Name"] == "Service 'orders' check"
+        and ttl["ServiceID"] == "orders-1"
+        and ttl["ServiceTags"] == ["v1", "blue"]
+    )
     assert checks["serfHealth"]["ServiceID"] == "" and checks["serfHealth"]["Status"] == "passing"
 
 
@@ -149,10 +184,10 @@ def test_failing_node_check_drops_every_instance_on_the_node(fake: FakeConsul, h
     fake.set_check_status("serfHealth", "critical")
     r = http.get("/v1/health/service/svc", params={"passing": "1"})
     assert ids(r) == ["there"] and idx(r) > before
-    other = [e for e in http.get("/v1/health/service/svc").json() if e["Service"]["ID"] == "there"][0]
+    other = next(e for e in http.get("/v1/health/service/svc").json() if e["Service"]["ID"] == "there")
     assert other["Node"]["Address"] == "10.9.9.9" and other["Node"]["Node"] != "fake-node"
     fake.register("svc", id="nowhere", port=1, node_address="")
-    nowhere = [e for e in http.get("/v1/health/service/svc").json() if e["Service"]["ID"] == "nowhere"][0]
+    nowhere = next(e for e in http.get("/v1/health/service/svc").json() if e["Service"]["ID"] == "nowhere")
     assert nowhere["Node"]["Address"] == "" and nowhere["Service"]["Address"] == ""
 
 
@@ -160,7 +195,9 @@ def test_tag_and_bexpr_filters(fake: FakeConsul, http: httpx.Client) -> None:
     fake.register("svc", id="v1", port=1, tags=["v1", "blue"], meta={"lane": "stable", "version": "1.4.2"})
     fake.register("svc", id="v2", port=2, tags=["v2", "Blue"], meta={"lane": "gray", "version": "2.0.0"})
     fake.register("svc", id="v3", port=3, tags=["v3"])
-    assert ids(http.get("/v1/health/service/svc", params=[("tag", "blue")])) == ["v1", "v2"], "tags match case-insensitively"
+    assert ids(http.get("/v1/health/service/svc", params=[("tag", "blue")])) == ["v1", "v2"], (
+        "tags match case-insensitively"
+    )
     assert ids(http.get("/v1/health/service/svc", params=[("tag", "blue"), ("tag", "v2")])) == ["v2"]
     cases = {
         'Service.Meta.lane == "gray"': ["v2"],
@@ -177,7 +214,10 @@ def test_tag_and_bexpr_filters(fake: FakeConsul, http: httpx.Client) -> None:
         assert r.status_code == 200 and ids(r) == expected, expr
     for bad in ("Service.Nope == 1", "Service.Meta.lane ==", "lane = gray", "Service.Port == x"):
         r = http.get("/v1/health/service/svc", params={"filter": bad})
-        assert r.status_code == 500 and r.text.startswith("Failed to create boolean expression evaluator: "), (bad, r.text)  # Consul 1.16: 500
+        assert r.status_code == 500 and r.text.startswith("Failed to create boolean expression evaluator: "), (
+            bad,
+            r.text,
+        )  # Consul 1.16: 500
 
 
 def test_unknown_service_is_an_empty_list_with_index(http: httpx.Client, pc: consul.Consul) -> None:
@@ -240,7 +280,11 @@ def test_wait_and_index_parsing(fake: FakeConsul, http: httpx.Client) -> None:
         assert r.status_code == 400 and r.text == "Invalid index"
     for ok in ("1m30s", "1.5h", "250ms", "0"):
         assert http.get("/v1/health/service/svc", params={"wait": ok}).status_code == 200  # no index: immediate
-    assert parse_go_duration("1m30s") == 90 * 10**9 and format_go_duration(90 * 10**9) == "1m30s" and format_go_duration(10 * 10**9) == "10s"
+    assert (
+        parse_go_duration("1m30s") == 90 * 10**9
+        and format_go_duration(90 * 10**9) == "1m30s"
+        and format_go_duration(10 * 10**9) == "10s"
+    )
 
 
 def test_index_is_never_zero(fake: FakeConsul, http: httpx.Client) -> None:
@@ -251,7 +295,9 @@ def test_index_is_never_zero(fake: FakeConsul, http: httpx.Client) -> None:
     assert fake.index >= 10
 
 
-def test_reset_index_goes_backwards_and_wakes_parked_queries(fake: FakeConsul, http: httpx.Client, pool: ThreadPoolExecutor) -> None:
+def test_reset_index_goes_backwards_and_wakes_parked_queries(
+    fake: FakeConsul, http: httpx.Client, pool: ThreadPoolExecutor
+) -> None:
     for i in range(5):
         fake.register("svc", id="a", port=1 + i)
     high = idx(http.get("/v1/health/service/svc"))
@@ -272,20 +318,37 @@ def test_reset_index_goes_backwards_and_wakes_parked_queries(fake: FakeConsul, h
 
 
 def test_ttl_expiry_then_deregistration(fake: FakeConsul, http: httpx.Client) -> None:
-    body = {"name": "ttl", "id": "ttl-1", "port": 1, "check": {"ttl": "300ms", "status": "passing", "deregister_critical_service_after": "10ms"}}
+    body = {
+        "name": "ttl",
+        "id": "ttl-1",
+        "port": 1,
+        "check": {"ttl": "300ms", "status": "passing", "deregister_critical_service_after": "10ms"},
+    }
     assert http.put("/v1/agent/service/register", json=body).status_code == 200
     assert http.put("/v1/agent/check/pass/service:ttl-1", params={"note": "alive"}).status_code == 200
-    r = wait_until(fake, http, "/v1/health/service/ttl", lambda r: bool(r.json()) and r.json()[0]["Checks"][1]["Status"] == "critical")
+    r = wait_until(
+        fake,
+        http,
+        "/v1/health/service/ttl",
+        lambda r: bool(r.json()) and r.json()[0]["Checks"][1]["Status"] == "critical",
+    )
     became_critical = time.monotonic()
     assert r.json()[0]["Checks"][1]["Output"] == "TTL expired (last output before timeout follows): alive"
     wait_until(fake, http, "/v1/health/service/ttl", lambda r: r.json() == [])
-    assert time.monotonic() - became_critical >= 0.25, "DeregisterCriticalServiceAfter (10ms) is floored at min_deregister_after (0.5s)"
+    assert time.monotonic() - became_critical >= 0.25, (
+        "DeregisterCriticalServiceAfter (10ms) is floored at min_deregister_after (0.5s)"
+    )
     assert "ttl-1" not in http.get("/v1/agent/services").json()
     r = http.put("/v1/agent/check/pass/service:ttl-1")
-    assert r.status_code == 404 and r.text == 'Unknown check ID "service:ttl-1". Ensure that the check ID is passed, not the check name.'
+    assert (
+        r.status_code == 404
+        and r.text == 'Unknown check ID "service:ttl-1". Ensure that the check ID is passed, not the check name.'
+    )
 
 
-def test_ttl_updates_only_bump_the_index_when_the_status_changes(fake: FakeConsul, http: httpx.Client, pc: consul.Consul) -> None:
+def test_ttl_updates_only_bump_the_index_when_the_status_changes(
+    fake: FakeConsul, http: httpx.Client, pc: consul.Consul
+) -> None:
     pc.agent.service.register("hb", service_id="hb-1", port=1, check=consul.Check.ttl("30s"))
     pc.agent.check.ttl_pass("service:hb-1", "beat 1")
     i1 = idx(http.get("/v1/health/service/hb"))
@@ -293,10 +356,14 @@ def test_ttl_updates_only_bump_the_index_when_the_status_changes(fake: FakeConsu
     assert idx(http.get("/v1/health/service/hb")) == i1, "idempotent update"
     pc.agent.check.ttl_pass("service:hb-1", "beat 2")
     r = http.get("/v1/health/service/hb")
-    assert idx(r) == i1 and r.json()[0]["Checks"][1]["Output"] == "beat 1", "output-only changes are deferred (check_update_interval)"
+    assert idx(r) == i1 and r.json()[0]["Checks"][1]["Output"] == "beat 1", (
+        "output-only changes are deferred (check_update_interval)"
+    )
     pc.agent.check.ttl_warn("service:hb-1", "slow")
     r = http.get("/v1/health/service/hb")
-    assert idx(r) > i1 and r.json()[0]["Checks"][1]["Status"] == "warning" and r.json()[0]["Checks"][1]["Output"] == "slow"
+    assert (
+        idx(r) > i1 and r.json()[0]["Checks"][1]["Status"] == "warning" and r.json()[0]["Checks"][1]["Output"] == "slow"
+    )
     pc.agent.check.ttl_fail("service:hb-1")
     assert http.get("/v1/health/service/hb").json()[0]["Checks"][1]["Status"] == "critical"
 
@@ -322,39 +389,83 @@ def test_registration_validation(http: httpx.Client) -> None:
 
     assert reg({"Port": 1}).text == "Missing service name"
     assert reg({"Name": "x", "Address": "0.0.0.0"}).text == "Invalid service address"
-    assert reg({"Name": "x", "Weights": {"Passing": 0, "Warning": 1}}).text == "Invalid Weights: Passing must be greater than 0"
-    assert reg({"Name": "x", "Weights": {"Passing": 1, "Warning": -1}}).text == "Invalid Weights: Warning must be greater or equal than 0"
+    assert (
+        reg({"Name": "x", "Weights": {"Passing": 0, "Warning": 1}}).text
+        == "Invalid Weights: Passing must be greater than 0"
+    )
+    assert (
+        reg({"Name": "x", "Weights": {"Passing": 1, "Warning": -1}}).text
+        == "Invalid Weights: Warning must be greater or equal than 0"
+    )
     assert reg({"Name": "x", "Weights": {"Passing": 70000, "Warning": 1}}).status_code == 400
-    assert reg({"Name": "x", "Meta": {"gray.lane": "a"}}).text == "Invalid Service Meta: Couldn't load metadata pair ('gray.lane', 'a'): Key contains invalid characters"
+    assert (
+        reg({"Name": "x", "Meta": {"gray.lane": "a"}}).text
+        == "Invalid Service Meta: Couldn't load metadata pair ('gray.lane', 'a'): Key contains invalid characters"
+    )
     assert reg({"Name": "x", "Meta": {"consul-x": "a"}}).status_code == 400
     assert reg({"Name": "x", "Port": "80"}).text.startswith("Request decode failed: json: cannot unmarshal string")
     assert reg({"Name": "x", "Check": {"Name": "no type"}}).text == "Invalid check: TTL must be > 0 for TTL checks"
-    assert reg({"Name": "x", "Check": {"HTTP": "http://127.0.0.1:1/"}}).text.startswith("Invalid check: Interval must be > 0")
-    assert reg({"Name": "x", "Check": {"TTL": "1s", "Interval": "1s"}}).text == "Invalid check: Interval and TTL cannot both be specified"
-    assert reg({"Name": "x", "Check": {"TTL": "1z"}}).text == 'Request decode failed: time: unknown unit "z" in duration "1z"'
-    assert reg({"Name": "x", "Check": {"TTL": "1s", "Status": "ok"}}).text == "Status for checks must 'passing', 'warning', 'critical'"
+    assert reg({"Name": "x", "Check": {"HTTP": "http://127.0.0.1:1/"}}).text.startswith(
+        "Invalid check: Interval must be > 0"
+    )
+    assert (
+        reg({"Name": "x", "Check": {"TTL": "1s", "Interval": "1s"}}).text
+        == "Invalid check: Interval and TTL cannot both be specified"
+    )
+    assert (
+        reg({"Name": "x", "Check": {"TTL": "1z"}}).text
+        == 'Request decode failed: time: unknown unit "z" in duration "1z"'
+    )
+    assert (
+        reg({"Name": "x", "Check": {"TTL": "1s", "Status": "ok"}}).text
+        == "Status for checks must 'passing', 'warning', 'critical'"
+    )
     assert reg({"Name": "x", "Check": {"Args": ["/bin/true"], "Interval": "1s"}}).status_code == 500
     assert reg([1]).status_code == 400 and http.put("/v1/agent/service/register", content=b"{").status_code == 400
     assert http.get("/v1/agent/services").json() == {}, "nothing got registered"
 
 
 def test_registration_keys_ids_and_replace(fake: FakeConsul, http: httpx.Client, pc: consul.Consul) -> None:
-    body = {"name": "multi", "ID": "m1", "enable_tag_override": True, "tagged_addresses": {"lan": {"address": "10.0.0.1", "port": 81}},
-            "Checks": [{"TTL": "30s"}, {"ttl": "30s", "Status": "passing"}, {"CheckID": "custom", "Name": "mine", "TTL": "30s", "Notes": "n"}]}
+    body = {
+        "name": "multi",
+        "ID": "m1",
+        "enable_tag_override": True,
+        "tagged_addresses": {"lan": {"address": "10.0.0.1", "port": 81}},
+        "Checks": [
+            {"TTL": "30s"},
+            {"ttl": "30s", "Status": "passing"},
+            {"CheckID": "custom", "Name": "mine", "TTL": "30s", "Notes": "n"},
+        ],
+    }
     assert http.put("/v1/agent/service/register", json=body).status_code == 200
     (entry,) = http.get("/v1/health/service/multi").json()
-    assert entry["Service"]["EnableTagOverride"] is True and entry["Service"]["TaggedAddresses"] == {"lan": {"Address": "10.0.0.1", "Port": 81}}
+    assert entry["Service"]["EnableTagOverride"] is True and entry["Service"]["TaggedAddresses"] == {
+        "lan": {"Address": "10.0.0.1", "Port": 81}
+    }
     checks = {c["CheckID"]: c for c in entry["Checks"]}
     assert set(checks) == {"serfHealth", "service:m1:1", "service:m1:2", "custom"}
     assert checks["service:m1:1"]["Status"] == "critical" and checks["service:m1:2"]["Status"] == "passing"
     assert checks["custom"]["Name"] == "mine" and checks["custom"]["Notes"] == "n"
     # re-registering keeps existing checks' state; ?replace-existing-checks drops the ones not sent
-    assert pc.agent.service.register("multi", service_id="m1", check={"CheckID": "custom", "TTL": "30s", "Status": "warning"}, replace_existing_checks=True)
+    assert pc.agent.service.register(
+        "multi",
+        service_id="m1",
+        check={"CheckID": "custom", "TTL": "30s", "Status": "warning"},
+        replace_existing_checks=True,
+    )
     checks = {c["CheckID"]: c for c in http.get("/v1/health/service/multi").json()[0]["Checks"]}
-    assert set(checks) == {"serfHealth", "custom"} and checks["custom"]["Status"] == "critical", "status restored, not reset to 'warning'"
+    assert set(checks) == {"serfHealth", "custom"} and checks["custom"]["Status"] == "critical", (
+        "status restored, not reset to 'warning'"
+    )
     # py-consul's extra_checks: several checks get numbered ids
-    pc.agent.service.register("pair", service_id="p1", check=consul.Check.ttl("5s"), extra_checks=[consul.Check.ttl("5s")])
-    assert {c["CheckID"] for c in http.get("/v1/health/service/pair").json()[0]["Checks"]} == {"serfHealth", "service:p1:1", "service:p1:2"}
+    pc.agent.service.register(
+        "pair", service_id="p1", check=consul.Check.ttl("5s"), extra_checks=[consul.Check.ttl("5s")]
+    )
+    assert {c["CheckID"] for c in http.get("/v1/health/service/pair").json()[0]["Checks"]} == {
+        "serfHealth",
+        "service:p1:1",
+        "service:p1:2",
+    }
 
 
 def test_idempotent_reregistration_keeps_the_index(fake: FakeConsul, pc: consul.Consul) -> None:
@@ -365,7 +476,11 @@ def test_idempotent_reregistration_keeps_the_index(fake: FakeConsul, pc: consul.
     assert pc.health.service("r")[0] == i1
     pc.agent.service.register("r", **{**kwargs, "tags": ["b"]})
     i2, nodes = pc.health.service("r")
-    assert int(i2) > int(i1) and nodes[0]["Service"]["Tags"] == ["b"] and nodes[0]["Service"]["CreateIndex"] < nodes[0]["Service"]["ModifyIndex"]
+    assert (
+        int(i2) > int(i1)
+        and nodes[0]["Service"]["Tags"] == ["b"]
+        and nodes[0]["Service"]["CreateIndex"] < nodes[0]["Service"]["ModifyIndex"]
+    )
 
 
 def test_deregister(fake: FakeConsul, http: httpx.Client, pc: consul.Consul) -> None:
@@ -373,7 +488,10 @@ def test_deregister(fake: FakeConsul, http: httpx.Client, pc: consul.Consul) -> 
     assert pc.agent.service.deregister("d1") is True
     assert pc.health.service("d")[1] == []
     r = http.put("/v1/agent/service/deregister/d")
-    assert r.status_code == 404 and r.text == 'Unknown service ID "d". Ensure that the service ID is passed, not the service name.'
+    assert (
+        r.status_code == 404
+        and r.text == 'Unknown service ID "d". Ensure that the service ID is passed, not the service name.'
+    )
     with pytest.raises(KeyError):
         fake.deregister("d1")
 
@@ -386,7 +504,11 @@ def test_http_check_is_probed(fake: FakeConsul, http: httpx.Client) -> None:
         return [b"fine"]
 
     with serve_wsgi(app) as backend:
-        body = {"Name": "web", "Port": backend.port, "Check": {"HTTP": backend.url + "/health", "Interval": "100ms", "Timeout": "1s"}}
+        body = {
+            "Name": "web",
+            "Port": backend.port,
+            "Check": {"HTTP": backend.url + "/health", "Interval": "100ms", "Timeout": "1s"},
+        }
         assert http.put("/v1/agent/service/register", json=body).status_code == 200
         r = wait_until(fake, http, "/v1/health/service/web", lambda r: r.json()[0]["Checks"][1]["Status"] == "passing")
         chk = r.json()[0]["Checks"][1]
@@ -412,8 +534,17 @@ def test_agent_and_catalog_services(fake: FakeConsul, http: httpx.Client, pool: 
     assert "new" in fut.result(timeout=5).json()
     services = http.get("/v1/agent/services").json()
     assert set(services) == {"w1", "w2", "db1", "new"}, "only this agent's services, not the catalog's"
-    assert services["w1"] == {"ID": "w1", "Service": "web", "Tags": ["v1"], "Meta": {"version": "1"}, "Port": 80, "Address": "",
-                              "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": False, "Datacenter": "dc1"}
+    assert services["w1"] == {
+        "ID": "w1",
+        "Service": "web",
+        "Tags": ["v1"],
+        "Meta": {"version": "1"},
+        "Port": 80,
+        "Address": "",
+        "Weights": {"Passing": 1, "Warning": 1},
+        "EnableTagOverride": False,
+        "Datacenter": "dc1",
+    }
     assert services["db1"]["Meta"] == {} and services["db1"]["Tags"] == []
     assert "X-Consul-Index" not in http.get("/v1/agent/services").headers
 
@@ -424,7 +555,12 @@ def test_agent_and_catalog_services(fake: FakeConsul, http: httpx.Client, pool: 
 def test_kv_with_py_consul(fake: FakeConsul, pc: consul.Consul) -> None:
     assert pc.kv.put("rules/orders", "version: 1\n", flags=42) is True
     index, item = pc.kv.get("rules/orders")
-    assert item["Value"] == b"version: 1\n" and item["Flags"] == 42 and item["LockIndex"] == 0 and item["Key"] == "rules/orders"
+    assert (
+        item["Value"] == b"version: 1\n"
+        and item["Flags"] == 42
+        and item["LockIndex"] == 0
+        and item["Key"] == "rules/orders"
+    )
     assert int(index) == item["ModifyIndex"] == item["CreateIndex"]
     index, item = pc.kv.get("rules/absent")
     assert item is None and int(index) >= 1, "404 still carries X-Consul-Index"
@@ -432,7 +568,9 @@ def test_kv_with_py_consul(fake: FakeConsul, pc: consul.Consul) -> None:
     assert pc.kv.get("rules/empty")[1]["Value"] is None and fake.kv_get("rules/empty") == b""
     assert fake.kv_get("rules/orders") == b"version: 1\n" and fake.kv_get("nope") is None
     index, items = pc.kv.get("rules/", recurse=True)
-    assert [i["Key"] for i in items] == ["rules/empty", "rules/orders"] and int(index) == max(i["ModifyIndex"] for i in items)
+    assert [i["Key"] for i in items] == ["rules/empty", "rules/orders"] and int(index) == max(
+        i["ModifyIndex"] for i in items
+    )
     assert pc.kv.delete("rules/orders") is True and pc.kv.get("rules/orders")[1] is None
 
 
@@ -452,7 +590,9 @@ def test_kv_http_details(fake: FakeConsul, http: httpx.Client) -> None:
     assert r.status_code == 404 and r.content == b"" and idx(r) >= 1 and r.headers["X-Consul-KnownLeader"] == "true"
     assert http.get("/v1/kv/").text == "Missing key name" and http.put("/v1/kv/", content=b"x").status_code == 400
     r = http.put("/v1/kv/big", content=b"x" * (512 * 1024 + 1))
-    assert r.status_code == 413 and r.text.startswith(f"Request body({512 * 1024 + 1} bytes) too large, max size: 524288 bytes")
+    assert r.status_code == 413 and r.text.startswith(
+        f"Request body({512 * 1024 + 1} bytes) too large, max size: 524288 bytes"
+    )
     assert http.put("/v1/kv/ok-big", content=b"x" * (512 * 1024)).json() is True
     # recurse index = highest ModifyIndex under the prefix; a delete leaves a tombstone so it never goes backwards
     before = idx(http.get("/v1/kv/a/", params={"recurse": ""}))
@@ -491,7 +631,9 @@ def test_kv_blocking_on_a_missing_key(fake: FakeConsul, http: httpx.Client, pool
     assert r.status_code == 200 and base64.b64decode(r.json()[0]["Value"]) == b"hello"
 
 
-def test_kv_blocking_wakes_on_delete_and_times_out(fake: FakeConsul, http: httpx.Client, pool: ThreadPoolExecutor) -> None:
+def test_kv_blocking_wakes_on_delete_and_times_out(
+    fake: FakeConsul, http: httpx.Client, pool: ThreadPoolExecutor
+) -> None:
     fake.kv_put("k", "v")
     r = http.get("/v1/kv/k")
     same = http.get("/v1/kv/k", params={"index": idx(r), "wait": "200ms"})
@@ -514,13 +656,18 @@ def test_acl_errors_with_py_consul(acl_fake: FakeConsul) -> None:
     assert reader.kv.get("rules/x")[1]["Value"] == b"1"
     with pytest.raises(consul.ACLPermissionDenied) as e:
         reader.kv.put("rules/x", "2")
-    assert str(e.value) == f"Permission denied: token with AccessorID '{acl_fake.accessor_id(READ)}' lacks permission 'key:write' on \"rules/x\""
+    assert (
+        str(e.value) == f"Permission denied: token with AccessorID '{acl_fake.accessor_id(READ)}' "
+        "lacks permission 'key:write' on \"rules/x\""
+    )
     with pytest.raises(consul.ACLPermissionDenied) as e:
         anonymous.kv.get("rules/x")
-    assert str(e.value).startswith("Permission denied: anonymous token lacks permission 'key:read' on \"rules/x\". The anonymous token")
-    with pytest.raises(consul.ACLPermissionDenied, match="^ACL not found$"):
+    assert str(e.value).startswith(
+        "Permission denied: anonymous token lacks permission 'key:read' on \"rules/x\". The anonymous token"
+    )
+    with pytest.raises(consul.ACLPermissionDenied, match=r"^ACL not found$"):
         unknown.kv.get("rules/x")
-    with pytest.raises(consul.ACLPermissionDenied, match="^ACL not found$"):
+    with pytest.raises(consul.ACLPermissionDenied, match=r"^ACL not found$"):
         unknown.health.service("web")
     with pytest.raises(consul.ACLPermissionDenied, match="lacks permission 'service:write' on \"web\""):
         reader.agent.service.register("web", port=1)
@@ -539,12 +686,19 @@ def test_acl_token_sources_and_filtering(acl_fake: FakeConsul) -> None:
         assert len(http.get("/v1/health/service/web", headers={"Authorization": f"Bearer {READ}"}).json()) == 1
         assert len(http.get("/v1/health/service/web", params={"token": READ}).json()) == 1
         anon = http.get("/v1/health/service/web")
-        assert anon.json() == [] and "X-Consul-Results-Filtered-By-ACLs" not in anon.headers, "no header for anonymous requests"
+        assert anon.json() == [] and "X-Consul-Results-Filtered-By-ACLs" not in anon.headers, (
+            "no header for anonymous requests"
+        )
         weak = http.get("/v1/health/service/web", headers={"X-Consul-Token": NONE})
         assert weak.json() == [] and weak.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
         assert http.get("/v1/catalog/services", headers={"X-Consul-Token": NONE}).json() == {}
         assert http.get("/v1/catalog/services", headers={"X-Consul-Token": READ}).json() == {"consul": [], "web": []}
-        assert http.get("/v1/agent/services", headers={"X-Consul-Token": NONE}).headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+        assert (
+            http.get("/v1/agent/services", headers={"X-Consul-Token": NONE}).headers[
+                "X-Consul-Results-Filtered-By-ACLs"
+            ]
+            == "true"
+        )
         r = http.get("/v1/kv/a/", params={"recurse": ""}, headers={"X-Consul-Token": NONE})
         assert r.status_code == 404 and r.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
         assert http.get("/v1/kv/a/1", headers={"X-Consul-Token": "bogus"}).text == "ACL not found"
@@ -564,11 +718,16 @@ def test_fail_next_fail_all_heal(fake: FakeConsul, http: httpx.Client, pc: consu
         pc.health.service("web")
     assert pc.health.service("web")[1] == []
     fake.fail_next(429, count=2)
-    assert [(r.status_code, r.text) for r in (http.get("/v1/kv/x"), http.get("/v1/kv/x"))] == [(429, "rate limit exceeded")] * 2
+    assert [(r.status_code, r.text) for r in (http.get("/v1/kv/x"), http.get("/v1/kv/x"))] == [
+        (429, "rate limit exceeded")
+    ] * 2
     assert http.get("/v1/kv/x").status_code == 404
     fake.fail_all(503)
     assert {http.get("/v1/health/service/x").status_code for _ in range(3)} == {503}
-    assert http.get("/v1/health/service/x").text == "No cluster leader" and "X-Consul-Index" not in http.get("/v1/kv/x").headers
+    assert (
+        http.get("/v1/health/service/x").text == "No cluster leader"
+        and "X-Consul-Index" not in http.get("/v1/kv/x").headers
+    )
     fake.heal()
     assert http.get("/v1/health/service/x").status_code == 200
     fake.fail_next(500, body="custom")
@@ -630,7 +789,11 @@ def test_large_responses_are_gzipped_and_chunked_like_consul(fake: FakeConsul, p
         small = http.get("/v1/kv/x")
         assert "Content-Encoding" not in small.headers and small.headers["Content-Length"] == "0"
         plain = http.get("/v1/health/service/big", headers={"Accept-Encoding": "identity"})
-        assert "Content-Encoding" not in plain.headers and plain.headers["Transfer-Encoding"] == "chunked" and plain.json() == r.json()
+        assert (
+            "Content-Encoding" not in plain.headers
+            and plain.headers["Transfer-Encoding"] == "chunked"
+            and plain.json() == r.json()
+        )
     assert len(pc.health.service("big")[1]) == 30
 
 

@@ -22,8 +22,8 @@ import graylb
 from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
 from graylb.consul.client import ConsulConfig
 from graylb.consul.discovery import ConsulDiscovery
-from graylb.nacos.discovery import NacosDiscovery
 from graylb.nacos.client import NacosConfig
+from graylb.nacos.discovery import NacosDiscovery
 from graylb.testing.fake_consul import FakeConsul
 from graylb.testing.fake_nacos import FakeNacos
 from graylb.testing.grpc_server import EchoServer
@@ -81,7 +81,11 @@ def upstreams(registry: Registry) -> Iterator[None]:
 # while they waited (a ticker task must tick before any call has finished).
 PROTOCOL = {"httpx-sync": "http", "httpx-async": "http", "grpc-sync": "grpc", "grpc-aio": "grpc"}
 RULES_BY_PROTOCOL = {
-    protocol: {"services": {"orders": {"subsets": {"stable": {"version": "^1", "labels": {"protocol": protocol}}}, "default": "stable"}}}
+    protocol: {
+        "services": {
+            "orders": {"subsets": {"stable": {"version": "^1", "labels": {"protocol": protocol}}}, "default": "stable"}
+        }
+    }
     for protocol in ("http", "grpc")
 }
 
@@ -178,7 +182,7 @@ def _balancer(registry: Registry, caller: str, **kw: Any) -> graylb.Balancer:
 @pytest.mark.parametrize("caller", CALLERS)
 def test_concurrent_first_calls_all_succeed(registry: Registry, upstreams: None, caller: str) -> None:
     with _balancer(registry, caller) as balancer:
-        results, loop_ran = run_first_calls(caller, balancer)
+        results, _loop_ran = run_first_calls(caller, balancer)
     assert results == ["1.0.0"] * N, [r for r in results if r != "1.0.0"]
 
 
@@ -206,9 +210,14 @@ def test_registry_that_never_answers_gives_a_clear_error(registry: Registry, ups
         assert loop_ran, "the event loop was blocked while the first calls waited for a snapshot"
 
 
-def test_calls_after_the_deadline_fail_at_once_then_route_when_the_registry_answers(registry: Registry, upstreams: None) -> None:
+def test_calls_after_the_deadline_fail_at_once_then_route_when_the_registry_answers(
+    registry: Registry, upstreams: None
+) -> None:
     registry.fake.stall(60)
-    with _balancer(registry, "httpx-sync", first_snapshot_timeout=0.3) as balancer, httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
+    with (
+        _balancer(registry, "httpx-sync", first_snapshot_timeout=0.3) as balancer,
+        httpx.Client(transport=graylb.GrayTransport(balancer)) as client,
+    ):
         with pytest.raises(graylb.NoSnapshot):
             client.get("http://orders/")
         # The deadline has passed: later callers are not held again, they fail with the
@@ -231,7 +240,10 @@ def test_refused_registry_error_names_the_registry_and_its_last_error() -> None:
     err = caught.value
     assert err.service == "orders" and err.registry == f"consul at http://127.0.0.1:{unused_tcp_port}"
     assert err.last_error and "no answer yet" not in str(err)
-    assert f"no snapshot of 'orders' from consul at http://127.0.0.1:{unused_tcp_port} after 0.5 s: {err.last_error}" in str(err)
+    assert (
+        f"no snapshot of 'orders' from consul at http://127.0.0.1:{unused_tcp_port} after 0.5 s: {err.last_error}"
+        in str(err)
+    )
 
 
 @pytest.mark.parametrize("caller", ["httpx-sync", "grpc-aio"])

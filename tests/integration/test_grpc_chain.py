@@ -24,7 +24,9 @@ class OrdersServicer(echo_pb2_grpc.EchoServicer):
 
     def Say(self, request, context):
         inventory = self.client.get("http://inventory/x").json()
-        return echo_pb2.SayReply(service="orders", version="1.0.0", seen_lane=graylb.current().lane or "", text=json.dumps(inventory))
+        return echo_pb2.SayReply(
+            service="orders", version="1.0.0", seen_lane=graylb.current().lane or "", text=json.dumps(inventory)
+        )
 
 
 def test_lane_and_pin_cross_http_grpc_http() -> None:
@@ -36,9 +38,15 @@ def test_lane_and_pin_cross_http_grpc_http() -> None:
     inv_lane = serve_wsgi(version_app("inventory", "3.2.0-dev", lane="feature-x"))
     servers += [inv, inv_lane]
     registry.add({"host": inv.host, "port": inv.port, "version": "3.1.0"}, service="inventory")
-    registry.add({"host": inv_lane.host, "port": inv_lane.port, "version": "3.2.0-dev", "lane": "feature-x"}, service="inventory")
+    registry.add(
+        {"host": inv_lane.host, "port": inv_lane.port, "version": "3.2.0-dev", "lane": "feature-x"}, service="inventory"
+    )
 
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=[GrayServerInterceptor()], options=[("grpc.so_reuseport", 0)])
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        interceptors=[GrayServerInterceptor()],
+        options=[("grpc.so_reuseport", 0)],
+    )
     echo_pb2_grpc.add_EchoServicer_to_server(OrdersServicer(client), grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
@@ -49,7 +57,15 @@ def test_lane_and_pin_cross_http_grpc_http() -> None:
     def gateway(environ, start_response):
         reply = stub.Say(echo_pb2.SayRequest(text="x"), timeout=5)
         start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps({"gateway_lane": graylb.current().lane, "orders_lane": reply.seen_lane, "inventory": json.loads(reply.text)}).encode()]
+        return [
+            json.dumps(
+                {
+                    "gateway_lane": graylb.current().lane,
+                    "orders_lane": reply.seen_lane,
+                    "inventory": json.loads(reply.text),
+                }
+            ).encode()
+        ]
 
     gw = serve_wsgi(graylb.GrayWSGIMiddleware(gateway))
     servers.append(gw)

@@ -21,7 +21,11 @@ RULES = {
             "default": "stable",
             "routes": [
                 {"name": "beta", "match": [{"headers": {"user-group": "beta"}}], "to": [{"subset": "canary"}]},
-                {"name": "split", "to": [{"subset": "canary", "weight": 30}, {"subset": "stable", "weight": 70}], "sticky": {"header": "x-user-id"}},
+                {
+                    "name": "split",
+                    "to": [{"subset": "canary", "weight": 30}, {"subset": "stable", "weight": 70}],
+                    "sticky": {"header": "x-user-id"},
+                },
             ],
             "outlier_detection": {"consecutive_errors": 2, "base_ejection_time": "30s", "max_ejection_percent": 100},
         }
@@ -31,23 +35,37 @@ RULES = {
 
 @pytest.fixture
 def fleet():
-    servers = {"v1-a": serve_echo("orders", "1.0.0"), "v1-b": serve_echo("orders", "1.0.0"), "v2": serve_echo("orders", "2.0.0")}
-    registry = graylb.StaticDiscovery({"orders": [{"host": s.host, "port": s.port, "version": s_version, "id": key}
-                                                  for key, s, s_version in ((k, s, "2.0.0" if k == "v2" else "1.0.0") for k, s in servers.items())]})
+    servers = {
+        "v1-a": serve_echo("orders", "1.0.0"),
+        "v1-b": serve_echo("orders", "1.0.0"),
+        "v2": serve_echo("orders", "2.0.0"),
+    }
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"host": s.host, "port": s.port, "version": s_version, "id": key}
+                for key, s, s_version in ((k, s, "2.0.0" if k == "v2" else "1.0.0") for k, s in servers.items())
+            ]
+        }
+    )
     yield servers, registry
     for s in servers.values():
         s.stop()
 
 
-def run_calls(mode: str, balancer: graylb.Balancer, requests: list[dict], ctx: graylb.GrayContext | None = None) -> list:
+def run_calls(
+    mode: str, balancer: graylb.Balancer, requests: list[dict], ctx: graylb.GrayContext | None = None
+) -> list:
     """Unary Say calls through the gray channel; returns (reply, served) pairs or exceptions."""
     if mode == "sync":
         out = []
-        with GrayChannel(balancer, "orders") as channel, (graylb.gray(lane=ctx.lane, pins=ctx.pins) if ctx else _null()):
+        with GrayChannel(balancer, "orders") as channel, graylb.gray(lane=ctx.lane, pins=ctx.pins) if ctx else _null():
             stub = echo_pb2_grpc.EchoStub(channel)
             for md in requests:
                 try:
-                    reply, call = stub.Say.with_call(echo_pb2.SayRequest(text="hi"), metadata=list(md.items()), timeout=5)
+                    reply, call = stub.Say.with_call(
+                        echo_pb2.SayRequest(text="hi"), metadata=list(md.items()), timeout=5
+                    )
                     out.append((reply, call.graylb))
                 except grpc.RpcError as exc:
                     out.append(exc)
@@ -84,7 +102,7 @@ def mode(request) -> str:
 
 
 def test_split_ratio_and_header_match(fleet, mode: str) -> None:
-    servers, registry = fleet
+    _servers, registry = fleet
     balancer = graylb.Balancer(registry, RULES)
     n = 300
     results = run_calls(mode, balancer, [{"x-user-id": f"u{i}"} for i in range(n)])
@@ -106,9 +124,9 @@ def test_sticky_users(fleet, mode: str) -> None:
 
 
 def test_lane_and_pin_reach_the_server(fleet, mode: str) -> None:
-    servers, registry = fleet
+    _servers, registry = fleet
     balancer = graylb.Balancer(registry, RULES)
-    (reply, served), = run_calls(mode, balancer, [{}], graylb.GrayContext(pins={"orders": "2.0.0"}))
+    ((reply, served),) = run_calls(mode, balancer, [{}], graylb.GrayContext(pins={"orders": "2.0.0"}))
     assert reply.version == "2.0.0" and served.route == "pin"
     assert "x-gray-pin" in reply.seen_metadata
 
@@ -119,7 +137,9 @@ def test_instance_killed_mid_traffic_zero_failed_unary(fleet, mode: str) -> None
     warm = run_calls(mode, balancer, [{"x-user-id": f"u{i}"} for i in range(30)])
     assert all(not isinstance(r, Exception) for r in warm)
     servers["v2"].stop()
-    results = run_calls(mode, balancer, [{"x-user-id": f"u{i}", "user-group": "beta" if i % 4 == 0 else ""} for i in range(100)])
+    results = run_calls(
+        mode, balancer, [{"x-user-id": f"u{i}", "user-group": "beta" if i % 4 == 0 else ""} for i in range(100)]
+    )
     failures = [r for r in results if isinstance(r, Exception)]
     assert failures == []
     assert {reply.version for reply, _ in results} == {"1.0.0"}
@@ -135,6 +155,7 @@ def test_deadline_is_honoured(fleet, mode: str) -> None:
             echo_pb2_grpc.EchoStub(channel).Say(echo_pb2.SayRequest(text="x"), timeout=0.2)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     else:
+
         async def run():
             async with AioGrayChannel(balancer, "orders") as channel:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -153,9 +174,12 @@ def test_stream_stays_on_one_instance(fleet, mode: str) -> None:
         with GrayChannel(balancer, "orders") as channel:
             replies = list(echo_pb2_grpc.EchoStub(channel).Count(echo_pb2.CountRequest(count=20), timeout=5))
     else:
+
         async def run():
             async with AioGrayChannel(balancer, "orders") as channel:
-                return [r async for r in echo_pb2_grpc.EchoStub(channel).Count(echo_pb2.CountRequest(count=20), timeout=5)]
+                return [
+                    r async for r in echo_pb2_grpc.EchoStub(channel).Count(echo_pb2.CountRequest(count=20), timeout=5)
+                ]
 
         replies = asyncio.run(run())
     assert [r.seq for r in replies] == list(range(20))
@@ -173,12 +197,15 @@ def test_subchannels_reused_and_closed_when_instances_leave(fleet) -> None:
         registry.remove("v1-b", service="orders")
         assert channel.subchannel_count == 2
         for _ in range(6):
-            assert stub.Say(echo_pb2.SayRequest(text="x"), timeout=5).instance != f"{servers['v1-b'].host}:{servers['v1-b'].port}"
+            assert (
+                stub.Say(echo_pb2.SayRequest(text="x"), timeout=5).instance
+                != f"{servers['v1-b'].host}:{servers['v1-b'].port}"
+            )
         assert channel.subchannel_count == 2
 
 
 def test_aio_subchannels_closed_when_instances_leave(fleet) -> None:
-    servers, registry = fleet
+    _servers, registry = fleet
     balancer = graylb.Balancer(registry, {"services": {"orders": {"load_balancer": "round_robin"}}})
 
     async def run() -> tuple[int, int, int]:

@@ -20,14 +20,22 @@ from graylb.testing.grpc_server import EchoServer, serve_echo, serve_echo_aio
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS = ROOT / "graylb" / "_proto"
-GRAY_METADATA = (("x-gray-lane", "beta"), ("x-gray-pin", "orders=2.0.0"), ("baggage", "gray.user-group=beta"), ("x-other", "dropped"))
+GRAY_METADATA = (
+    ("x-gray-lane", "beta"),
+    ("x-gray-pin", "orders=2.0.0"),
+    ("baggage", "gray.user-group=beta"),
+    ("x-other", "dropped"),
+)
 
 
 def test_stubs_import_from_the_graylb_proto_package() -> None:
     assert echo_pb2.DESCRIPTOR.name == "graylb/demo/v1/echo.proto"
     assert echo_pb2.DESCRIPTOR.package == "graylb.demo.v1"
     service = echo_pb2.DESCRIPTOR.services_by_name["Echo"]
-    assert {m.name: (m.client_streaming, m.server_streaming) for m in service.methods} == {"Say": (False, False), "Count": (False, True)}
+    assert {m.name: (m.client_streaming, m.server_streaming) for m in service.methods} == {
+        "Say": (False, False),
+        "Count": (False, True),
+    }
     source = (STUBS / "graylb/demo/v1/echo_pb2_grpc.py").read_text()
     assert "from graylb._proto.graylb.demo.v1 import echo_pb2" in source
     assert not re.search(r"^from graylb\.demo", source, re.M)
@@ -42,12 +50,24 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools (the dev extra) regenerates the stubs")
 
     protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.proto"))
-    assert protos == ["proto/graylb/demo/v1/echo.proto"], "new .proto files: add them to PROTOS in the Makefile and here"
+    assert protos == ["proto/graylb/demo/v1/echo.proto"], (
+        "new .proto files: add them to PROTOS in the Makefile and here"
+    )
     makefile = (ROOT / "Makefile").read_text()
     assert "PROTOS    := proto/graylb/demo/v1/echo.proto" in makefile
     out = str(tmp_path)
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", "proto", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *protos],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            "proto",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *protos,
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -65,7 +85,12 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
 
 
 def _check_served(reply: object, server: EchoServer | object, *, lane: str = "") -> None:
-    assert (reply.service, reply.version, reply.instance, reply.lane) == (server.service, server.version, server.address, lane)
+    assert (reply.service, reply.version, reply.instance, reply.lane) == (
+        server.service,
+        server.version,
+        server.address,
+        lane,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +116,14 @@ def test_unary_reply_says_who_served_and_what_it_saw(server: EchoServer, stub: e
     assert reply.text == "hello"
     assert reply.seen_lane == "" and dict(reply.seen_pins) == {} and dict(reply.seen_metadata) == {}
 
-    reply = stub.Say(echo_pb2.SayRequest(text="again"), metadata=GRAY_METADATA + (("x-gray-pin", "payments=1.0.0"),), timeout=5)
-    assert dict(reply.seen_metadata) == {"x-gray-lane": "beta", "x-gray-pin": "orders=2.0.0,payments=1.0.0", "baggage": "gray.user-group=beta"}
+    reply = stub.Say(
+        echo_pb2.SayRequest(text="again"), metadata=(*GRAY_METADATA, ("x-gray-pin", "payments=1.0.0")), timeout=5
+    )
+    assert dict(reply.seen_metadata) == {
+        "x-gray-lane": "beta",
+        "x-gray-pin": "orders=2.0.0,payments=1.0.0",
+        "baggage": "gray.user-group=beta",
+    }
     assert server.calls == 2
     assert server.static_entry() == {"host": "127.0.0.1", "port": server.port, "version": "2.0.0", "lane": "beta"}
 
@@ -201,7 +232,11 @@ async def test_aio_server_and_client() -> None:
             stub = echo_pb2_grpc.EchoStub(channel)
             reply = await stub.Say(echo_pb2.SayRequest(text="hi"), metadata=GRAY_METADATA, timeout=5)
             _check_served(reply, server)
-            assert reply.text == "hi" and reply.seen_metadata["x-gray-pin"] == "orders=2.0.0" and "x-other" not in reply.seen_metadata
+            assert (
+                reply.text == "hi"
+                and reply.seen_metadata["x-gray-pin"] == "orders=2.0.0"
+                and "x-other" not in reply.seen_metadata
+            )
             seqs = [r.seq async for r in stub.Count(echo_pb2.CountRequest(count=3, interval_ms=5), timeout=5)]
             assert seqs == [0, 1, 2]
 

@@ -19,7 +19,20 @@ import pytest
 import graylb
 from graylb.call import Call
 from graylb.transports.grpc import AioGrayChannel, GrayChannel
-from tests.integration.grpc_shapes import AIO_OPS, AIO_STREAM_CALLS, SYNC_CANCELLABLE, SYNC_OPS, WAIT, DoneLog, Shapes, finish, inflight, run_in_loop
+from tests.integration.grpc_shapes import (
+    AIO_OPS,
+    AIO_STREAM_CALLS,
+    BIDI,
+    CLIENT_STREAM,
+    SYNC_CANCELLABLE,
+    SYNC_OPS,
+    WAIT,
+    DoneLog,
+    Shapes,
+    finish,
+    inflight,
+    run_in_loop,
+)
 
 RULES = {"services": {"shapes": {"load_balancer": "round_robin"}}}
 OK, FAIL = 4, 2  # answered and failed calls per shape
@@ -88,7 +101,9 @@ def test_sync_cancelled_calls_end_once(shapes: Shapes, done_log: DoneLog, op: st
     assert_settled(balancer, shapes, done_log, Counter({True: 3}))
 
 
-@pytest.mark.parametrize("op", ["unary", "unary.with_call", "stream_unary", "stream_unary.with_call", "unary_stream", "stream_stream"])
+@pytest.mark.parametrize(
+    "op", ["unary", "unary.with_call", "stream_unary", "stream_unary.with_call", "unary_stream", "stream_stream"]
+)
 def test_sync_calls_past_their_deadline_end_once(shapes: Shapes, done_log: DoneLog, op: str) -> None:
     balancer = balancer_for(shapes)
     with GrayChannel(balancer, "shapes") as channel:
@@ -105,7 +120,10 @@ def test_streaming_multicallables_offer_only_what_grpc_offers(shapes: Shapes, do
     must fail before an instance is picked, not leave an attempt open."""
     balancer = balancer_for(shapes)
     with GrayChannel(balancer, "shapes") as channel:
-        for mc in (channel.unary_stream("/graylb.test.Shapes/ServerStream"), channel.stream_stream("/graylb.test.Shapes/Bidi")):
+        for mc in (
+            channel.unary_stream("/graylb.test.Shapes/ServerStream"),
+            channel.stream_stream("/graylb.test.Shapes/Bidi"),
+        ):
             for name in ("with_call", "future"):
                 with pytest.raises(AttributeError):
                     getattr(mc, name)(iter([b"ok"]), timeout=WAIT)
@@ -133,6 +151,22 @@ def test_aio_answered_and_failed_calls_end_once(shapes: Shapes, done_log: DoneLo
 
     run_in_loop(run())
     assert_settled(balancer, shapes, done_log, Counter({True: OK, False: FAIL}))
+
+
+def test_aio_request_streaming_calls_take_their_options_positionally(shapes: Shapes, done_log: DoneLog) -> None:
+    """grpc.aio's stream-unary and stream-stream multicallables take ``timeout``, ``metadata``, ...
+    positionally (only the unary-request ones make them keyword-only): so do the gray channel's."""
+    balancer = balancer_for(shapes)
+
+    async def run() -> None:
+        async with AioGrayChannel(balancer, "shapes") as channel:
+            metadata = (("x-test", "1"),)
+            assert await channel.stream_unary(CLIENT_STREAM)(iter([b"ok"]), WAIT, metadata) in {b"a", b"b", b"c"}
+            assert len([r async for r in channel.stream_stream(BIDI)(iter([b"ok", b"x"]), WAIT, metadata)]) == 2
+            await asyncio.to_thread(done_log.wait, 2)
+
+    run_in_loop(run())
+    assert_settled(balancer, shapes, done_log, Counter({True: 2}))
 
 
 def test_aio_cancelled_unary_call_ends_once(shapes: Shapes, done_log: DoneLog) -> None:
@@ -170,7 +204,9 @@ def test_aio_cancelled_streaming_call_ends_once(shapes: Shapes, done_log: DoneLo
 
 
 @pytest.mark.parametrize("kind", list(AIO_STREAM_CALLS))
-def test_aio_streaming_calls_made_before_the_first_snapshot_end_once(shapes: Shapes, done_log: DoneLog, kind: str) -> None:
+def test_aio_streaming_calls_made_before_the_first_snapshot_end_once(
+    shapes: Shapes, done_log: DoneLog, kind: str
+) -> None:
     """Before the first snapshot a streaming call is a _DeferredAioCall that starts the RPC
     once the snapshot is here: answered, failed and cancelled ones all end their attempt;
     one cancelled before the snapshot never started one."""
@@ -180,7 +216,12 @@ def test_aio_streaming_calls_made_before_the_first_snapshot_end_once(shapes: Sha
     async def run() -> list:
         async with AioGrayChannel(balancer, "shapes") as channel:
             make = AIO_STREAM_CALLS[kind]
-            answered, failed, held, never = make(channel, b"ok"), make(channel, b"fail"), make(channel, b"hold"), make(channel, b"ok")
+            answered, failed, held, never = (
+                make(channel, b"ok"),
+                make(channel, b"fail"),
+                make(channel, b"hold"),
+                make(channel, b"ok"),
+            )
             assert never.cancel()  # before the snapshot: nothing was picked
             discovery.release()
             results = [await finish(kind, answered), await finish(kind, failed)]
@@ -197,7 +238,9 @@ def test_aio_streaming_calls_made_before_the_first_snapshot_end_once(shapes: Sha
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["started", "deferred"])
 @pytest.mark.parametrize("kind", list(AIO_STREAM_CALLS))
-def test_aio_stream_has_ended_its_attempt_when_the_caller_sees_its_end(shapes: Shapes, done_log: DoneLog, kind: str, deferred: bool) -> None:
+def test_aio_stream_has_ended_its_attempt_when_the_caller_sees_its_end(
+    shapes: Shapes, done_log: DoneLog, kind: str, deferred: bool
+) -> None:
     """No task in between: by the time ``async for`` / ``await`` returns, the attempt is over, so
     a loop that ends right after (``asyncio.run`` cancelling what is left) leaks nothing."""
     discovery = shapes.late_registry("shapes") if deferred else shapes.registry("shapes")

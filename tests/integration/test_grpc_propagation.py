@@ -256,7 +256,9 @@ class AioStack:
 
     def channel(self, target: str) -> grpc.aio.Channel:  # called on the loop
         if target not in self.channels:
-            self.channels[target] = grpc.aio.insecure_channel(target, options=OPTIONS, interceptors=aio_client_interceptors())
+            self.channels[target] = grpc.aio.insecure_channel(
+                target, options=OPTIONS, interceptors=aio_client_interceptors()
+            )
         return self.channels[target]
 
     def serve(self, *, trust: Any = True, downstream: str | None = None) -> str:
@@ -280,11 +282,15 @@ class AioStack:
                 yield r
 
         if kind == "server_stream":
-            return decode([r async for r in ch.unary_stream(method("ServerStream"))(b"", metadata=metadata, timeout=WAIT)])
+            return decode(
+                [r async for r in ch.unary_stream(method("ServerStream"))(b"", metadata=metadata, timeout=WAIT)]
+            )
         if kind == "client_stream":
             return decode([await ch.stream_unary(method("ClientStream"))(requests(), metadata=metadata, timeout=WAIT)])
         if kind == "bidi":
-            return decode([r async for r in ch.stream_stream(method("Bidi"))(requests(), metadata=metadata, timeout=WAIT)])
+            return decode(
+                [r async for r in ch.stream_stream(method("Bidi"))(requests(), metadata=metadata, timeout=WAIT)]
+            )
         name = {"unary": "Unary", "chain": "Chain", "together": "Together", "fail": "Fail", "sloppy": "Sloppy"}[kind]
         return decode([await ch.unary_unary(method(name))(b"", metadata=metadata, timeout=WAIT)])
 
@@ -327,7 +333,12 @@ def rpc_error(stack: Any, target: str, kind: str, metadata: Any = None) -> grpc.
     return info.value
 
 
-BETA = dict(lane="beta", force_lane=True, pins={"orders": ">=1.2,<2", "payments": "2.0.0+build.1"}, values={"user-group": "beta"})
+BETA = dict(
+    lane="beta",
+    force_lane=True,
+    pins={"orders": ">=1.2,<2", "payments": "2.0.0+build.1"},
+    values={"user-group": "beta"},
+)
 BETA_SEEN = expect("beta", True, {"orders": ">=1.2,<2", "payments": "2.0.0+build.1"}, {"user-group": "beta"})
 
 
@@ -646,4 +657,3 @@ def test_stripped_servicer_context_delegates_everything_else():
         assert proxy.peer() == "ipv4:1.2.3.4:5" and proxy.custom == "extra"
     assert isinstance(gi._StrippedServicerContext(Inner(), HeaderCodec()), grpc.ServicerContext)
     assert isinstance(gi._AioStrippedServicerContext(Inner(), HeaderCodec()), grpc.aio.ServicerContext)
-

@@ -17,7 +17,10 @@ from tests.conftest import Fleet, Sender
 
 
 def split_rules(canary_weight: int, *, sticky: bool = True) -> dict:
-    route = {"name": "split", "to": [{"subset": "canary", "weight": canary_weight}, {"subset": "stable", "weight": 100 - canary_weight}]}
+    route = {
+        "name": "split",
+        "to": [{"subset": "canary", "weight": canary_weight}, {"subset": "stable", "weight": 100 - canary_weight}],
+    }
     if sticky:
         route["sticky"] = {"header": "x-user-id"}
     return {
@@ -26,10 +29,18 @@ def split_rules(canary_weight: int, *, sticky: bool = True) -> dict:
                 "subsets": {"stable": {"version": "^1.4"}, "canary": {"version": "^2.0"}},
                 "default": "stable",
                 "routes": [
-                    {"name": "beta-users", "match": [{"headers": {"user-group": {"exact": "beta"}}}], "to": [{"subset": "canary"}]},
+                    {
+                        "name": "beta-users",
+                        "match": [{"headers": {"user-group": {"exact": "beta"}}}],
+                        "to": [{"subset": "canary"}],
+                    },
                     route,
                 ],
-                "outlier_detection": {"consecutive_errors": 3, "base_ejection_time": "30s", "max_ejection_percent": 100},
+                "outlier_detection": {
+                    "consecutive_errors": 3,
+                    "base_ejection_time": "30s",
+                    "max_ejection_percent": 100,
+                },
             }
         }
     }
@@ -80,7 +91,10 @@ def test_sticky_users_and_raising_weight_only_moves_stable_to_canary(fleet: Flee
     assert 0 < sum(v == "2.0.0" for v in before.values()) < 100
 
     assert rules.apply(split_rules(40))
-    after = {u: r.extensions["graylb"].version for u, r in zip(users, sender.many([("http://orders/x", {"x-user-id": u}) for u in users]))}
+    after = {
+        u: r.extensions["graylb"].version
+        for u, r in zip(users, sender.many([("http://orders/x", {"x-user-id": u}) for u in users]))
+    }
     moved_back = [u for u in users if before[u] == "2.0.0" and after[u] != "2.0.0"]
     assert moved_back == []
     assert sum(v == "2.0.0" for v in after.values()) > sum(v == "2.0.0" for v in before.values())
@@ -100,7 +114,9 @@ def test_header_match_goes_to_canary(fleet: Fleet, mode: str) -> None:
 def test_pin_in_context_wins_over_rules(fleet: Fleet, mode: str) -> None:
     three_orders(fleet)
     sender = Sender(mode, graylb.Balancer(fleet.registry, split_rules(0)))
-    responses = sender.many([("http://orders/x", {}) for _ in range(20)], ctx=graylb.GrayContext(pins={"orders": "2.0.0"}))
+    responses = sender.many(
+        [("http://orders/x", {}) for _ in range(20)], ctx=graylb.GrayContext(pins={"orders": "2.0.0"})
+    )
     assert versions(responses) == Counter({"2.0.0": 20})
     assert responses[0].json()["seen_pins"] == {"orders": "2.0.0"}  # and the pin travelled on
 
@@ -139,7 +155,9 @@ def test_instance_dies_mid_traffic_no_failed_request(fleet: Fleet, mode: str) ->
     warm = sender.many([("http://orders/x", {"x-user-id": f"u{i}"}) for i in range(100)])
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in warm)
     fleet.servers["v2"].stop()
-    responses = sender.many([("http://orders/x", {"x-user-id": f"u{i}", "user-group": "beta" if i % 5 == 0 else ""}) for i in range(200)])
+    responses = sender.many(
+        [("http://orders/x", {"x-user-id": f"u{i}", "user-group": "beta" if i % 5 == 0 else ""}) for i in range(200)]
+    )
     failures = [r for r in responses if not isinstance(r, httpx.Response) or r.status_code != 200]
     assert failures == []
     assert versions(responses) == Counter({"1.4.2": 200})
@@ -151,8 +169,15 @@ def test_instance_dies_mid_traffic_no_failed_request(fleet: Fleet, mode: str) ->
 def test_retry_on_503_goes_to_another_instance(fleet: Fleet, mode: str) -> None:
     fleet.start("bad", "orders", "1.4.2", status=503)
     fleet.start("good", "orders", "1.4.2")
-    rules = {"services": {"orders": {"retries": {"attempts": 1, "on": ["503"]}, "load_balancer": "round_robin",
-                                     "outlier_detection": {"consecutive_errors": 1000, "base_ejection_time": "1s"}}}}
+    rules = {
+        "services": {
+            "orders": {
+                "retries": {"attempts": 1, "on": ["503"]},
+                "load_balancer": "round_robin",
+                "outlier_detection": {"consecutive_errors": 1000, "base_ejection_time": "1s"},
+            }
+        }
+    }
     sender = Sender(mode, graylb.Balancer(fleet.registry, rules))
     responses = sender.many([("http://orders/x", {}) for _ in range(10)])
     assert all(r.status_code == 200 for r in responses)
@@ -172,25 +197,47 @@ def test_non_idempotent_post_is_not_retried_on_503(fleet: Fleet) -> None:
 def test_outlier_ejection_and_return(fleet: Fleet, mode: str) -> None:
     fleet.start("bad", "orders", "1.4.2", status=500)
     fleet.start("good", "orders", "1.4.2")
-    rules = {"services": {"orders": {"retries": {"attempts": 0}, "load_balancer": "round_robin",
-                                     "outlier_detection": {"consecutive_errors": 2, "base_ejection_time": "30s", "max_ejection_percent": 50}}}}
+    rules = {
+        "services": {
+            "orders": {
+                "retries": {"attempts": 0},
+                "load_balancer": "round_robin",
+                "outlier_detection": {"consecutive_errors": 2, "base_ejection_time": "30s", "max_ejection_percent": 50},
+            }
+        }
+    }
     now = [1000.0]
     balancer = graylb.Balancer(fleet.registry, rules, clock=lambda: now[0])
     sender = Sender(mode, balancer)
     first = sender.many([("http://orders/x", {}) for _ in range(6)])
     assert sum(r.status_code == 500 for r in first) == 2  # two errors, then ejected
-    assert all(r.extensions["graylb"].instance == "good" for r in sender.many([("http://orders/x", {}) for _ in range(10)]))
+    assert all(
+        r.extensions["graylb"].instance == "good" for r in sender.many([("http://orders/x", {}) for _ in range(10)])
+    )
     # The instance is fixed; once the ejection time is over it gets traffic again.
     fleet.status["bad"] = 200
     now[0] += 29
-    assert {r.extensions["graylb"].instance for r in sender.many([("http://orders/x", {}) for _ in range(4)])} == {"good"}
+    assert {r.extensions["graylb"].instance for r in sender.many([("http://orders/x", {}) for _ in range(4)])} == {
+        "good"
+    }
     now[0] += 1
-    assert {r.extensions["graylb"].instance for r in sender.many([("http://orders/x", {}) for _ in range(4)])} == {"good", "bad"}
+    assert {r.extensions["graylb"].instance for r in sender.many([("http://orders/x", {}) for _ in range(4)])} == {
+        "good",
+        "bad",
+    }
 
 
 def test_no_instance_names_service_and_subset(fleet: Fleet, mode: str) -> None:
     fleet.start("v1", "orders", "1.4.2")
-    rules = {"services": {"orders": {"subsets": {"canary": {"version": "^2"}}, "routes": [{"name": "all-canary", "to": [{"subset": "canary"}]}], "fallback": "fail"}}}
+    rules = {
+        "services": {
+            "orders": {
+                "subsets": {"canary": {"version": "^2"}},
+                "routes": [{"name": "all-canary", "to": [{"subset": "canary"}]}],
+                "fallback": "fail",
+            }
+        }
+    }
     err = Sender(mode, graylb.Balancer(fleet.registry, rules)).one("http://orders/x")
     assert isinstance(err, graylb.NoInstanceAvailable)
     assert err.service == "orders" and err.subset == "canary"
@@ -205,7 +252,11 @@ def test_other_hosts_pass_through_untouched(fleet: Fleet, mode: str) -> None:
 
 def test_garbage_gray_headers_are_harmless(fleet: Fleet, mode: str) -> None:
     server = fleet.start("v1", "orders", "1.4.2")
-    garbage = {"baggage": "gray.lane=%ZZ,,=,gray.pin.orders=" + "9" * 5000 + ",\x7f", "x-gray-lane": "not a lane!!;;;", "x-gray-pin": "=,=,orders"}
+    garbage = {
+        "baggage": "gray.lane=%ZZ,,=,gray.pin.orders=" + "9" * 5000 + ",\x7f",
+        "x-gray-lane": "not a lane!!;;;",
+        "x-gray-pin": "=,=,orders",
+    }
     with httpx.Client() as client:
         r = client.get(f"{server.url}/x", headers=garbage)
     assert r.status_code == 200
@@ -229,7 +280,9 @@ def test_a_cancelled_async_request_ends_its_attempt(fleet: Fleet) -> None:
 
     server = serve_wsgi(slow)
     try:
-        fleet.registry.add({"host": server.host, "port": server.port, "version": "1.0.0", "id": "slow"}, service="orders")
+        fleet.registry.add(
+            {"host": server.host, "port": server.port, "version": "1.0.0", "id": "slow"}, service="orders"
+        )
         balancer = graylb.Balancer(fleet.registry, services=["orders"])
 
         async def main() -> None:

@@ -264,7 +264,11 @@ CASES = [
     pytest.param("trusted", [], expect(), {}, id="no-headers"),
     pytest.param("trusted", [("X-Gray-Lane", "beta")], expect("beta"), {"x-gray-lane": "beta"}, id="lane"),
     pytest.param(
-        "trusted", [("x-gray-lane", "beta;forced")], expect("beta", True), {"x-gray-lane": "beta;forced"}, id="forced-lane"
+        "trusted",
+        [("x-gray-lane", "beta;forced")],
+        expect("beta", True),
+        {"x-gray-lane": "beta;forced"},
+        id="forced-lane",
     ),
     pytest.param(
         "trusted",
@@ -318,7 +322,9 @@ CASES = [
     pytest.param(
         "untrusted", [("baggage", "gray.lane=beta,gray.pin.orders=1")], expect(), {}, id="untrusted-baggage-all-gray"
     ),
-    pytest.param("loopback-network", [("x-gray-lane", "beta")], expect("beta"), {"x-gray-lane": "beta"}, id="trusted-network"),
+    pytest.param(
+        "loopback-network", [("x-gray-lane", "beta")], expect("beta"), {"x-gray-lane": "beta"}, id="trusted-network"
+    ),
     pytest.param("other-networks", [("x-gray-lane", "beta")], expect(), {}, id="untrusted-network"),
 ]
 

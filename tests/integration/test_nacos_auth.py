@@ -15,7 +15,15 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from graylb.nacos import NacosAuth, NacosAuthError, NacosConfig, NacosError, NacosUnavailable, check_response, namespace_pair
+from graylb.nacos import (
+    NacosAuth,
+    NacosAuthError,
+    NacosConfig,
+    NacosError,
+    NacosUnavailable,
+    check_response,
+    namespace_pair,
+)
 from graylb.testing.fake_nacos import FakeNacos, RecordedRequest
 
 USER, PASSWORD = "nacos", "pw-7f3a-s3cret"
@@ -59,7 +67,13 @@ class Clock:
 def test_config_defaults_repr_and_base_url() -> None:
     c = NacosConfig("127.0.0.1:8848", username="u", password="hunter22")
     assert c.address == "http://127.0.0.1:8848" and c.base_url == "http://127.0.0.1:8848/nacos"
-    assert (c.namespace, c.config_tenant, c.group, c.clusters, c.api_version) == ("public", "", "DEFAULT_GROUP", (), "v1")
+    assert (c.namespace, c.config_tenant, c.group, c.clusters, c.api_version) == (
+        "public",
+        "",
+        "DEFAULT_GROUP",
+        (),
+        "v1",
+    )
     assert "hunter22" not in repr(c)
     # "/nacos" written into the address is the context path, not doubled
     assert NacosConfig("http://h:8848/nacos/").base_url == "http://h:8848/nacos"
@@ -84,9 +98,22 @@ def test_config_rejects_bad_input_without_echoing_secrets() -> None:
 
 
 def test_config_from_env() -> None:
-    env = {"NACOS_SERVER_ADDR": "10.0.0.1:8848,10.0.0.2:8848", "NACOS_NAMESPACE": "dev", "NACOS_GROUP": "G", "NACOS_USERNAME": "u", "NACOS_PASSWORD": "p"}
+    env = {
+        "NACOS_SERVER_ADDR": "10.0.0.1:8848,10.0.0.2:8848",
+        "NACOS_NAMESPACE": "dev",
+        "NACOS_GROUP": "G",
+        "NACOS_USERNAME": "u",
+        "NACOS_PASSWORD": "p",
+    }
     c = NacosConfig.from_env(env=env)
-    assert (c.address, c.namespace, c.config_tenant, c.group, c.username, c.password) == ("http://10.0.0.1:8848", "dev", "dev", "G", "u", "p")
+    assert (c.address, c.namespace, c.config_tenant, c.group, c.username, c.password) == (
+        "http://10.0.0.1:8848",
+        "dev",
+        "dev",
+        "G",
+        "u",
+        "p",
+    )
     c = NacosConfig.from_env("http://x:1", env={"NACOS_ADDR": "http://y:2", "NACOS_NAMESPACE": "public"}, group="H")
     assert (c.address, c.namespace, c.config_tenant, c.group, c.username) == ("http://x:1", "public", "", "H", None)
     assert NacosConfig.from_env(env={}).address == "http://127.0.0.1:8848"
@@ -127,7 +154,7 @@ def test_server_with_auth_and_client_without_credentials(fake: FakeNacos) -> Non
     with auth.config.client() as client:
         r = auth.request(client, "GET", LIST, params=PARAMS)
     assert r.status_code == 403
-    with pytest.raises(NacosAuthError, match="user not found!.*NACOS_USERNAME"):
+    with pytest.raises(NacosAuthError, match=r"user not found!.*NACOS_USERNAME"):
         check_response(r, "listing instances of service 'orders'")
 
 
@@ -173,7 +200,11 @@ def test_expired_token_one_relogin_and_retry(fake: FakeNacos, caplog: pytest.Log
         r = auth.request(client, "GET", LIST, params=PARAMS)
         assert r.status_code == 200
         # old token -> 403, login, same call with the new token
-        assert [(q.method, q.path) for q in fake.requests] == [("GET", "/nacos/v1/ns/instance/list"), ("POST", "/nacos/v1/auth/login"), ("GET", "/nacos/v1/ns/instance/list")]
+        assert [(q.method, q.path) for q in fake.requests] == [
+            ("GET", "/nacos/v1/ns/instance/list"),
+            ("POST", "/nacos/v1/auth/login"),
+            ("GET", "/nacos/v1/ns/instance/list"),
+        ]
         assert all(r.query.get("accessToken") for r in api_calls(fake))
         auth.request(client, "GET", LIST, params=PARAMS)  # the new token keeps working
     assert auth.logins == 2
@@ -248,16 +279,24 @@ class ForbidAll(httpx.BaseTransport):
         if not request.url.path.endswith("/auth/login"):
             response.read()
             response.close()
-            return httpx.Response(403, json={"status": 403, "error": "Forbidden", "message": "authorization failed!"}, request=request)
+            return httpx.Response(
+                403, json={"status": 403, "error": "Forbidden", "message": "authorization failed!"}, request=request
+            )
         return response
 
 
 def test_403_that_survives_the_relogin_raises(fake: FakeNacos) -> None:
     auth = NacosAuth(cfg(fake))
-    with httpx.Client(base_url=auth.config.base_url, transport=ForbidAll()) as client, pytest.raises(NacosAuthError) as err:
+    with (
+        httpx.Client(base_url=auth.config.base_url, transport=ForbidAll()) as client,
+        pytest.raises(NacosAuthError) as err,
+    ):
         auth.request(client, "GET", LIST, params=PARAMS)
     text = str(err.value)
-    assert "Nacos refused GET /v1/ns/instance/list for user 'nacos' even after logging in again: 403 'authorization failed!'" in text
+    assert (
+        "Nacos refused GET /v1/ns/instance/list for user 'nacos' even after logging in again: "
+        "403 'authorization failed!'" in text
+    )
     assert len(logins(fake)) == 2  # one login, exactly one re-login, no loop
     for token in tokens(fake) | {auth._token or ""}:
         assert token and token not in text
@@ -270,7 +309,9 @@ def test_secrets_never_in_logs_urls_or_errors(fake: FakeNacos, caplog: pytest.Lo
     with auth.config.client() as client:
         auth.request(client, "GET", LIST, params=PARAMS)
         fake.expire_tokens()
-        auth.request(client, "POST", "/v1/cs/configs", data={"dataId": "d", "group": "DEFAULT_GROUP", "content": "x: 1"})
+        auth.request(
+            client, "POST", "/v1/cs/configs", data={"dataId": "d", "group": "DEFAULT_GROUP", "content": "x: 1"}
+        )
         fake.fail_all(503)
         try:
             check_response(auth.request(client, "GET", LIST, params=PARAMS), "listing")
@@ -305,8 +346,17 @@ def test_unreachable_server_names_the_address() -> None:
     auth = NacosAuth(config)
     with config.client() as client, pytest.raises(NacosUnavailable) as err:
         auth.request(client, "GET", LIST)
-    assert str(err.value) == f"cannot reach Nacos at http://127.0.0.1:{port} while logging in as user 'nacos': connection refused"
-    with config.client() as client, pytest.raises(NacosUnavailable, match=f"cannot reach Nacos at http://127.0.0.1:{port} while GET /v1/ns/instance/list: connection refused"):
+    assert (
+        str(err.value)
+        == f"cannot reach Nacos at http://127.0.0.1:{port} while logging in as user 'nacos': connection refused"
+    )
+    with (
+        config.client() as client,
+        pytest.raises(
+            NacosUnavailable,
+            match=f"cannot reach Nacos at http://127.0.0.1:{port} while GET /v1/ns/instance/list: connection refused",
+        ),
+    ):
         NacosAuth(NacosConfig(config.address)).request(client, "GET", LIST)
 
 
@@ -324,7 +374,7 @@ def test_server_errors_come_back_as_responses(fake: FakeNacos) -> None:
             check_response(r, "listing")
         fake.fail_all(503)  # the login itself fails too
         auth.invalidate()
-        with pytest.raises(NacosUnavailable, match="while logging in as user 'nacos'.*503"):
+        with pytest.raises(NacosUnavailable, match=r"while logging in as user 'nacos'.*503"):
             auth.request(client, "GET", LIST, params=PARAMS)
 
 
@@ -351,14 +401,26 @@ def _resp(status: int, **kw) -> httpx.Response:
     ("response", "error", "fragment"),
     [
         (_resp(403, text="token invalid!"), NacosAuthError, "forbidden (403 'token invalid!')"),
-        (_resp(403, json={"status": 403, "error": "Forbidden", "message": "token expired!"}), NacosAuthError, "'token expired!'"),
+        (
+            _resp(403, json={"status": 403, "error": "Forbidden", "message": "token expired!"}),
+            NacosAuthError,
+            "'token expired!'",
+        ),
         (_resp(429, text="Too Many Requests"), NacosUnavailable, "429"),
         (_resp(500, text="caused: server error;"), NacosUnavailable, "500 'caused: server error;'"),
         (_resp(503), NacosUnavailable, "503"),
         (_resp(400, text="Param 'serviceName' is required."), NacosError, "rejected x: 400"),
         (_resp(404, text="config data not exist\n"), NacosError, "404"),
-        (_resp(400, json={"code": 21001, "message": "weight error", "data": "out of range"}), NacosError, "weight error"),
-        (_resp(200, json={"code": 20004, "message": "resource not found", "data": None}), NacosError, "code 20004: 'resource not found'"),
+        (
+            _resp(400, json={"code": 21001, "message": "weight error", "data": "out of range"}),
+            NacosError,
+            "weight error",
+        ),
+        (
+            _resp(200, json={"code": 20004, "message": "resource not found", "data": None}),
+            NacosError,
+            "code 20004: 'resource not found'",
+        ),
         (_resp(200, json={"code": 10001, "message": "access denied", "data": None}), NacosAuthError, "access denied"),
     ],
 )
@@ -374,7 +436,9 @@ def test_check_response_maps_errors(response: httpx.Response, error: type, fragm
     [
         _resp(200, text="ok"),
         _resp(200, json={"code": 0, "message": "success", "data": "ok"}),
-        _resp(200, json={"clientBeatInterval": 5000, "code": 10200, "lightBeatEnabled": True}),  # a beat reply, not an envelope
+        _resp(
+            200, json={"clientBeatInterval": 5000, "code": 10200, "lightBeatEnabled": True}
+        ),  # a beat reply, not an envelope
         _resp(200, json={"hosts": [], "name": "DEFAULT_GROUP@@orders"}),
         _resp(200, text="true"),
     ],
@@ -388,7 +452,9 @@ def test_query_token_is_the_only_place_of_the_token(fake: FakeNacos) -> None:
     in a header graylb sets, and the login's own answer header is not reused."""
     auth = NacosAuth(cfg(fake))
     with auth.config.client() as client:
-        auth.request(client, "PUT", "/v1/ns/instance/beat", params={"serviceName": "orders", "ip": "1.2.3.4", "port": 1})
+        auth.request(
+            client, "PUT", "/v1/ns/instance/beat", params={"serviceName": "orders", "ip": "1.2.3.4", "port": 1}
+        )
     [call] = api_calls(fake)
     assert "authorization" not in call.headers and "accesstoken" not in call.headers
     assert parse_qs(urlsplit(call.target).query)["accessToken"] == call.query["accessToken"]

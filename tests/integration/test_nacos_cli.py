@@ -25,7 +25,9 @@ KEY, GROUP = NacosCli.key, NacosCli.group
 USER, PASSWORD = "nacos", "pw-cli-5e1d-secret"
 
 
-def run(fake: FakeNacos | None, *args: str, address: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    fake: FakeNacos | None, *args: str, address: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return NacosCli(fake).run(*args, address=address, env=env)
 
 
@@ -57,7 +59,10 @@ def test_push_writes_the_document_and_keeps_the_previous_revision(fake: FakeNaco
     assert config(fake) == RULES_A and config(fake, KEY + ".previous") is None
 
     out = ok(run(fake, "rules", "push", str(files["b.yaml"]), "--key", KEY))
-    assert out.strip() == f"pushed {files['b.yaml']} to {KEY} (md5 {content_md5(RULES_B)}); previous revision kept at {KEY}.previous"
+    assert (
+        out.strip()
+        == f"pushed {files['b.yaml']} to {KEY} (md5 {content_md5(RULES_B)}); previous revision kept at {KEY}.previous"
+    )
     assert config(fake) == RULES_B and config(fake, KEY + ".previous") == RULES_A
     # The write of the key is a compare-and-set on the MD5 read just before (casMd5, header
     # and form); the first one had nothing to compare with.
@@ -92,13 +97,42 @@ def test_status_table(fake: FakeNacos) -> None:
     assert lines[1].split() == ["VERSION", "IMAGE", "COMMIT", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID"]
     rows = [line.split() for line in lines[2:]]
     g = "DEFAULT_GROUP@@orders"
-    assert ["1.4.2", "-", "-", "-", "10000", "passing", "10.0.0.1:8080", f"10.0.0.1#8080#DEFAULT#{g}"] in rows  # 100 x 100, capped
+    assert [
+        "1.4.2",
+        "-",
+        "-",
+        "-",
+        "10000",
+        "passing",
+        "10.0.0.1:8080",
+        f"10.0.0.1#8080#DEFAULT#{g}",
+    ] in rows  # 100 x 100, capped
     assert ["1.4.3", "-", "-", "-", "250", "passing", "10.0.0.2:8080", f"10.0.0.2#8080#DEFAULT#{g}"] in rows
     # 0.5 x 100; metadata image and commit (a full hash shown to 12 characters)
-    assert ["2.0.0", "registry.example.com/orders:2.0.0", "9fceb02d0ae5", "-", "50", "passing", "10.0.0.3:8080", f"10.0.0.3#8080#DEFAULT#{g}"] in rows
+    assert [
+        "2.0.0",
+        "registry.example.com/orders:2.0.0",
+        "9fceb02d0ae5",
+        "-",
+        "50",
+        "passing",
+        "10.0.0.3:8080",
+        f"10.0.0.3#8080#DEFAULT#{g}",
+    ] in rows
     assert ["2.1.0", "-", "-", "feature-x", "100", "passing", "10.0.0.5:8081", f"10.0.0.5#8081#DEFAULT#{g}"] in rows
     assert ["1.4.2", "-", "-", "-", "100", "critical", "10.0.0.4:8080", f"10.0.0.4#8080#DEFAULT#{g}"] in rows
-    assert ["1.4.2", "-", "-", "-", "0", "(no", "traffic)", "passing", "10.0.0.6:8080", f"10.0.0.6#8080#DEFAULT#{g}"] in rows
+    assert [
+        "1.4.2",
+        "-",
+        "-",
+        "-",
+        "0",
+        "(no",
+        "traffic)",
+        "passing",
+        "10.0.0.6:8080",
+        f"10.0.0.6#8080#DEFAULT#{g}",
+    ] in rows
     assert len(rows) == 6 and "10.0.0.9" not in out
 
 
@@ -117,7 +151,9 @@ def test_namespace_and_group(fake: FakeNacos, files: dict[str, Path]) -> None:
     push_req = [r for r in writes(fake)][-1]
     assert push_req.form["tenant"] == ["dev"] and push_req.form["group"] == ["PAY"]
     out = ok(run(fake, "status", "orders", *opts))
-    assert out.startswith("service 'orders': 6 instance(s)") and "#PAY@@orders" in out and "canary 10%, stable 90%" in out
+    assert (
+        out.startswith("service 'orders': 6 instance(s)") and "#PAY@@orders" in out and "canary 10%, stable 90%" in out
+    )
     # the default namespace has no such service
     assert ok(run(fake, "status", "orders")).startswith("service 'orders': 0 instance(s)")
     # "public" is Nacos's default namespace: config tenant "" (not the distinct "public" key)
@@ -134,12 +170,32 @@ def auth_fake() -> Iterator[FakeNacos]:
         yield f
 
 
-def test_credentials_from_env_and_from_password_file(auth_fake: FakeNacos, files: dict[str, Path], tmp_path: Path) -> None:
-    r = run(auth_fake, "rules", "push", str(files["a.yaml"]), "--key", KEY, env={"NACOS_USERNAME": USER, "NACOS_PASSWORD": PASSWORD})
+def test_credentials_from_env_and_from_password_file(
+    auth_fake: FakeNacos, files: dict[str, Path], tmp_path: Path
+) -> None:
+    r = run(
+        auth_fake,
+        "rules",
+        "push",
+        str(files["a.yaml"]),
+        "--key",
+        KEY,
+        env={"NACOS_USERNAME": USER, "NACOS_PASSWORD": PASSWORD},
+    )
     ok(r)
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
-    r = run(auth_fake, "rules", "push", str(files["b.yaml"]), "--key", KEY, "--password-file", str(pw), env={"NACOS_USERNAME": USER})
+    r = run(
+        auth_fake,
+        "rules",
+        "push",
+        str(files["b.yaml"]),
+        "--key",
+        KEY,
+        "--password-file",
+        str(pw),
+        env={"NACOS_USERNAME": USER},
+    )
     ok(r)
     r2 = run(auth_fake, "status", "orders", "--key", KEY, "--username", USER, "--password-file", str(pw))
     ok(r2)
@@ -153,9 +209,19 @@ def test_credentials_from_env_and_from_password_file(auth_fake: FakeNacos, files
 
 
 def test_wrong_password_exits_1_with_a_clear_message(auth_fake: FakeNacos, files: dict[str, Path]) -> None:
-    r = run(auth_fake, "rules", "push", str(files["a.yaml"]), "--key", KEY, env={"NACOS_USERNAME": USER, "NACOS_PASSWORD": "not-the-pw-77"})
+    r = run(
+        auth_fake,
+        "rules",
+        "push",
+        str(files["a.yaml"]),
+        "--key",
+        KEY,
+        env={"NACOS_USERNAME": USER, "NACOS_PASSWORD": "not-the-pw-77"},
+    )
     err = failed(r)
-    assert err.strip() == "graylb: Nacos login failed for user 'nacos': wrong username or password (403 'unknown user!')"
+    assert (
+        err.strip() == "graylb: Nacos login failed for user 'nacos': wrong username or password (403 'unknown user!')"
+    )
     assert "not-the-pw-77" not in r.stdout + r.stderr
     assert config(auth_fake) is None
 
@@ -169,7 +235,9 @@ def test_secret_options_are_refused_or_checked(fake: FakeNacos, tmp_path: Path) 
     # no --password flag: refused without echoing the value (and never taken for --password-file)
     r = run(fake, "status", "orders", "--password", "abc-secret-9")
     assert r.returncode == 1 and "NACOS_PASSWORD" in r.stderr and "abc-secret-9" not in r.stderr
-    err = failed(run(fake, "status", "orders", "--password-file", str(tmp_path / "missing"), env={"NACOS_USERNAME": USER}))
+    err = failed(
+        run(fake, "status", "orders", "--password-file", str(tmp_path / "missing"), env={"NACOS_USERNAME": USER})
+    )
     assert "cannot read password file" in err
     err = failed(run(fake, "status", "orders", env={"NACOS_USERNAME": USER}))
     assert "Nacos user 'nacos' has no password: set NACOS_PASSWORD or use --password-file" in err

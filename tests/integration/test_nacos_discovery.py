@@ -51,7 +51,11 @@ def test_instances_appear_and_disappear(nacos: FakeNacos, servers, api: str) -> 
         assert client.get("http://orders/x").extensions["graylb"].version == "1.4.2"
         v2 = servers("2.0.0")
         add(nacos, v2, "2.0.0")
-        wait_until(lambda: client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"].version == "2.0.0")
+        wait_until(
+            lambda: (
+                client.get("http://orders/x", headers={"user-group": "beta"}).extensions["graylb"].version == "2.0.0"
+            )
+        )
         nacos.deregister("orders", v2.host, v2.port)
         wait_until(lambda: len(disco.snapshot("orders").instances) == 1)
         nacos.set_enabled("orders", v1.host, v1.port, False)  # disabled: left out server-side
@@ -115,7 +119,9 @@ def test_rules_long_polling_apply_and_bad_document_kept_out(nacos: FakeNacos, se
     beta = graylb.RequestInfo(headers={"user-group": "beta"})
     assert balancer.decide("orders", beta).subset == "canary"
     assert nacos.wait_long_polls(1, timeout=5)  # parked in the listener
-    nacos.publish_config("graylb-rules", "DEFAULT_GROUP", RULES.replace("to: [{subset: canary}]", "to: [{subset: stable}]"))
+    nacos.publish_config(
+        "graylb-rules", "DEFAULT_GROUP", RULES.replace("to: [{subset: canary}]", "to: [{subset: stable}]")
+    )
     wait_until(lambda: balancer.decide("orders", beta).subset == "stable", timeout=5)
     good = rules.current.revision
     nacos.publish_config("graylb-rules", "DEFAULT_GROUP", RULES.replace("subset: canary", "subset: canery"))
@@ -147,13 +153,27 @@ def test_heartbeats_stop_then_unhealthy_then_removed(servers) -> None:
         s, steady = servers("1.4.2"), servers("1.4.2")
         fake.register("orders", steady.host, steady.port, metadata={"version": "1.4.2"})  # never expires
         base = f"{fake.url}/nacos/v1/ns/instance"
-        params = {"serviceName": "orders", "ip": s.host, "port": str(s.port), "ephemeral": "true", "metadata": '{"version": "1.4.2"}'}
+        params = {
+            "serviceName": "orders",
+            "ip": s.host,
+            "port": str(s.port),
+            "ephemeral": "true",
+            "metadata": '{"version": "1.4.2"}',
+        }
         httpx.post(base, params=params).raise_for_status()
-        httpx.put(f"{base}/beat", params={**params, "beat": '{"serviceName": "orders", "ip": "%s", "port": %d}' % (s.host, s.port)}).raise_for_status()
+        httpx.put(
+            f"{base}/beat",
+            params={**params, "beat": f'{{"serviceName": "orders", "ip": "{s.host}", "port": {s.port}}}'},
+        ).raise_for_status()
         disco = NacosDiscovery(NacosConfig(fake.url), refresh_interval=0.05)
         watch = disco.watch("orders")
         assert watch.wait_ready(5)
         assert len(watch.snapshot.instances) == 2  # s sends no more beats, like a crashed process
-        wait_until(lambda: len(watch.snapshot.instances) == 2 and len(watch.snapshot.healthy) == 1, message="unhealthy after beat_timeout")
-        wait_until(lambda: [i.port for i in watch.snapshot.instances] == [steady.port], message="removed after delete_timeout")
+        wait_until(
+            lambda: len(watch.snapshot.instances) == 2 and len(watch.snapshot.healthy) == 1,
+            message="unhealthy after beat_timeout",
+        )
+        wait_until(
+            lambda: [i.port for i in watch.snapshot.instances] == [steady.port], message="removed after delete_timeout"
+        )
         disco.close()

@@ -6,6 +6,7 @@ registration do alike (context manager, exit signals, the registry going away) i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -37,7 +38,13 @@ def fake() -> Iterator[FakeNacos]:
 
 
 def make(fake: FakeNacos, config: NacosConfig | None = None, **kw) -> NacosRegistration:
-    args = {"ip": "127.0.0.1", "port": 9001, "version": "2.0.0", "beat_interval": BEAT, "env": {}}  # env: the runner's own SERVICE_IMAGE etc. must not leak in
+    args = {
+        "ip": "127.0.0.1",
+        "port": 9001,
+        "version": "2.0.0",
+        "beat_interval": BEAT,
+        "env": {},
+    }  # env: the runner's own SERVICE_IMAGE etc. must not leak in
     args.update(kw)
     return NacosRegistration(config or NacosConfig(fake.url), "orders", **args)
 
@@ -77,10 +84,26 @@ def test_registers_metadata_and_weight_and_stays_healthy_past_several_beat_timeo
     with reg:
         [inst] = stored(fake)
         assert inst["instanceId"] == reg.instance_id == "127.0.0.1#9001#DEFAULT#DEFAULT_GROUP@@orders"
-        assert (inst["ip"], inst["port"], inst["weight"], inst["healthy"], inst["enabled"], inst["ephemeral"]) == ("127.0.0.1", 9001, 0.5, True, True, True)
-        assert inst["metadata"] == {"zone": "a", "version": "2.0.0", "lane": "beta", "preserved.heart.beat.interval": "100"}
+        assert (inst["ip"], inst["port"], inst["weight"], inst["healthy"], inst["enabled"], inst["ephemeral"]) == (
+            "127.0.0.1",
+            9001,
+            0.5,
+            True,
+            True,
+            True,
+        )
+        assert inst["metadata"] == {
+            "zone": "a",
+            "version": "2.0.0",
+            "lane": "beta",
+            "preserved.heart.beat.interval": "100",
+        }
         [form] = [r.form for r in registrations(fake)]
-        assert form["serviceName"] == ["orders"] and form["groupName"] == ["DEFAULT_GROUP"] and form["namespaceId"] == ["public"]
+        assert (
+            form["serviceName"] == ["orders"]
+            and form["groupName"] == ["DEFAULT_GROUP"]
+            and form["namespaceId"] == ["public"]
+        )
         assert form["clusterName"] == ["DEFAULT"] and form["ephemeral"] == ["true"] and form["weight"] == ["0.5"]
 
         # 20 beats = 4 beat timeouts (2 delete timeouts): healthy at every look.
@@ -91,14 +114,28 @@ def test_registers_metadata_and_weight_and_stays_healthy_past_several_beat_timeo
 
         wait_until(beat_and_check, message="20 heartbeats")
         [graylb_view] = read_back(fake)
-        assert (graylb_view.version, graylb_view.lane, graylb_view.weight, graylb_view.health, graylb_view.labels.get("zone")) == ("2.0.0", "beta", 50, Health.PASSING, "a")
+        assert (
+            graylb_view.version,
+            graylb_view.lane,
+            graylb_view.weight,
+            graylb_view.health,
+            graylb_view.labels.get("zone"),
+        ) == ("2.0.0", "beta", 50, Health.PASSING, "a")
         # The first beat carries the beat JSON; the server says lightBeatEnabled, so later ones don't.
         first, *rest = beats(fake)
         beat = json.loads(first.query["beat"][0])
-        assert beat["ip"] == "127.0.0.1" and beat["port"] == 9001 and beat["cluster"] == "DEFAULT" and beat["weight"] == 0.5
+        assert (
+            beat["ip"] == "127.0.0.1"
+            and beat["port"] == 9001
+            and beat["cluster"] == "DEFAULT"
+            and beat["weight"] == 0.5
+        )
         assert beat["metadata"]["version"] == "2.0.0" and beat["serviceName"] == "DEFAULT_GROUP@@orders"
         assert rest and all("beat" not in r.query for r in rest)
-        assert all(r.query["serviceName"] == ["orders"] and r.query["ip"] == ["127.0.0.1"] and r.query["port"] == ["9001"] for r in rest)
+        assert all(
+            r.query["serviceName"] == ["orders"] and r.query["ip"] == ["127.0.0.1"] and r.query["port"] == ["9001"]
+            for r in rest
+        )
     assert stored(fake) == []
 
 
@@ -141,7 +178,7 @@ def test_client_beat_interval_from_the_server_is_honoured(fake: FakeNacos) -> No
         wait_until(track, message="4 heartbeats")
         assert reg.current_interval == pytest.approx(0.4)
     first_gap = seen[0] - start
-    later_gaps = [b - a for a, b in zip(seen[1:], seen[2:])]
+    later_gaps = [b - a for a, b in itertools.pairwise(seen[1:])]
     assert first_gap < 0.3  # the first beat came on our own 50 ms schedule
     assert all(gap >= 0.3 for gap in later_gaps), later_gaps  # then every 400 ms, as told
 
@@ -149,9 +186,14 @@ def test_client_beat_interval_from_the_server_is_honoured(fake: FakeNacos) -> No
 def test_default_beat_interval_needs_no_declaration(fake: FakeNacos) -> None:
     reg = NacosRegistration(NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001, version="2.0.0")
     assert "preserved.heart.beat.interval" not in reg.metadata and reg.current_interval == 5.0
-    slow = NacosRegistration(NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001, version="2.0.0", beat_interval=20)
+    slow = NacosRegistration(
+        NacosConfig(fake.url), "orders", ip="127.0.0.1", port=9001, version="2.0.0", beat_interval=20
+    )
     assert slow.metadata["preserved.heart.beat.interval"] == "20000"
-    assert slow.metadata["preserved.heart.beat.timeout"] == "60000" and slow.metadata["preserved.ip.delete.timeout"] == "120000"
+    assert (
+        slow.metadata["preserved.heart.beat.timeout"] == "60000"
+        and slow.metadata["preserved.ip.delete.timeout"] == "120000"
+    )
 
 
 def test_server_forgets_the_instance_code_10200_reregisters(fake: FakeNacos, caplog: pytest.LogCaptureFixture) -> None:
@@ -179,7 +221,9 @@ def test_close_deregisters_stops_heartbeat_and_is_idempotent(fake: FakeNacos) ->
     assert not thread.is_alive()  # joined: no heartbeat after close
     assert stored(fake) == [] and not reg.registered
     [dereg] = deregistrations(fake)
-    assert dereg.query["ip"] == ["127.0.0.1"] and dereg.query["port"] == ["9001"] and dereg.query["ephemeral"] == ["true"]
+    assert (
+        dereg.query["ip"] == ["127.0.0.1"] and dereg.query["port"] == ["9001"] and dereg.query["ephemeral"] == ["true"]
+    )
     sent = len(beats(fake))
     reg.close()
     reg.deregister()
@@ -196,7 +240,9 @@ def test_persistent_instance_sends_no_beats_and_deregisters_when_already_gone(fa
     assert not reg.registered and beats(fake) == []
 
 
-def test_heartbeat_logs_once_per_outage_and_reregisters_after_it(fake: FakeNacos, caplog: pytest.LogCaptureFixture) -> None:
+def test_heartbeat_logs_once_per_outage_and_reregisters_after_it(
+    fake: FakeNacos, caplog: pytest.LogCaptureFixture
+) -> None:
     """An outage longer than the delete timeout: the fake drops the instance meanwhile; the
     first beat after it gets 10200 and the instance registers again."""
     caplog.set_level(logging.INFO, logger="graylb.nacos")
@@ -257,11 +303,20 @@ def test_rejects_bad_arguments() -> None:
         NacosRegistration(cfg, "G@@orders", ip="h", port=1, version="2.0.0")
     with pytest.raises(ValueError, match="beat_interval"):
         NacosRegistration(cfg, "orders", ip="h", port=1, version="2.0.0", beat_interval=0)
-    assert "password" not in repr(NacosRegistration(NacosConfig("h:1", username="u", password="pw-xyz-1"), "orders", ip="h", port=1, version="2.0.0"))
+    assert "password" not in repr(
+        NacosRegistration(
+            NacosConfig("h:1", username="u", password="pw-xyz-1"), "orders", ip="h", port=1, version="2.0.0"
+        )
+    )
 
 
 def test_interpreter_exit_deregisters(fake: FakeNacos) -> None:
-    script = "import sys\nfrom graylb.nacos import NacosConfig, NacosRegistration\nNacosRegistration(NacosConfig(sys.argv[1]), 'orders', ip='127.0.0.1', port=9001, version='2.0.0').register()\n"
+    script = (
+        "import sys\n"
+        "from graylb.nacos import NacosConfig, NacosRegistration\n"
+        "NacosRegistration(NacosConfig(sys.argv[1]), 'orders', ip='127.0.0.1', port=9001, version='2.0.0')"
+        ".register()\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("NACOS_")}
     subprocess.run([sys.executable, "-c", script, fake.url], check=True, timeout=30, cwd=ROOT, env=env)
     assert len(registrations(fake)) == 1 and len(deregistrations(fake)) == 1  # the atexit hook

@@ -26,7 +26,14 @@ def test_nacos_shell_walkthrough_runs_as_written() -> None:
         outputs = []
         for cmd in commands:
             argv = [a.replace("http://127.0.0.1:8848", nacos.url) for a in shlex.split(cmd)]
-            r = subprocess.run([sys.executable, "-m", "graylb.cli", *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [sys.executable, "-m", "graylb.cli", *argv[1:]],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert r.returncode == 0, f"{cmd}: {r.stderr}"
             outputs.append(r.stdout)
         assert outputs[0].startswith("pushed graylb/demo/rules.yaml")
@@ -35,6 +42,8 @@ def test_nacos_shell_walkthrough_runs_as_written() -> None:
 
 
 def test_nacos_quickstart_example_runs() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "nacos_quickstart.py")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "nacos_quickstart.py")], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2.0.0", "1.4.2"]

@@ -24,17 +24,20 @@ import pytest
 
 from graylb.consul import ConsulConfig, ConsulRegistration
 from graylb.consul.discovery import instances_from_health
-from graylb.nacos.discovery import instances_from_hosts
 from graylb.errors import MissingVersion
 from graylb.instance import Instance
 from graylb.nacos import NacosConfig, NacosRegistration
+from graylb.nacos.discovery import instances_from_hosts
 from graylb.registration import Registration
 from graylb.testing.fake_consul import FakeConsul
 from graylb.testing.fake_nacos import FakeNacos
 
 ROOT = Path(__file__).resolve().parents[2]
 SHA = "9fceb02d0ae598e95dc970b74767f19372d61af8"
-NO_VERSION = "no version: pass version=..., or set SERVICE_VERSION, OTEL_SERVICE_VERSION or OTEL_RESOURCE_ATTRIBUTES=service.version=..."
+NO_VERSION = (
+    "no version: pass version=..., or set SERVICE_VERSION, OTEL_SERVICE_VERSION or "
+    "OTEL_RESOURCE_ATTRIBUTES=service.version=..."
+)
 
 
 @dataclasses.dataclass
@@ -68,7 +71,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def _consul(fake: FakeConsul) -> Registry:
     def new(*, meta: dict | None = None, port: int = 9001, **kw: Any) -> ConsulRegistration:
-        return ConsulRegistration(ConsulConfig(fake.url), "orders", address="127.0.0.1", port=port, ttl=None, meta=meta, **kw)
+        return ConsulRegistration(
+            ConsulConfig(fake.url), "orders", address="127.0.0.1", port=port, ttl=None, meta=meta, **kw
+        )
 
     def read_back() -> list[Instance]:
         entries = httpx.get(f"{fake.url}/v1/health/service/orders", timeout=5).json()
@@ -76,15 +81,27 @@ def _consul(fake: FakeConsul) -> Registry:
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = _clean_env(CONSUL_HTTP_ADDR=fake.url)
-        return subprocess.run([sys.executable, "-m", "graylb.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "graylb.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+        )
 
     script = """
         import sys
         from graylb.consul import ConsulConfig, ConsulRegistration
         reg = ConsulRegistration(ConsulConfig(sys.argv[1]), "orders", address="127.0.0.1", port=9001, ttl=None)
     """
-    return Registry("consul", fake.url, "meta", "graylb.consul", new, read_back, lambda: list(fake.requests),
-                    lambda port: f"fake-node/orders-127.0.0.1-{port}", cli, script)
+    return Registry(
+        "consul",
+        fake.url,
+        "meta",
+        "graylb.consul",
+        new,
+        read_back,
+        lambda: list(fake.requests),
+        lambda port: f"fake-node/orders-127.0.0.1-{port}",
+        cli,
+        script,
+    )
 
 
 def _nacos(fake: FakeNacos) -> Registry:
@@ -105,8 +122,18 @@ def _nacos(fake: FakeNacos) -> Registry:
         from graylb.nacos import NacosConfig, NacosRegistration
         reg = NacosRegistration(NacosConfig(sys.argv[1]), "orders", ip="127.0.0.1", port=9001)
     """
-    return Registry("nacos", fake.url, "metadata", "graylb.nacos", new, read_back, lambda: list(fake.requests),
-                    lambda port: f"127.0.0.1#{port}#DEFAULT#DEFAULT_GROUP@@orders", cli, script)
+    return Registry(
+        "nacos",
+        fake.url,
+        "metadata",
+        "graylb.nacos",
+        new,
+        read_back,
+        lambda: list(fake.requests),
+        lambda port: f"127.0.0.1#{port}#DEFAULT#DEFAULT_GROUP@@orders",
+        cli,
+        script,
+    )
 
 
 @pytest.fixture(params=["consul", "nacos"])
@@ -129,27 +156,74 @@ EVERY_VARIABLE = {"SERVICE_VERSION": "2.1.0", "OTEL_SERVICE_VERSION": "2.2.0", A
 VERSION_CASES = [
     # (id, registration arguments, environment, (version, source) | REFUSED)
     ("argument wins over every variable", {"version": "3.0.0"}, EVERY_VARIABLE, ("3.0.0", "argument")),
-    ("argument wins over the metadata key", {"version": "3.0.0", "meta": {"version": "3.1.0"}}, EVERY_VARIABLE, ("3.0.0", "argument")),
+    (
+        "argument wins over the metadata key",
+        {"version": "3.0.0", "meta": {"version": "3.1.0"}},
+        EVERY_VARIABLE,
+        ("3.0.0", "argument"),
+    ),
     ("metadata version key is explicit too", {"meta": {"version": "3.1.0"}}, EVERY_VARIABLE, ("3.1.0", META)),
     ("SERVICE_VERSION first", {}, EVERY_VARIABLE, ("2.1.0", "SERVICE_VERSION")),
-    ("then OTEL_SERVICE_VERSION", {}, {"OTEL_SERVICE_VERSION": "2.2.0", ATTRS: "service.version=2.3.0"}, ("2.2.0", "OTEL_SERVICE_VERSION")),
+    (
+        "then OTEL_SERVICE_VERSION",
+        {},
+        {"OTEL_SERVICE_VERSION": "2.2.0", ATTRS: "service.version=2.3.0"},
+        ("2.2.0", "OTEL_SERVICE_VERSION"),
+    ),
     ("then OTEL_RESOURCE_ATTRIBUTES", {}, {ATTRS: "service.version=2.3.0"}, ("2.3.0", ATTRS)),
-    ("blank variables count as unset", {}, {"SERVICE_VERSION": "  ", "OTEL_SERVICE_VERSION": "", ATTRS: "service.version=2.3.0"}, ("2.3.0", ATTRS)),
+    (
+        "blank variables count as unset",
+        {},
+        {"SERVICE_VERSION": "  ", "OTEL_SERVICE_VERSION": "", ATTRS: "service.version=2.3.0"},
+        ("2.3.0", ATTRS),
+    ),
     ("values are stripped", {}, {"SERVICE_VERSION": " 2.1.0\n"}, ("2.1.0", "SERVICE_VERSION")),
-    ("several pairs", {}, {ATTRS: "service.name=orders,service.version=2.4.0,deployment.environment.name=prod"}, ("2.4.0", ATTRS)),
-    ("percent-encoded value is decoded", {}, {ATTRS: "service.version=2.5.0-rc.1%2Bbuild.7"}, ("2.5.0-rc.1+build.7", ATTRS)),
+    (
+        "several pairs",
+        {},
+        {ATTRS: "service.name=orders,service.version=2.4.0,deployment.environment.name=prod"},
+        ("2.4.0", ATTRS),
+    ),
+    (
+        "percent-encoded value is decoded",
+        {},
+        {ATTRS: "service.version=2.5.0-rc.1%2Bbuild.7"},
+        ("2.5.0-rc.1+build.7", ATTRS),
+    ),
     ("a literal + stays a +", {}, {ATTRS: "service.version=2.5.0+build.8"}, ("2.5.0+build.8", ATTRS)),
-    ("whitespace around pairs, keys and values", {}, {ATTRS: "  service.name = orders ,   service.version =  2.6.0  , "}, ("2.6.0", ATTRS)),
-    ("malformed pairs are skipped", {}, {ATTRS: "garbage,=2.0.0,service.version,zone=%zz,team=%ff%fe,service.version=2.7.0"}, ("2.7.0", ATTRS)),
-    ("a malformed repeat does not erase a good value", {}, {ATTRS: "service.version=2.8.0,service.version=%E2%28"}, ("2.8.0", ATTRS)),
+    (
+        "whitespace around pairs, keys and values",
+        {},
+        {ATTRS: "  service.name = orders ,   service.version =  2.6.0  , "},
+        ("2.6.0", ATTRS),
+    ),
+    (
+        "malformed pairs are skipped",
+        {},
+        {ATTRS: "garbage,=2.0.0,service.version,zone=%zz,team=%ff%fe,service.version=2.7.0"},
+        ("2.7.0", ATTRS),
+    ),
+    (
+        "a malformed repeat does not erase a good value",
+        {},
+        {ATTRS: "service.version=2.8.0,service.version=%E2%28"},
+        ("2.8.0", ATTRS),
+    ),
     ("nothing set: refused", {}, {}, REFUSED),
-    ("only unusable values: refused", {}, {"SERVICE_VERSION": " ", ATTRS: "service.name=orders,service.version=%zz,service.version,service.version=%20"}, REFUSED),
+    (
+        "only unusable values: refused",
+        {},
+        {"SERVICE_VERSION": " ", ATTRS: "service.name=orders,service.version=%zz,service.version,service.version=%20"},
+        REFUSED,
+    ),
     ("require_version=False registers without one", {"require_version": False}, {}, (None, None)),
 ]
 
 
 @pytest.mark.parametrize(("kwargs", "env", "expect"), [pytest.param(*case[1:], id=case[0]) for case in VERSION_CASES])
-def test_version_resolution_order(registry: Registry, kwargs: dict, env: dict, expect: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_version_resolution_order(
+    registry: Registry, kwargs: dict, env: dict, expect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     if expect is REFUSED:
         with pytest.raises(MissingVersion) as err:
             registry.new(env=env, **kwargs)
@@ -191,14 +265,21 @@ BUILD_CASES = [
     (
         "SERVICE_IMAGE and SERVICE_COMMIT before the OpenTelemetry attributes",
         {},
-        {"SERVICE_IMAGE": "registry.example.com/orders:2.0.0", "SERVICE_COMMIT": SHA, ATTRS: "container.image.name=x,vcs.ref.head.revision=y"},
+        {
+            "SERVICE_IMAGE": "registry.example.com/orders:2.0.0",
+            "SERVICE_COMMIT": SHA,
+            ATTRS: "container.image.name=x,vcs.ref.head.revision=y",
+        },
         ("registry.example.com/orders:2.0.0", "SERVICE_IMAGE"),
         (SHA, "SERVICE_COMMIT"),
     ),
     (
         "OpenTelemetry image name plus its first tag, and the head revision",
         {},
-        {ATTRS: "container.image.name=registry.example.com:5000/orders, container.image.tags=2.0.0%2Clatest, vcs.ref.head.revision=" + SHA},
+        {
+            ATTRS: "container.image.name=registry.example.com:5000/orders, container.image.tags=2.0.0%2Clatest, "
+            "vcs.ref.head.revision=" + SHA
+        },
         ("registry.example.com:5000/orders:2.0.0", ATTRS),
         (SHA, ATTRS),
     ),
@@ -219,8 +300,12 @@ BUILD_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "env", "image", "commit"), [pytest.param(*case[1:], id=case[0]) for case in BUILD_CASES])
-def test_image_and_commit_reach_discovery_as_labels(registry: Registry, kwargs: dict, env: dict, image: tuple, commit: tuple) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "env", "image", "commit"), [pytest.param(*case[1:], id=case[0]) for case in BUILD_CASES]
+)
+def test_image_and_commit_reach_discovery_as_labels(
+    registry: Registry, kwargs: dict, env: dict, image: tuple, commit: tuple
+) -> None:
     with registry.new(version="2.0.0", env=env, **kwargs) as reg:
         [inst] = registry.read_back()
     for name, (value, source) in (("image", image), ("commit", commit)):
@@ -247,8 +332,15 @@ def _start_from_environment(registry: Registry, env: dict[str, str]) -> subproce
         reg.close()
         """
     )
-    return subprocess.Popen([sys.executable, "-c", script, registry.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=_clean_env(**env))
+    return subprocess.Popen(
+        [sys.executable, "-c", script, registry.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_clean_env(**env),
+    )
 
 
 def _columns(header: str) -> list[tuple[str, int, int | None]]:
@@ -267,14 +359,19 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 10.0) 
 
 
 def test_status_shows_version_image_and_commit_from_the_build_environment(registry: Registry) -> None:
-    container = _start_from_environment(registry, {
-        "SERVICE_VERSION": "2.0.0",
-        "SERVICE_IMAGE": "registry.example.com/orders:2.0.0",
-        ATTRS: "service.name=orders,vcs.ref.head.revision=" + SHA,
-    })
+    container = _start_from_environment(
+        registry,
+        {
+            "SERVICE_VERSION": "2.0.0",
+            "SERVICE_IMAGE": "registry.example.com/orders:2.0.0",
+            ATTRS: "service.name=orders,vcs.ref.head.revision=" + SHA,
+        },
+    )
     try:
         assert container.stdout is not None
-        assert container.stdout.readline().split() == ["ready", "SERVICE_VERSION"], container.stderr.read() if container.stderr else ""
+        assert container.stdout.readline().split() == ["ready", "SERVICE_VERSION"], (
+            container.stderr.read() if container.stderr else ""
+        )
         with registry.new(port=9002, version="1.4.2", lane="beta", env={}):
             result = registry.cli("status", "orders")
     finally:
@@ -284,12 +381,30 @@ def test_status_shows_version_image_and_commit_from_the_build_environment(regist
     lines = result.stdout.splitlines()
     assert lines[0] == "service 'orders': 2 instance(s): 2 passing, 0 warning, 0 critical"
     columns = _columns(lines[1])
-    assert [name for name, _, _ in columns] == ["VERSION", "IMAGE", "COMMIT", "LANE", "WEIGHT", "HEALTH", "ADDRESS", "ID"]
+    assert [name for name, _, _ in columns] == [
+        "VERSION",
+        "IMAGE",
+        "COMMIT",
+        "LANE",
+        "WEIGHT",
+        "HEALTH",
+        "ADDRESS",
+        "ID",
+    ]
     # Every cell starts exactly under its heading (sorted by version: 1.4.2 first).
     cells = [[row[start:end].strip() for _, start, end in columns] for row in lines[2:]]
     assert cells == [
         ["1.4.2", "-", "-", "beta", "100", "passing", "127.0.0.1:9002", registry.instance_id(9002)],
-        ["2.0.0", "registry.example.com/orders:2.0.0", SHA[:12], "-", "100", "passing", "127.0.0.1:9001", registry.instance_id(9001)],
+        [
+            "2.0.0",
+            "registry.example.com/orders:2.0.0",
+            SHA[:12],
+            "-",
+            "100",
+            "passing",
+            "127.0.0.1:9001",
+            registry.instance_id(9001),
+        ],
     ]
     assert all(row[start - 1] == " " for row in lines[1:] for _, start, _ in columns[1:])
     # The container's own exit took its registration away.

@@ -52,7 +52,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------ push / undo
 
 
-def test_push_invalid_document_names_the_location_and_writes_nothing(registry: Registry, files: dict[str, Path], tmp_path: Path) -> None:
+def test_push_invalid_document_names_the_location_and_writes_nothing(
+    registry: Registry, files: dict[str, Path], tmp_path: Path
+) -> None:
     key = registry.key
     ok(registry.run("rules", "push", str(files["a.yaml"]), "--key", key))
     registry.fake.clear_requests()
@@ -69,7 +71,9 @@ def test_undo_restores_and_undo_again_redoes(registry: Registry, files: dict[str
     ok(registry.run("rules", "push", str(files["a.yaml"]), "--key", key))
     ok(registry.run("rules", "push", str(files["b.yaml"]), "--key", key))
     out = ok(registry.run("rules", "undo", "--key", key))
-    assert re.search(re.escape(f"restored {key} from {key}.previous (") + registry.revision_re(RULES_A) + r"\)", out), out
+    assert re.search(re.escape(f"restored {key} from {key}.previous (") + registry.revision_re(RULES_A) + r"\)", out), (
+        out
+    )
     assert "undo again to redo" in out
     assert registry.get() == RULES_A and registry.get(key + ".previous") == RULES_B
     ok(registry.run("rules", "undo", "--key", key))
@@ -95,7 +99,7 @@ def test_concurrent_change_is_not_overwritten(registry: Registry) -> None:
                 registry.put(key, RULES_A + "# someone else\n")  # lands between our read and our write
             return value
 
-    with Racing(registry.config()) as store, pytest.raises(RuleConflict, match="changed by someone else.*retry"):
+    with Racing(registry.config()) as store, pytest.raises(RuleConflict, match=r"changed by someone else.*retry"):
         push(store, key, RULES_B)
     assert registry.get() == RULES_A + "# someone else\n"
 
@@ -125,8 +129,14 @@ def test_status_with_rules_shows_the_live_split(registry: Registry) -> None:
     # The canary dies: it drops out of the split and the rest re-normalises, as in the router.
     registry.kill_canary()
     out = ok(registry.run("status", "orders", "--key", key))
-    assert "route 'ten-percent' when always, sticky on header x-user-id: stable 100%  [dropped, no routable instance: canary]" in out
-    assert "route 'beta-users' when header user-group == 'beta': no routable target -> fallback default: stable 100%" in out
+    assert (
+        "route 'ten-percent' when always, sticky on header x-user-id: "
+        "stable 100%  [dropped, no routable instance: canary]" in out
+    )
+    assert (
+        "route 'beta-users' when header user-group == 'beta': no routable target -> fallback default: stable 100%"
+        in out
+    )
 
 
 def test_rollback_removes_only_that_services_routes(registry: Registry, files: dict[str, Path]) -> None:
@@ -134,7 +144,9 @@ def test_rollback_removes_only_that_services_routes(registry: Registry, files: d
     registry.register_fleet()
     ok(registry.run("rules", "push", str(files["a.yaml"]), "--key", key))
     out = ok(registry.run("rollback", "orders", "--key", key))
-    assert re.search(re.escape(f"rolled back service 'orders' in {key} (") + registry.revision_re(registry.get()) + r"\)", out), out
+    assert re.search(
+        re.escape(f"rolled back service 'orders' in {key} (") + registry.revision_re(registry.get()) + r"\)", out
+    ), out
     assert "removed route(s): beta-users, ten-percent" in out
     assert "all its traffic now goes to its default subset 'stable'" in out
     assert registry.get(key + ".previous") == RULES_A
@@ -184,7 +196,9 @@ def test_connection_refused_names_the_address(registry: Registry, files: dict[st
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"http://127.0.0.1:{port}"
-    err = failed(registry.run("rules", "push", str(files["a.yaml"]), "--key", registry.key, address=address, as_option=True))
+    err = failed(
+        registry.run("rules", "push", str(files["a.yaml"]), "--key", registry.key, address=address, as_option=True)
+    )
     assert f"cannot reach {registry.name} at {address}" in err and "connection refused" in err
     err = failed(registry.run("status", "orders", address=address))  # Consul: from CONSUL_HTTP_ADDR this time
     assert f"cannot reach {registry.name} at {address}" in err

@@ -56,13 +56,23 @@ class ConsulRegistry:
 
     kind, name, logger = "consul", "Consul", "graylb.consul"
     ttl = 0.6
-    setup = 'from graylb.consul import ConsulConfig, ConsulRegistration\nreg = ConsulRegistration(ConsulConfig(sys.argv[1]), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=0.6)'
+    setup = (
+        "from graylb.consul import ConsulConfig, ConsulRegistration\n"
+        'reg = ConsulRegistration(ConsulConfig(sys.argv[1]), "orders", address="127.0.0.1", port=9001, '
+        'version="2.0.0", ttl=0.6)'
+    )
 
     def __init__(self) -> None:
         self.fake: Any = FakeConsul().start()
 
     def make(self, **kw: Any) -> Registration:
-        args: dict[str, Any] = {"address": "127.0.0.1", "port": 9001, "version": "2.0.0", "ttl": self.ttl, "env": {}}  # env: the runner's own SERVICE_IMAGE etc. must not leak in
+        args: dict[str, Any] = {
+            "address": "127.0.0.1",
+            "port": 9001,
+            "version": "2.0.0",
+            "ttl": self.ttl,
+            "env": {},
+        }  # env: the runner's own SERVICE_IMAGE etc. must not leak in
         args.update(kw)
         return ConsulRegistration(ConsulConfig(self.fake.url), "orders", **args)
 
@@ -82,13 +92,23 @@ class NacosRegistry:
 
     kind, name, logger = "nacos", "Nacos", "graylb.nacos"
     beat = 0.1
-    setup = 'from graylb.nacos import NacosConfig, NacosRegistration\nreg = NacosRegistration(NacosConfig(sys.argv[1]), "orders", ip="127.0.0.1", port=9001, version="2.0.0", beat_interval=0.1)'
+    setup = (
+        "from graylb.nacos import NacosConfig, NacosRegistration\n"
+        'reg = NacosRegistration(NacosConfig(sys.argv[1]), "orders", ip="127.0.0.1", port=9001, '
+        'version="2.0.0", beat_interval=0.1)'
+    )
 
     def __init__(self) -> None:
         self.fake: Any = FakeNacos(beat_timeout=0.5, delete_timeout=1.0).start()
 
     def make(self, **kw: Any) -> Registration:
-        args: dict[str, Any] = {"ip": "127.0.0.1", "port": 9001, "version": "2.0.0", "beat_interval": self.beat, "env": {}}  # env: the runner's own SERVICE_IMAGE etc. must not leak in
+        args: dict[str, Any] = {
+            "ip": "127.0.0.1",
+            "port": 9001,
+            "version": "2.0.0",
+            "beat_interval": self.beat,
+            "env": {},
+        }  # env: the runner's own SERVICE_IMAGE etc. must not leak in
         args.update(kw)
         return NacosRegistration(NacosConfig(self.fake.url), "orders", **args)
 
@@ -118,7 +138,9 @@ def test_context_manager_registers_and_deregisters_even_on_error(registry: Consu
     assert registry.listed() == [] and not reg.registered
 
 
-def test_heartbeat_survives_the_registry_going_away(registry: ConsulRegistry | NacosRegistry, caplog: pytest.LogCaptureFixture) -> None:
+def test_heartbeat_survives_the_registry_going_away(
+    registry: ConsulRegistry | NacosRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=registry.logger)
     fake = registry.fake
     with registry.make() as reg:
@@ -128,7 +150,10 @@ def test_heartbeat_survives_the_registry_going_away(registry: ConsulRegistry | N
         wait_until(lambda: any("recovered" in r.getMessage() for r in caplog.records), message="recovery log line")
         wait_until(lambda: registry.passing(reg), message="passing again")
     [warning] = [r for r in caplog.records if "failing" in r.getMessage()]
-    assert f"cannot reach {registry.name} at {fake.url}" in warning.getMessage() and "connection refused" in warning.getMessage()
+    assert (
+        f"cannot reach {registry.name} at {fake.url}" in warning.getMessage()
+        and "connection refused" in warning.getMessage()
+    )
 
 
 def test_install_signal_handlers_refuses_other_threads(registry: ConsulRegistry | NacosRegistry) -> None:
@@ -150,7 +175,14 @@ def test_install_signal_handlers_refuses_other_threads(registry: ConsulRegistry 
 def test_signal_deregisters_then_keeps_default_behaviour(registry: ConsulRegistry | NacosRegistry, sig: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "NACOS_"))}
     script = SERVER_SCRIPT.format(setup=registry.setup)
-    proc = subprocess.Popen([sys.executable, "-c", script, registry.fake.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, registry.fake.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"

@@ -18,7 +18,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import graylb
 from graylb.transports.grpc import AioGrayChannel, GrayChannel
 from tests.conftest import Fleet, wait_until
-from tests.integration.grpc_shapes import AIO_OPS, AIO_STREAM_CALLS, SYNC_CANCELLABLE, SYNC_OPS, WAIT, Shapes, finish, run_in_loop
+from tests.integration.grpc_shapes import (
+    AIO_OPS,
+    AIO_STREAM_CALLS,
+    SYNC_CANCELLABLE,
+    SYNC_OPS,
+    WAIT,
+    Shapes,
+    finish,
+    run_in_loop,
+)
 
 # The global providers can be set once per process: set them for this module's tests.
 _reader = InMemoryMetricReader()
@@ -48,7 +57,17 @@ def _points(name: str) -> list:
 def test_span_attributes_and_metrics(fleet: Fleet) -> None:
     fleet.start("v1", "orders", "1.4.2")
     fleet.start("v2", "orders", "2.0.0")
-    rules = {"services": {"orders": {"subsets": {"stable": {"version": "^1"}, "canary": {"version": "2.0.0"}}, "default": "stable", "routes": [{"name": "beta", "match": [{"headers": {"user-group": "beta"}}], "to": [{"subset": "canary"}]}]}}}
+    rules = {
+        "services": {
+            "orders": {
+                "subsets": {"stable": {"version": "^1"}, "canary": {"version": "2.0.0"}},
+                "default": "stable",
+                "routes": [
+                    {"name": "beta", "match": [{"headers": {"user-group": "beta"}}], "to": [{"subset": "canary"}]}
+                ],
+            }
+        }
+    }
     balancer = graylb.Balancer(fleet.registry, rules)
     tracer = trace.get_tracer("test")
     with httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
@@ -62,7 +81,10 @@ def test_span_attributes_and_metrics(fleet: Fleet) -> None:
     assert span.attributes["graylb.version"] == "2.0.0"
     assert span.attributes["graylb.instance"] == "v2"
 
-    counts = {(p.attributes["graylb.subset"], p.attributes["graylb.version"], p.attributes["graylb.outcome"]): p.value for p in _points("graylb.client.requests")}
+    counts = {
+        (p.attributes["graylb.subset"], p.attributes["graylb.version"], p.attributes["graylb.outcome"]): p.value
+        for p in _points("graylb.client.requests")
+    }
     assert counts[("canary", "2.0.0", "ok")] == 1
     assert counts[("stable", "1.4.2", "ok")] == 3
     durations = [p for p in _points("graylb.client.duration") if p.attributes["graylb.version"] == "1.4.2"]
@@ -78,11 +100,19 @@ def test_rejected_rules_are_counted() -> None:
 def test_a_subset_that_selects_nothing_is_counted_once_per_snapshot(fleet: Fleet) -> None:
     fleet.start("a", "ledger", "v1")
     fleet.start("b", "ledger", "v2")
-    rules = {"services": {"ledger": {"subsets": {"stable": {"version": "v1"}, "canary": {"version": "^3"}}, "default": "stable"}}}
+    rules = {
+        "services": {
+            "ledger": {"subsets": {"stable": {"version": "v1"}, "canary": {"version": "^3"}}, "default": "stable"}
+        }
+    }
     balancer = graylb.Balancer(fleet.registry, rules)
 
     def empty_count() -> int:
-        return sum(p.value for p in _points("graylb.subset.empty") if p.attributes == {"graylb.service": "ledger", "graylb.subset": "canary"})
+        return sum(
+            p.value
+            for p in _points("graylb.subset.empty")
+            if p.attributes == {"graylb.service": "ledger", "graylb.subset": "canary"}
+        )
 
     for _ in range(3):
         balancer.start("ledger", graylb.RequestInfo())
@@ -103,7 +133,11 @@ def solo() -> Shapes:
 
 
 def _requests_of(service: str) -> dict[str, int]:
-    return {p.attributes["graylb.outcome"]: p.value for p in _points("graylb.client.requests") if p.attributes["graylb.service"] == service and p.attributes["graylb.version"] == "3.1.0"}
+    return {
+        p.attributes["graylb.outcome"]: p.value
+        for p in _points("graylb.client.requests")
+        if p.attributes["graylb.service"] == service and p.attributes["graylb.version"] == "3.1.0"
+    }
 
 
 def _durations_of(service: str) -> int:
@@ -112,7 +146,11 @@ def _durations_of(service: str) -> int:
 
 def _recorded(service: str, expected: dict[str, int]) -> None:
     """Futures and sync streams record from grpc's thread, after the caller saw the end."""
-    wait_until(lambda: sum(_requests_of(service).values()) >= sum(expected.values()), timeout=WAIT, message=f"requests of {service}")
+    wait_until(
+        lambda: sum(_requests_of(service).values()) >= sum(expected.values()),
+        timeout=WAIT,
+        message=f"requests of {service}",
+    )
     assert _requests_of(service) == expected
     assert _durations_of(service) == sum(expected.values())
 

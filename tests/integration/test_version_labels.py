@@ -24,7 +24,13 @@ SPLIT = {
         "orders": {
             "subsets": {"stable": {"version": "v1"}, "canary": {"version": "v2"}},
             "default": "stable",
-            "routes": [{"name": "ten-percent", "to": [{"subset": "canary", "weight": 10}, {"subset": "stable", "weight": 90}], "sticky": {"header": "x-user-id"}}],
+            "routes": [
+                {
+                    "name": "ten-percent",
+                    "to": [{"subset": "canary", "weight": 10}, {"subset": "stable", "weight": 90}],
+                    "sticky": {"header": "x-user-id"},
+                }
+            ],
         }
     }
 }
@@ -38,7 +44,9 @@ def labelled_fleet(fleet: Fleet) -> None:
 
 
 def served_versions(responses: list) -> Counter:
-    assert not [r for r in responses if isinstance(r, Exception)], [r for r in responses if isinstance(r, Exception)][:3]
+    assert not [r for r in responses if isinstance(r, Exception)], [r for r in responses if isinstance(r, Exception)][
+        :3
+    ]
     return Counter(r.extensions["graylb"].version for r in responses)
 
 
@@ -77,7 +85,14 @@ def test_pin_version_and_the_x_gray_pin_header_read_labels_the_same_way(fleet: F
 
 def test_labels_version_in_a_subset_is_a_version_selector(fleet: Fleet, mode: str) -> None:
     labelled_fleet(fleet)
-    rules = {"services": {"orders": {"subsets": {"stable": {"labels": {"version": "1"}}, "canary": {"labels": {"version": "v2"}}}, "default": "canary"}}}
+    rules = {
+        "services": {
+            "orders": {
+                "subsets": {"stable": {"labels": {"version": "1"}}, "canary": {"labels": {"version": "v2"}}},
+                "default": "canary",
+            }
+        }
+    }
     sender = Sender(mode, graylb.Balancer(fleet.registry, rules))
     assert served_versions(sender.many([("http://orders/x", {})] * 10)) == {"v2": 10}
 
@@ -87,15 +102,31 @@ def test_a_pin_that_matches_nothing_says_what_would_match(fleet: Fleet) -> None:
     balancer = graylb.Balancer(fleet.registry, SPLIT)
     with pytest.raises(graylb.NoInstanceAvailable) as caught:
         balancer.start("orders", graylb.RequestInfo(), graylb.GrayContext(pins={"orders": "v3"}))
-    assert "no routable instance has a version matching the pin (routable versions: v1 x2, v2); a pin that matches: orders=v1, orders=v2" in str(caught.value)
-    with pytest.raises(graylb.NoInstanceAvailable, match="the pin is not a version selector: invalid version range '>=banana'"):
+    assert (
+        "no routable instance has a version matching the pin (routable versions: v1 x2, v2); a pin that matches: "
+        "orders=v1, orders=v2" in str(caught.value)
+    )
+    with pytest.raises(
+        graylb.NoInstanceAvailable, match="the pin is not a version selector: invalid version range '>=banana'"
+    ):
         balancer.start("orders", graylb.RequestInfo(), graylb.GrayContext(pins={"orders": ">=banana"}))
 
 
-def test_a_subset_that_selects_nothing_is_logged_once_per_snapshot(fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_subset_that_selects_nothing_is_logged_once_per_snapshot(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
     labelled_fleet(fleet)
-    rules = {"services": {"orders": {"subsets": {"stable": {"version": "v1"}, "canary": {"version": "^3"}}, "default": "stable",
-                                      "routes": [{"name": "split", "to": [{"subset": "canary", "weight": 10}, {"subset": "stable", "weight": 90}]}]}}}
+    rules = {
+        "services": {
+            "orders": {
+                "subsets": {"stable": {"version": "v1"}, "canary": {"version": "^3"}},
+                "default": "stable",
+                "routes": [
+                    {"name": "split", "to": [{"subset": "canary", "weight": 10}, {"subset": "stable", "weight": 90}]}
+                ],
+            }
+        }
+    }
     balancer = graylb.Balancer(fleet.registry, rules)
     warning = "graylb: service 'orders' subset 'canary' {version: ^3} matches none of: v1 x2, v2"
     with caplog.at_level(logging.WARNING, logger="graylb"):
@@ -114,10 +145,22 @@ def test_registry_metadata_version_v2_weight_10_over_consul() -> None:
     servers = [serve_wsgi(version_app("orders", v)) for v in ("v1", "v1", "v2")]
     try:
         with FakeConsul() as consul:
-            for n, (server, meta) in enumerate(zip(servers, [{"version": "v1", "weight": "45"}, {"version": "v1", "weight": "45"}, {"version": "v2", "weight": "10"}])):
+            for n, (server, meta) in enumerate(
+                zip(
+                    servers,
+                    [
+                        {"version": "v1", "weight": "45"},
+                        {"version": "v1", "weight": "45"},
+                        {"version": "v2", "weight": "10"},
+                    ],
+                )
+            ):
                 consul.register("orders", id=f"orders-{n}", address=server.host, port=server.port, meta=meta)
             rules = {"services": {"orders": {"subsets": {"v1": {"version": "v1"}, "v2": {"version": "v2"}}}}}
-            with graylb.Balancer(ConsulDiscovery(ConsulConfig(consul.url)), rules) as balancer, httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
+            with (
+                graylb.Balancer(ConsulDiscovery(ConsulConfig(consul.url)), rules) as balancer,
+                httpx.Client(transport=graylb.GrayTransport(balancer)) as client,
+            ):
                 got = Counter(client.get("http://orders/x").json()["version"] for _ in range(400))
                 assert set(got) == {"v1", "v2"} and 15 <= got["v2"] <= 75, got  # 10 % by weight, 5 sigma
                 assert balancer.state("orders").unmatched == ()

@@ -14,7 +14,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pytest_pinning"
 def _run(**env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE)],
-        cwd=EXAMPLE, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        cwd=EXAMPLE,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

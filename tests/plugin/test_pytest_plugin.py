@@ -8,7 +8,11 @@ import pytest
 ORDERS = """
 import httpx, pytest, graylb
 
-RULES = {"services": {"orders": {"subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}}, "default": "stable"}}}
+RULES = {
+    "services": {
+        "orders": {"subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}}, "default": "stable"}
+    }
+}
 
 @pytest.fixture
 def orders(graylb_registry):
@@ -24,7 +28,9 @@ def decide(balancer):
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function", *args)
+    return pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function", *args
+    )
 
 
 def test_fixtures_come_with_the_install(pytester: pytest.Pytester) -> None:
@@ -71,7 +77,8 @@ def test_swallowed(orders, graylb_pin):
     result.assert_outcomes(failed=2, errors=0)  # failures of the tests, not of their teardown
     result.stdout.fnmatch_lines(
         [
-            "*NoInstanceAvailable: no instance available for service 'orders' subset 'pin 2.0.0'*routable versions: 1.0.0 x2*",
+            "*NoInstanceAvailable: no instance available for service 'orders' subset 'pin 2.0.0'*routable versions: "
+            "1.0.0 x2*",
             "*PinNotSatisfied: pin_version('orders', '2.0.0'): 1 call(s) found no instance to serve them*",
         ]
     )
@@ -115,7 +122,9 @@ def test_everywhere(graylb_backend):
     )
     result = _run(pytester, "-v", "-s")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*test_everywhere?graylb-memory?*", "*test_everywhere?graylb-consul?*", "*test_everywhere?graylb-nacos?*"])
+    result.stdout.fnmatch_lines(
+        ["*test_everywhere?graylb-memory?*", "*test_everywhere?graylb-consul?*", "*test_everywhere?graylb-nacos?*"]
+    )
 
 
 @pytest.mark.parametrize("how", ["option", "ini"])
@@ -157,12 +166,16 @@ import graylb
 def test_consul(graylb_consul):
     graylb_consul.register("orders", address="127.0.0.1", port=8080, meta={"version": "2.0.0"})
     with graylb.ConsulDiscovery(graylb_consul.url) as discovery:
-        assert [i.version for i in discovery.watch("orders").wait_ready(5) and discovery.snapshot("orders").instances] == ["2.0.0"]
+        assert [
+            i.version for i in discovery.watch("orders").wait_ready(5) and discovery.snapshot("orders").instances
+        ] == ["2.0.0"]
 
 def test_nacos(graylb_nacos):
     graylb_nacos.register("orders", "127.0.0.1", 8080, metadata={"version": "2.0.0"})
     with graylb.NacosDiscovery(graylb_nacos.url) as discovery:
-        assert [i.version for i in discovery.watch("orders").wait_ready(5) and discovery.snapshot("orders").instances] == ["2.0.0"]
+        assert [
+            i.version for i in discovery.watch("orders").wait_ready(5) and discovery.snapshot("orders").instances
+        ] == ["2.0.0"]
 """
     )
     _run(pytester).assert_outcomes(passed=2)

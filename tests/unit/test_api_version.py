@@ -231,11 +231,14 @@ def test_descriptions() -> None:
     assert describe(matcher({"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}})) == (
         "api version from Accept (vnd.myapp) matches '^2'"
     )
-    assert describe(matcher({"api_version": {"from": "accept", "version": 2}})) == "api version from Accept (any vendor) matches '2'"
-    assert describe(matcher({"api_version": {"from": "path", "version": "v2"}})) == "api version from path matches 'v2'"
-    assert describe(matcher({"headers": {"x": "1"}, "api_version": {"from": "path", "prefix": "/api", "version": "2"}})) == (
-        "header x == '1' and api version from path after '/api/' matches '2'"
+    assert (
+        describe(matcher({"api_version": {"from": "accept", "version": 2}}))
+        == "api version from Accept (any vendor) matches '2'"
     )
+    assert describe(matcher({"api_version": {"from": "path", "version": "v2"}})) == "api version from path matches 'v2'"
+    assert describe(
+        matcher({"headers": {"x": "1"}, "api_version": {"from": "path", "prefix": "/api", "version": "2"}})
+    ) == ("header x == '1' and api version from path after '/api/' matches '2'")
 
 
 def test_a_clause_with_only_api_version_is_not_empty() -> None:
@@ -271,9 +274,17 @@ LOC = "services.orders.routes[0].match[0].api_version"
         ({"from": "path", "vendor": "myapp", "version": "2"}, f"{LOC}.vendor", "vendor only applies to from: accept"),
         ({"from": "accept", "prefix": "/api", "version": "2"}, f"{LOC}.prefix", "prefix only applies to from: path"),
         ({"from": "path", "prefix": "api/", "version": "2"}, f"{LOC}.prefix", "prefix must start with '/', got 'api/'"),
-        ({"from": "accept", "vendor": "vnd.myapp", "version": "2"}, f"{LOC}.vendor", "write the vendor without 'vnd.' ('myapp' for 'vnd.myapp')"),
+        (
+            {"from": "accept", "vendor": "vnd.myapp", "version": "2"},
+            f"{LOC}.vendor",
+            "write the vendor without 'vnd.' ('myapp' for 'vnd.myapp')",
+        ),
         ({"from": "accept", "vendor": "my app", "version": "2"}, f"{LOC}.vendor", "invalid vendor 'my app'"),
-        ({"from": "accept", "vendor": "myapp.v2", "version": "2"}, f"{LOC}.vendor", "vendor 'myapp.v2' contains a version: put it in version"),
+        (
+            {"from": "accept", "vendor": "myapp.v2", "version": "2"},
+            f"{LOC}.vendor",
+            "vendor 'myapp.v2' contains a version: put it in version",
+        ),
         ({"form": "accept", "version": "2"}, f"{LOC}.form", "unknown field 'form' (did you mean 'from'?)"),
         ("v2", LOC, "expected a mapping, got a string ('v2')"),
     ],
@@ -335,7 +346,11 @@ def test_httpx_transport_hands_every_line_to_rules() -> None:
     from graylb.transports.httpx import _routing_input
 
     balancer = graylb.Balancer(graylb.StaticDiscovery({"orders": []}))
-    request = httpx.Request("GET", "http://orders/api/v2/x", headers=[("accept", "text/html;q=0.1"), ("Accept", "application/vnd.myapp.v2+json")])
+    request = httpx.Request(
+        "GET",
+        "http://orders/api/v2/x",
+        headers=[("accept", "text/html;q=0.1"), ("Accept", "application/vnd.myapp.v2+json")],
+    )
     _, info, _ = _routing_input(balancer, request)
     assert info.header_values("accept") == ["text/html;q=0.1", "application/vnd.myapp.v2+json"]
     assert info.path == "/api/v2/x"
@@ -346,7 +361,13 @@ API_RULES = {
         "orders": {
             "subsets": {"v1": {"version": "^1"}, "v2": {"version": "^2"}},
             "default": "v1",
-            "routes": [{"name": "api-v2", "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}}], "to": [{"subset": "v2"}]}],
+            "routes": [
+                {
+                    "name": "api-v2",
+                    "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}}],
+                    "to": [{"subset": "v2"}],
+                }
+            ],
         }
     }
 }
@@ -356,10 +377,19 @@ def test_grpc_metadata_repeated_keys_reach_header_values() -> None:
     from graylb.transports.grpc import GrayChannel
 
     registry = graylb.StaticDiscovery(
-        {"orders": [{"host": "127.0.0.1", "port": 1, "version": "1.0.0", "id": "one"}, {"host": "127.0.0.1", "port": 2, "version": "2.0.0", "id": "two"}]}
+        {
+            "orders": [
+                {"host": "127.0.0.1", "port": 1, "version": "1.0.0", "id": "one"},
+                {"host": "127.0.0.1", "port": 2, "version": "2.0.0", "id": "two"},
+            ]
+        }
     )
     balancer = graylb.Balancer(registry, API_RULES)
-    metadata = [("accept", "text/html;q=0.1"), ("x-trace-bin", b"\x00\x01"), ("accept", "application/vnd.myapp.v2+json")]
+    metadata = [
+        ("accept", "text/html;q=0.1"),
+        ("x-trace-bin", b"\x00\x01"),
+        ("accept", "application/vnd.myapp.v2+json"),
+    ]
     with GrayChannel(balancer, "orders") as channel:
         call, _ = channel._router.start("/demo.v1.Echo/Say", metadata)  # routes only: no RPC is sent
         assert call.request.header_values("accept") == ["text/html;q=0.1", "application/vnd.myapp.v2+json"]
@@ -380,8 +410,16 @@ def explained(request: RequestInfo) -> tuple[str, list[str]]:
                     "subsets": {"v1": {"version": "^1"}, "v2": {"version": "^2"}},
                     "default": "v1",
                     "routes": [
-                        {"name": "accept-v2", "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}}], "to": [{"subset": "v2"}]},
-                        {"name": "path-v2", "match": [{"api_version": {"from": "path", "prefix": "/api/", "version": "2"}}], "to": [{"subset": "v2"}]},
+                        {
+                            "name": "accept-v2",
+                            "match": [{"api_version": {"from": "accept", "vendor": "myapp", "version": "^2"}}],
+                            "to": [{"subset": "v2"}],
+                        },
+                        {
+                            "name": "path-v2",
+                            "match": [{"api_version": {"from": "path", "prefix": "/api/", "version": "2"}}],
+                            "to": [{"subset": "v2"}],
+                        },
                     ],
                 }
             }
@@ -392,7 +430,9 @@ def explained(request: RequestInfo) -> tuple[str, list[str]]:
 
 
 def test_explain_says_what_version_the_call_asks_for() -> None:
-    route, reasons = explained(RequestInfo("GET", "/x", {"accept": ["text/html;q=0.2", "application/vnd.myapp.v2+json"]}))
+    route, reasons = explained(
+        RequestInfo("GET", "/x", {"accept": ["text/html;q=0.2", "application/vnd.myapp.v2+json"]})
+    )
     assert route == "accept-v2"
     assert "route 'accept-v2' matches" in reasons
     assert (
@@ -406,7 +446,10 @@ def test_explain_says_what_version_the_call_asks_for() -> None:
     [
         ({}, "no Accept header"),
         ({"accept": "text/html"}, "Accept prefers 'text/html': not a vendor media type"),
-        ({"accept": "application/vnd.other.v2+json"}, "Accept prefers 'application/vnd.other.v2+json': vendor 'other', not 'myapp'"),
+        (
+            {"accept": "application/vnd.other.v2+json"},
+            "Accept prefers 'application/vnd.other.v2+json': vendor 'other', not 'myapp'",
+        ),
         ({"accept": "application/vnd.myapp+json"}, "Accept prefers 'application/vnd.myapp+json': no version in it"),
         ({"accept": "garbage"}, "Accept has no acceptable media type graylb can read"),
     ],
@@ -415,15 +458,23 @@ def test_explain_says_why_accept_did_not_match(headers: dict, seen: str) -> None
     route, reasons = explained(RequestInfo("GET", "/x", headers))
     assert route == "default"
     assert "route 'accept-v2' does not match" in reasons
-    assert any(r.startswith("route 'accept-v2': api version from Accept") and f"this call: {seen}" in r for r in reasons), reasons
+    assert any(
+        r.startswith("route 'accept-v2': api version from Accept") and f"this call: {seen}" in r for r in reasons
+    ), reasons
 
 
 def test_explain_path_version() -> None:
     route, reasons = explained(RequestInfo("GET", "/api/v2/users"))
     assert route == "path-v2"
-    assert "route 'path-v2': api version from path after '/api/' matches '2'; this call: path '/api/v2/users': version 'v2'" in reasons
+    assert (
+        "route 'path-v2': api version from path after '/api/' matches '2'; "
+        "this call: path '/api/v2/users': version 'v2'" in reasons
+    )
     _, reasons = explained(RequestInfo("GET", "/web/v2/users"))
-    assert "route 'path-v2': api version from path after '/api/' matches '2'; this call: path '/web/v2/users' has no v<N> segment right after '/api/'" in reasons
+    assert (
+        "route 'path-v2': api version from path after '/api/' matches '2'; "
+        "this call: path '/web/v2/users' has no v<N> segment right after '/api/'" in reasons
+    )
 
 
 def test_parsed_accept_values_are_cached_within_bounds() -> None:

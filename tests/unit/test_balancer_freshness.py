@@ -10,7 +10,9 @@ import graylb
 from graylb.routing.request import RequestInfo
 
 REQUEST = RequestInfo("GET", "/", {}.get)
-RULES = {"services": {"orders": {"subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}}, "default": "stable"}}}
+RULES = {
+    "services": {"orders": {"subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}}, "default": "stable"}}
+}
 
 
 class SlowListener:
@@ -27,8 +29,14 @@ class SlowListener:
 
 
 def test_a_published_snapshot_is_routed_on_before_its_listeners_finish() -> None:
-    registry = graylb.StaticDiscovery({"orders": [{"host": "10.0.0.1", "port": 80, "version": "1.0.0", "id": "a"},
-                                                  {"host": "10.0.0.2", "port": 80, "version": "1.0.0", "id": "b"}]})
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"host": "10.0.0.1", "port": 80, "version": "1.0.0", "id": "a"},
+                {"host": "10.0.0.2", "port": 80, "version": "1.0.0", "id": "b"},
+            ]
+        }
+    )
     balancer = graylb.Balancer(registry, RULES)
     assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a", "b"}
     watch = registry.watch("orders")
@@ -47,8 +55,14 @@ def test_a_published_snapshot_is_routed_on_before_its_listeners_finish() -> None
 
 
 def test_applied_rules_are_routed_on_before_their_listeners_finish() -> None:
-    registry = graylb.StaticDiscovery({"orders": [{"host": "10.0.0.1", "port": 80, "version": "1.0.0"},
-                                                  {"host": "10.0.0.2", "port": 80, "version": "2.0.0"}]})
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"host": "10.0.0.1", "port": 80, "version": "1.0.0"},
+                {"host": "10.0.0.2", "port": 80, "version": "2.0.0"},
+            ]
+        }
+    )
     rules = graylb.StaticRules(RULES)
     slow = SlowListener()
     rules.add_listener(slow)  # registered before the balancer's rebuild, so it runs first

@@ -9,7 +9,10 @@ from graylb.instance import Instance
 from graylb.transports.httpx import _target
 
 
-@pytest.mark.parametrize("url", ["http://orders/", "http://orders/api/v1?x=1&y=%20z#frag", "https://orders:8443/a/b", "http://user:pw@orders/p"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://orders/", "http://orders/api/v1?x=1&y=%20z#frag", "https://orders:8443/a/b", "http://user:pw@orders/p"],
+)
 @pytest.mark.parametrize("host", ["127.0.0.1", "10.0.0.7", "::1", "Orders-1.Internal"])
 def test_target_equals_copy_with(url: str, host: str) -> None:
     inst = Instance(service="orders", host=host, port=9090)

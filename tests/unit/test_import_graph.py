@@ -28,7 +28,19 @@ MODULES = sorted(
     if not name.startswith("graylb._proto")  # generated stubs
 )
 # The neutral core must not know any registry.
-NEUTRAL = ("graylb.balancer", "graylb.call", "graylb.routing", "graylb.picking", "graylb.rules", "graylb.discovery", "graylb.propagation", "graylb.transports", "graylb.admin", "graylb.telemetry", "graylb.watching")
+NEUTRAL = (
+    "graylb.balancer",
+    "graylb.call",
+    "graylb.routing",
+    "graylb.picking",
+    "graylb.rules",
+    "graylb.discovery",
+    "graylb.propagation",
+    "graylb.transports",
+    "graylb.admin",
+    "graylb.telemetry",
+    "graylb.watching",
+)
 
 
 def _path(module: str) -> Path:
@@ -53,7 +65,9 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
 
 def _type_checking_only(node: ast.If) -> bool:
     test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def module_imports(module: str) -> set[str]:
@@ -92,7 +106,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state:
                 cycle = dfs(nxt)
                 if cycle:
@@ -123,7 +137,11 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 
 def test_the_neutral_core_imports_no_registry() -> None:
-    offenders = {m: sorted(i for i in module_imports(m) if i.startswith(("graylb.consul", "graylb.nacos"))) for m in MODULES if m.startswith(NEUTRAL)}
+    offenders = {
+        m: sorted(i for i in module_imports(m) if i.startswith(("graylb.consul", "graylb.nacos")))
+        for m in MODULES
+        if m.startswith(NEUTRAL)
+    }
     assert {m: i for m, i in offenders.items() if i} == {}
 
 

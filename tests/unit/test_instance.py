@@ -9,7 +9,6 @@ import semantic_version
 
 from graylb.instance import MAX_WEIGHT, Health, Instance
 
-
 # --------------------------------------------------------------------------- construction
 
 
@@ -176,7 +175,8 @@ def test_from_mapping_top_level_version_wins_over_label() -> None:
 
 def test_from_mapping_keeps_both_labels_and_metadata() -> None:
     inst = Instance.from_mapping(
-        "orders", {"host": "h", "port": 1, "metadata": {"zone": "a", "team": "x"}, "labels": {"team": "y", "tier": "gold"}}
+        "orders",
+        {"host": "h", "port": 1, "metadata": {"zone": "a", "team": "x"}, "labels": {"team": "y", "tier": "gold"}},
     )
     assert dict(inst.labels) == {"zone": "a", "team": "y", "tier": "gold"}
 

@@ -63,7 +63,9 @@ def test_in_matches_one_of_a_list_of_values():
     outside = matcher({"headers": {"x-user-id": {"in": ["alice"], "invert": True}}})
     assert outside(req(headers={"x-user-id": "bob"}), EMPTY) and not outside(req(headers={"x-user-id": "alice"}), EMPTY)
     method = matcher({"method": {"in": ["get", "HEAD"]}})
-    assert method(req(method="GET"), EMPTY) and method(req(method="head"), EMPTY) and not method(req(method="POST"), EMPTY)
+    assert (
+        method(req(method="GET"), EMPTY) and method(req(method="head"), EMPTY) and not method(req(method="POST"), EMPTY)
+    )
 
 
 @pytest.mark.parametrize(
@@ -77,7 +79,13 @@ def test_in_matches_one_of_a_list_of_values():
 def test_in_refuses_bad_lists_with_its_location(spec, message):
     from graylb.errors import RuleError
 
-    doc = {"services": {"orders": {"routes": [{"name": "pilot", "match": [{"headers": {"x-user-id": spec}}], "to": [{"subset": "*"}]}]}}}
+    doc = {
+        "services": {
+            "orders": {
+                "routes": [{"name": "pilot", "match": [{"headers": {"x-user-id": spec}}], "to": [{"subset": "*"}]}]
+            }
+        }
+    }
     with pytest.raises(RuleError) as err:
         parse_rules(doc)
     assert "services.orders.routes[0].match[0].headers.x-user-id" in str(err.value) and message in str(err.value)
@@ -154,7 +162,9 @@ def test_and_within_one_clause():
 
 
 def test_or_across_clauses():
-    m = matcher({"headers": {"user-group": "beta"}}, {"query": {"canary": {"present": True}}}, {"context": {"lane": "beta"}})
+    m = matcher(
+        {"headers": {"user-group": "beta"}}, {"query": {"canary": {"present": True}}}, {"context": {"lane": "beta"}}
+    )
     assert m(req(headers={"user-group": "beta"}), EMPTY)
     assert m(req(qs="canary=1"), EMPTY)
     assert m(req(), GrayContext(lane="beta"))

@@ -26,7 +26,7 @@ def test_push_rollback_undo_reach_every_source_following_the_key() -> None:
     store = MemoryRuleStore()
     early = store.rule_source("graylb/rules")  # before the key exists
     push(store, "graylb/rules", DOC)
-    late = store.rule_source("graylb/rules")   # starts from what is there
+    late = store.rule_source("graylb/rules")  # starts from what is there
     assert route_names(early) == route_names(late) == ["canary"]
     print(rollback(store, "graylb/rules", "orders"))
     assert route_names(early) == route_names(late) == []

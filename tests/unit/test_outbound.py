@@ -47,7 +47,12 @@ def test_nothing_to_do_touches_nothing() -> None:
 def test_context_goes_into_plain_headers_and_baggage() -> None:
     changed, carrier = inject(GrayContext(lane="beta", pins={"orders": "2.0.0"}), [("x-a", "1")])
     assert changed
-    assert carrier.pairs == [("x-a", "1"), ("x-gray-lane", "beta"), ("x-gray-pin", "orders=2.0.0"), ("baggage", "gray.lane=beta,gray.pin.orders=2.0.0")]
+    assert carrier.pairs == [
+        ("x-a", "1"),
+        ("x-gray-lane", "beta"),
+        ("x-gray-pin", "orders=2.0.0"),
+        ("baggage", "gray.lane=beta,gray.pin.orders=2.0.0"),
+    ]
 
 
 def test_existing_baggage_is_merged_once_and_stale_gray_members_dropped() -> None:

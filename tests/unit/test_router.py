@@ -49,7 +49,17 @@ def inst(
     labels: Mapping[str, str] | None = None,
 ) -> Instance:
     n = sum(map(ord, name)) % 250 + 1
-    return Instance(SERVICE, f"10.0.{n}.1", 8080, version=version, weight=weight, lane=lane, health=health, labels=labels or {}, id=name)
+    return Instance(
+        SERVICE,
+        f"10.0.{n}.1",
+        8080,
+        version=version,
+        weight=weight,
+        lane=lane,
+        health=health,
+        labels=labels or {},
+        id=name,
+    )
 
 
 def compile_service(doc: Mapping[str, Any]) -> CompiledService:
@@ -58,12 +68,20 @@ def compile_service(doc: Mapping[str, Any]) -> CompiledService:
     return compiled
 
 
-def make_state(instances: Iterable[Instance], doc: Mapping[str, Any] | None = None, *, ejected: Iterable[str] = ()) -> ServiceState:
+def make_state(
+    instances: Iterable[Instance], doc: Mapping[str, Any] | None = None, *, ejected: Iterable[str] = ()
+) -> ServiceState:
     snapshot = Snapshot(SERVICE, tuple(instances), revision=1)
     return build_state(SERVICE, snapshot, compile_service(doc) if doc is not None else None, ejected=frozenset(ejected))
 
 
-def ctx(lane: str | None = None, *, forced: bool = False, pins: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None) -> GrayContext:
+def ctx(
+    lane: str | None = None,
+    *,
+    forced: bool = False,
+    pins: Mapping[str, str] | None = None,
+    values: Mapping[str, str] | None = None,
+) -> GrayContext:
     return GrayContext(lane=lane, lane_forced=forced, pins=pins or {}, values=values or {})
 
 
@@ -71,7 +89,9 @@ def req(headers: Mapping[str, str] | None = None, path: str = "/", method: str =
     return RequestInfo(method=method, path=path, headers=dict(headers or {}), query_string=query)
 
 
-def decide(state: ServiceState, headers: Mapping[str, str] | None = None, gray: GrayContext = EMPTY, **kw: Any) -> Decision:
+def decide(
+    state: ServiceState, headers: Mapping[str, str] | None = None, gray: GrayContext = EMPTY, **kw: Any
+) -> Decision:
     return route(state, req(headers, **kw), gray)
 
 
@@ -106,7 +126,11 @@ ROUTED = {
     "default": "stable",
     "routes": [
         {"name": "beta-users", "match": [{"headers": {"user-group": {"exact": "beta"}}}], "to": [{"subset": "canary"}]},
-        {"name": "legacy-clients", "match": [{"headers": {"x-client": {"prefix": "old-"}}}], "to": [{"subset": "legacy"}]},
+        {
+            "name": "legacy-clients",
+            "match": [{"headers": {"x-client": {"prefix": "old-"}}}],
+            "to": [{"subset": "legacy"}],
+        },
         {
             "name": "v2-api-or-internal",
             "match": [{"path": {"prefix": "/v2/"}}, {"headers": {"x-internal": {"present": True}}}],
@@ -141,7 +165,9 @@ ROUTED = {
         ({}, "/orders", "POST", "default", "stable", {"s1", "s2"}),
     ],
 )
-def test_first_matching_route_wins(headers: dict, path: str, method: str, route_name: str, subset: str, ids: set[str]) -> None:
+def test_first_matching_route_wins(
+    headers: dict, path: str, method: str, route_name: str, subset: str, ids: set[str]
+) -> None:
     d = decide(make_state(FLEET, ROUTED), headers, path=path, method=method)
     assert (d.service, d.route, d.subset, d.fallback_from) == (SERVICE, route_name, subset, None)
     assert candidates(d) == ids
@@ -164,7 +190,10 @@ def test_first_matching_route_wins_even_when_its_subset_is_empty() -> None:
 
 
 def test_context_values_match_routes() -> None:
-    doc = {**ROUTED, "routes": [{"name": "vip", "match": [{"context": {"tier": {"exact": "vip"}}}], "to": [{"subset": "canary"}]}]}
+    doc = {
+        **ROUTED,
+        "routes": [{"name": "vip", "match": [{"context": {"tier": {"exact": "vip"}}}], "to": [{"subset": "canary"}]}],
+    }
     state = make_state(FLEET, doc)
     assert decide(state, gray=ctx(values={"tier": "vip"})).route == "vip"
     assert decide(state, {"tier": "vip"}).route == "default"  # a header is not a context value
@@ -186,7 +215,9 @@ def test_no_default_means_every_instance_outside_lanes() -> None:
 # --------------------------------------------------------------------------- weighted split
 
 
-def split_doc(weights: list[tuple[str, int]], *, sticky: bool = False, fallback: str = "default", default: str = "stable") -> dict:
+def split_doc(
+    weights: list[tuple[str, int]], *, sticky: bool = False, fallback: str = "default", default: str = "stable"
+) -> dict:
     route_: dict[str, Any] = {"name": "split", "to": [{"subset": s, "weight": w} for s, w in weights]}
     if sticky:
         route_["sticky"] = {"header": "x-user-id"}
@@ -290,7 +321,17 @@ def test_sticky_on_query_and_context() -> None:
         ({"query": "uid"}, {"query": "uid=alice"}, EMPTY),
         ({"context": "user"}, {}, ctx(values={"user": "alice"})),
     ):
-        doc = {"subsets": SUBSETS, "default": "stable", "routes": [{"name": "split", "to": [{"subset": "canary", "weight": 50}, {"subset": "stable", "weight": 50}], "sticky": sticky}]}
+        doc = {
+            "subsets": SUBSETS,
+            "default": "stable",
+            "routes": [
+                {
+                    "name": "split",
+                    "to": [{"subset": "canary", "weight": 50}, {"subset": "stable", "weight": 50}],
+                    "sticky": sticky,
+                }
+            ],
+        }
         state = make_state(FLEET, doc)
         assert len({route(state, req(**request), gray).subset for _ in range(50)}) == 1
 
@@ -328,7 +369,9 @@ def test_removing_the_canary_sends_its_sticky_users_to_stable_and_back_again() -
 CANARY_ONLY = {
     "subsets": SUBSETS,
     "default": "stable",
-    "routes": [{"name": "beta-users", "match": [{"headers": {"user-group": {"exact": "beta"}}}], "to": [{"subset": "canary"}]}],
+    "routes": [
+        {"name": "beta-users", "match": [{"headers": {"user-group": {"exact": "beta"}}}], "to": [{"subset": "canary"}]}
+    ],
 }
 BETA = {"user-group": "beta"}
 
@@ -481,7 +524,13 @@ def test_a_subset_selecting_a_lane_explicitly_gets_lane_instances(subset_spec: d
     doc = {
         "subsets": {**SUBSETS, "beta-lane": subset_spec},
         "default": "stable",
-        "routes": [{"name": "testers", "match": [{"headers": {"x-tester": {"present": True}}}], "to": [{"subset": "beta-lane"}]}],
+        "routes": [
+            {
+                "name": "testers",
+                "match": [{"headers": {"x-tester": {"present": True}}}],
+                "to": [{"subset": "beta-lane"}],
+            }
+        ],
     }
     d = decide(make_state(FLEET, doc), {"x-tester": "yes"})
     assert (d.route, d.subset, candidates(d)) == ("testers", "beta-lane", {"b1"})
@@ -818,7 +867,10 @@ def test_retries_are_bounded_by_attempts(attempts: int, allowed_tries: int) -> N
 # --------------------------------------------------------------------------- outlier ejection
 
 
-OUTLIER_RULES = {**CANARY_ONLY, "outlier_detection": {"consecutive_errors": 2, "base_ejection_time": "30s", "max_ejection_percent": 50}}
+OUTLIER_RULES = {
+    **CANARY_ONLY,
+    "outlier_detection": {"consecutive_errors": 2, "base_ejection_time": "30s", "max_ejection_percent": 50},
+}
 STABLE3 = [S1, S2, inst("s3", "1.4.9")]
 
 

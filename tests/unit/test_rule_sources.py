@@ -65,7 +65,9 @@ def test_apply_bad_keeps_last_good_records_error_and_logs_one_warning(caplog):
     assert src.current is good
     assert seen == [good]  # no notification for a rejected document
     assert isinstance(src.last_error, RuleError)
-    assert src.last_error.errors == [("services.orders.routes[0].to[0].subset", "unknown subset 'canery' (known: canary, stable)")]
+    assert src.last_error.errors == [
+        ("services.orders.routes[0].to[0].subset", "unknown subset 'canery' (known: canary, stable)")
+    ]
     assert src.rejected_count == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -107,7 +109,7 @@ def test_a_deep_mapping_given_as_data_is_rejected_naming_where():
         inner = inner[0]
     src = RuleSource()
     assert src.apply({"services": deep}) is False
-    (location, message), = src.last_error.errors
+    ((location, message),) = src.last_error.errors
     assert location.startswith("services[0][0]") and message == "nested more than 64 levels deep"
 
 

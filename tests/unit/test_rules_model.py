@@ -70,7 +70,9 @@ def test_rule_error_str_has_one_line_per_problem_with_location_and_source():
         parse_rules(doc, "rules.yaml")
     text = str(info.value)
     assert "rules.yaml" in text.splitlines()[0]
-    assert "  services.orders.routes[0].to[0].subset: unknown subset 'canery' (known: canary, stable)" in text.splitlines()
+    assert (
+        "  services.orders.routes[0].to[0].subset: unknown subset 'canery' (known: canary, stable)" in text.splitlines()
+    )
 
 
 def test_all_zero_weights():
@@ -108,29 +110,31 @@ def test_bad_version_range():
       orders:
         subsets: {stable: {version: "^^1"}}
     """
-    (loc, msg), = errors_of(doc)
+    ((loc, msg),) = errors_of(doc)
     assert loc == "services.orders.subsets.stable.version"
     assert msg.startswith("invalid version range '^^1': ")
 
 
 def test_unquoted_float_version_is_rejected_not_silently_converted():
     # YAML reads 1.10 as the float 1.1; accepting it would select the wrong version.
-    (loc, msg), = errors_of("services: {orders: {subsets: {old: {version: 1.10}}}}")
+    ((loc, msg),) = errors_of("services: {orders: {subsets: {old: {version: 1.10}}}}")
     assert loc == "services.orders.subsets.old.version"
     assert "quote it" in msg
 
 
 def test_unknown_field_typo_is_named_with_a_suggestion():
     doc = with_service("routes: [{to: [{subset: canary, waight: 5}]}]")
-    assert errors_of(doc) == [("services.orders.routes[0].to[0].waight", "unknown field 'waight' (did you mean 'weight'?)")]
+    assert errors_of(doc) == [
+        ("services.orders.routes[0].to[0].waight", "unknown field 'waight' (did you mean 'weight'?)")
+    ]
 
 
 def test_ring_hash_without_hash_on():
-    (loc, msg), = errors_of(with_service("load_balancer: ring_hash"))
+    ((loc, msg),) = errors_of(with_service("load_balancer: ring_hash"))
     assert loc == "services.orders.load_balancer"
     assert msg.startswith("ring_hash needs hash_on")
     # The object form too.
-    (loc, msg), = errors_of(with_service("load_balancer: {policy: ring_hash}"))
+    ((loc, msg),) = errors_of(with_service("load_balancer: {policy: ring_hash}"))
     assert loc == "services.orders.load_balancer"
 
 
@@ -161,13 +165,14 @@ def test_default_without_any_subsets():
 @pytest.mark.parametrize("value", ["30x", "ms", "-5s", "0s", True])
 def test_bad_duration(value):
     doc = {"services": {"orders": {"outlier_detection": {"base_ejection_time": value}}}}
-    (loc, msg), = errors_of(doc)
+    ((loc, msg),) = errors_of(doc)
     assert loc == "services.orders.outlier_detection.base_ejection_time"
     assert "duration" in msg
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("30s", 30.0), ("1m", 60.0), ("1h", 3600.0), ("1m30s", 90.0), (2, 2.0), ("2.5", 2.5)]
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30.0), ("1m", 60.0), ("1h", 3600.0), ("1m30s", 90.0), (2, 2.0), ("2.5", 2.5)],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
@@ -199,7 +204,10 @@ def test_multiple_problems_are_reported_together_model_and_reference_errors():
 def test_string_matcher_needs_exactly_one_kind():
     doc = with_service("routes: [{match: [{path: {exact: /a, prefix: /b}}], to: [{subset: canary}]}]")
     assert errors_of(doc) == [
-        ("services.orders.routes[0].match[0].path", "needs exactly one of exact, prefix, regex, in, present (got exact, prefix)")
+        (
+            "services.orders.routes[0].match[0].path",
+            "needs exactly one of exact, prefix, regex, in, present (got exact, prefix)",
+        )
     ]
 
 
@@ -224,9 +232,13 @@ def test_unknown_retry_condition_and_status_range():
 
 
 def test_unsupported_version_and_wrong_shapes():
-    assert errors_of("version: 2\nservices: {}") == [("version", "unsupported rules version 2 (this graylb reads version 1)")]
+    assert errors_of("version: 2\nservices: {}") == [
+        ("version", "unsupported rules version 2 (this graylb reads version 1)")
+    ]
     assert errors_of("- a\n- b") == [("", "expected a mapping at the top level, got a list")]
-    assert errors_of("services: {orders: {routes: {to: x}}}") == [("services.orders.routes", "expected a list, got a mapping")]
+    assert errors_of("services: {orders: {routes: {to: x}}}") == [
+        ("services.orders.routes", "expected a list, got a mapping")
+    ]
 
 
 def test_empty_document_is_rejected():
@@ -266,7 +278,7 @@ def test_json_input_and_json_syntax_error():
     rules = parse_rules(json.dumps(doc))
     assert set(rules.services["orders"].subsets) == {"stable", "canary"}
     assert parse_rules(json.dumps(doc).encode()).revision == rules.revision
-    (loc, msg), = errors_of('{"services": {"orders": [1,, 2]}}')
+    ((_loc, msg),) = errors_of('{"services": {"orders": [1,, 2]}}')
     assert msg.startswith("line 1 column ")
 
 
@@ -310,7 +322,13 @@ def test_retry_flags_come_only_from_on():
     assert p.statuses == frozenset({503, 504}) and p.idempotent_only is False
     # `on` omitted: connect-failure + reset.
     p = parse_rules(with_service("retries: {attempts: 1}")).services["orders"].retries
-    assert (p.attempts, p.on_connect_failure, p.on_reset, p.on_timeout, p.statuses) == (1, True, True, False, frozenset())
+    assert (p.attempts, p.on_connect_failure, p.on_reset, p.on_timeout, p.statuses) == (
+        1,
+        True,
+        True,
+        False,
+        frozenset(),
+    )
 
 
 def test_load_balancer_forms_and_outlier_policy():
@@ -322,7 +340,11 @@ def test_load_balancer_forms_and_outlier_policy():
     )
     svc = parse_rules(doc).services["orders"]
     assert svc.load_balancer == "ring_hash" and svc.hash_key == HashKey(header="x-user-id")
-    assert (svc.outlier.consecutive_errors, svc.outlier.base_ejection_time, svc.outlier.max_ejection_percent) == (3, 0.5, 20)
+    assert (svc.outlier.consecutive_errors, svc.outlier.base_ejection_time, svc.outlier.max_ejection_percent) == (
+        3,
+        0.5,
+        20,
+    )
     svc = parse_rules(with_service("load_balancer: least_request")).services["orders"]
     assert svc.load_balancer == "least_request" and svc.hash_key is None
 

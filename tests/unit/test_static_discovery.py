@@ -75,7 +75,7 @@ def test_add_an_instance_object_without_naming_the_service(registry: StaticDisco
 
 
 def test_add_rejects_an_instance_of_another_service(registry: StaticDiscovery) -> None:
-    with pytest.raises(ValueError, match="users.*'orders'"):
+    with pytest.raises(ValueError, match=r"users.*'orders'"):
         registry.add(Instance("users", "h", 1), service="orders")
     with pytest.raises(ValueError, match="service"):
         registry.add({"host": "h", "port": 1})
@@ -142,7 +142,7 @@ def test_set_health_by_default_id(registry: StaticDiscovery) -> None:
 
 
 def test_set_health_unknown_raises(registry: StaticDiscovery) -> None:
-    with pytest.raises(KeyError, match="orders@10.9.9.9:1"):
+    with pytest.raises(KeyError, match=r"orders@10.9.9.9:1"):
         registry.set_health("orders@10.9.9.9:1", "critical")
 
 
@@ -232,7 +232,12 @@ users:
     orders = {i.host: i for i in reg.watch("orders").snapshot.instances}
     assert orders["10.0.0.1"].version == "1.4.0"
     canary = orders["10.0.0.2"]
-    assert (canary.weight, canary.version, canary.lane, dict(canary.labels)) == (5, "v2.0.0-rc.1", "beta", {"zone": "a"})
+    assert (canary.weight, canary.version, canary.lane, dict(canary.labels)) == (
+        5,
+        "v2.0.0-rc.1",
+        "beta",
+        {"zone": "a"},
+    )
     (user,) = reg.watch("users").snapshot.instances
     assert user.address == "[::1]:9000" and user.health is Health.CRITICAL
 
@@ -261,5 +266,5 @@ def test_from_file_bad_yaml_names_the_file(tmp_path: Path) -> None:
 def test_from_file_bad_entry_names_the_service(tmp_path: Path) -> None:
     path = tmp_path / "registry.yaml"
     path.write_text("orders:\n  - {host: h, port: eighty}\n")
-    with pytest.raises(ValueError, match="'orders'.*bad port 'eighty'"):
+    with pytest.raises(ValueError, match=r"'orders'.*bad port 'eighty'"):
         StaticDiscovery.from_file(path)

@@ -13,21 +13,37 @@ import pytest
 
 from graylb.versioning import VersionSelector
 
-LABELS = ['v2', '2', '2.1.0', 'v2.1.0', '2.0.0-rc.1', 'v1', '1.4.2', 'v1.4', 'my-service:v1.2.0', 'commit-abc123', '2026.11.27-rc1']
+LABELS = [
+    "v2",
+    "2",
+    "2.1.0",
+    "v2.1.0",
+    "2.0.0-rc.1",
+    "v1",
+    "1.4.2",
+    "v1.4",
+    "my-service:v1.2.0",
+    "commit-abc123",
+    "2026.11.27-rc1",
+]
 EXPECTED = {
-    'v2':                 "✓ ✓ ✓ ✓ ✓ · · · · · ·",
-    '2':                  "✓ ✓ ✓ ✓ ✓ · · · · · ·",
-    'v1.4':               "· · · · · · ✓ ✓ · · ·",
-    '2.1.0':              "· · ✓ ✓ · · · · · · ·",
-    '^2':                 "✓ ✓ ✓ ✓ · · · · · · ·",
-    '~1.4':               "· · · · · · ✓ ✓ · · ·",
-    '>=1.2,<2':           "· · · · · · ✓ ✓ · · ·",
-    '*':                  "✓ ✓ ✓ ✓ ✓ ✓ ✓ ✓ · · ✓",
-    'my-service:v1.2.0':  "· · · · · · · · ✓ · ·",
-    'commit-abc123':      "· · · · · · · · · ✓ ·",
-    '2026.11.27-rc1':     "· · · · · · · · · · ✓",
+    "v2": "✓ ✓ ✓ ✓ ✓ · · · · · ·",
+    "2": "✓ ✓ ✓ ✓ ✓ · · · · · ·",
+    "v1.4": "· · · · · · ✓ ✓ · · ·",
+    "2.1.0": "· · ✓ ✓ · · · · · · ·",
+    "^2": "✓ ✓ ✓ ✓ · · · · · · ·",
+    "~1.4": "· · · · · · ✓ ✓ · · ·",
+    ">=1.2,<2": "· · · · · · ✓ ✓ · · ·",
+    "*": "✓ ✓ ✓ ✓ ✓ ✓ ✓ ✓ · · ✓",
+    "my-service:v1.2.0": "· · · · · · · · ✓ · ·",
+    "commit-abc123": "· · · · · · · · · ✓ ·",
+    "2026.11.27-rc1": "· · · · · · · · · · ✓",
 }
-CELLS = [(selector, label, mark == "✓") for selector, marks in EXPECTED.items() for label, mark in zip(LABELS, marks.split(), strict=True)]
+CELLS = [
+    (selector, label, mark == "✓")
+    for selector, marks in EXPECTED.items()
+    for label, mark in zip(LABELS, marks.split(), strict=True)
+]
 
 
 @pytest.mark.parametrize(("selector", "label", "matches"), CELLS, ids=[f"{s}~{lab}" for s, lab, _ in CELLS])

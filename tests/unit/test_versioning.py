@@ -74,7 +74,9 @@ def test_matches_uses_the_parsed_form_when_given() -> None:
 def test_partial_version_selects_the_versions_it_prefixes(selector: str) -> None:
     sel = VersionSelector(selector)
     assert sel.is_range
-    assert matching(selector, "1.4.0", "v1.4.2", "1.4.17", "1.5.0", "1.3.9", "1.40.0", "2.4.0", "1.4", "v1.4", "1.4.3-rc.1") == [
+    assert matching(
+        selector, "1.4.0", "v1.4.2", "1.4.17", "1.5.0", "1.3.9", "1.40.0", "2.4.0", "1.4", "v1.4", "1.4.3-rc.1"
+    ) == [
         "1.4.0",
         "v1.4.2",
         "1.4.17",

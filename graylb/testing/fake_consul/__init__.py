@@ -148,7 +148,9 @@ another one answers 500 ``No path to datacenter``), namespaces/partitions, Conne
 # ``filter`` (go-bexpr for ?filter), ``state`` (the registry state, TTLs, probes, reaping),
 # ``server`` (the HTTP API, FakeConsul, main); ``python -m`` runs ``__main__``. Re-exported: the
 # public names of the former single module fake_consul.py, with its ``__all__`` unchanged.
-from .decoding import format_go_duration, parse_go_duration
-from .server import FakeConsul, RecordedRequest, main
+from .decoding import format_go_duration as format_go_duration
+from .decoding import parse_go_duration as parse_go_duration
+from .server import FakeConsul, RecordedRequest
+from .server import main as main
 
 __all__ = ["FakeConsul", "RecordedRequest"]

@@ -29,7 +29,16 @@ class _HTTPError(Exception):
 # Small Go-compatibility helpers
 # --------------------------------------------------------------------------------------------
 
-_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
 
 
 def parse_go_duration(text: str) -> int:
@@ -48,16 +57,16 @@ def parse_go_duration(text: str) -> int:
         number = m.group(0) if m else ""
         if number in ("", "."):
             raise ValueError(f'time: invalid duration "{orig}"')
-        s = s[len(number):]
+        s = s[len(number) :]
         u = re.match(r"[^0-9.]+", s)
         if not u:
             raise ValueError(f'time: missing unit in duration "{orig}"')
         unit = u.group(0)
         if unit not in _DURATION_UNITS:
             raise ValueError(f'time: unknown unit "{unit}" in duration "{orig}"')
-        s = s[len(unit):]
+        s = s[len(unit) :]
         total += float(number) * _DURATION_UNITS[unit]
-    ns = int(round(total))
+    ns = round(total)
     return -ns if neg else ns
 
 
@@ -128,7 +137,10 @@ def _jtype(v: Any) -> str:
 
 
 def _decode_error(value: Any, field: str, gotype: str) -> _HTTPError:
-    return _HTTPError(400, f"Request decode failed: json: cannot unmarshal {_jtype(value)} into Go struct field {field} of type {gotype}")
+    return _HTTPError(
+        400,
+        f"Request decode failed: json: cannot unmarshal {_jtype(value)} into Go struct field {field} of type {gotype}",
+    )
 
 
 def _as_str(v: Any, field: str) -> str:
@@ -180,11 +192,20 @@ def _decode_service_definition(body: bytes) -> dict[str, Any]:
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise _HTTPError(400, f"Request decode failed: json: cannot unmarshal {_jtype(doc)} into Go value of type structs.ServiceDefinition")
+        raise _HTTPError(
+            400,
+            f"Request decode failed: json: cannot unmarshal {_jtype(doc)} into Go value of type "
+            "structs.ServiceDefinition",
+        )
     f = {_norm(k): v for k, v in doc.items()}
-    out: dict[str, Any] = {"name": _as_str(f.get("name"), "ServiceDefinition.Name"), "id": _as_str(f.get("id"), "ServiceDefinition.ID"),
-                           "address": _as_str(f.get("address"), "ServiceDefinition.Address"), "port": _as_int(f.get("port"), "ServiceDefinition.Port"),
-                           "kind": _as_str(f.get("kind"), "ServiceDefinition.Kind"), "enabletagoverride": _as_bool(f.get("enabletagoverride"), "ServiceDefinition.EnableTagOverride")}
+    out: dict[str, Any] = {
+        "name": _as_str(f.get("name"), "ServiceDefinition.Name"),
+        "id": _as_str(f.get("id"), "ServiceDefinition.ID"),
+        "address": _as_str(f.get("address"), "ServiceDefinition.Address"),
+        "port": _as_int(f.get("port"), "ServiceDefinition.Port"),
+        "kind": _as_str(f.get("kind"), "ServiceDefinition.Kind"),
+        "enabletagoverride": _as_bool(f.get("enabletagoverride"), "ServiceDefinition.EnableTagOverride"),
+    }
     tags = f.get("tags")
     if tags is not None:
         if not isinstance(tags, list):
@@ -208,7 +229,10 @@ def _decode_service_definition(body: bytes) -> dict[str, Any]:
         ta = {}
         for k, v in tagged.items():
             vv = {_norm(a): b for a, b in (v or {}).items()} if isinstance(v, dict) else {}
-            ta[k] = {"Address": _as_str(vv.get("address"), "ServiceAddress.Address"), "Port": _as_int(vv.get("port"), "ServiceAddress.Port")}
+            ta[k] = {
+                "Address": _as_str(vv.get("address"), "ServiceAddress.Address"),
+                "Port": _as_int(vv.get("port"), "ServiceAddress.Port"),
+            }
         out["taggedaddresses"] = ta
     checks: list[dict[str, Any]] = []
     single = f.get("check")
@@ -259,7 +283,9 @@ def _check_from_definition(raw: dict[str, Any]) -> _CheckDef:
     if interval > 0 and ttl > 0:
         raise _HTTPError(400, "Invalid check: Interval and TTL cannot both be specified")
     if interval_check and interval <= 0:
-        raise _HTTPError(400, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
+        raise _HTTPError(
+            400, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"
+        )
     if not interval_check and not alias and ttl <= 0:
         raise _HTTPError(400, "Invalid check: TTL must be > 0 for TTL checks")
     kind = "ttl" if ttl > 0 else ("docker" if docker else "script" if script else kinds[0] if kinds else "alias")
@@ -267,8 +293,19 @@ def _check_from_definition(raw: dict[str, Any]) -> _CheckDef:
     header = c.get("header")
     if header is not None and not isinstance(header, dict):
         raise _decode_error(header, "CheckType.Header", "map[string][]string")
-    return _CheckDef(id=_as_str(c.get("checkid") or c.get("id"), "CheckType.CheckID"), name=_as_str(c.get("name"), "CheckType.Name"),
-                     status=_as_str(c.get("status"), "CheckType.Status"), notes=_as_str(c.get("notes"), "CheckType.Notes"), type=kind,
-                     interval_ns=interval, timeout_ns=timeout, ttl_ns=ttl, deregister_ns=dereg, http=_as_str(c.get("http"), "CheckType.HTTP"),
-                     method=_as_str(c.get("method"), "CheckType.Method"), header={k: list(v) if isinstance(v, list) else [str(v)] for k, v in (header or {}).items()} or None,
-                     tls_skip_verify=_as_bool(c.get("tlsskipverify"), "CheckType.TLSSkipVerify"), tcp=_as_str(c.get("tcp"), "CheckType.TCP"))
+    return _CheckDef(
+        id=_as_str(c.get("checkid") or c.get("id"), "CheckType.CheckID"),
+        name=_as_str(c.get("name"), "CheckType.Name"),
+        status=_as_str(c.get("status"), "CheckType.Status"),
+        notes=_as_str(c.get("notes"), "CheckType.Notes"),
+        type=kind,
+        interval_ns=interval,
+        timeout_ns=timeout,
+        ttl_ns=ttl,
+        deregister_ns=dereg,
+        http=_as_str(c.get("http"), "CheckType.HTTP"),
+        method=_as_str(c.get("method"), "CheckType.Method"),
+        header={k: list(v) if isinstance(v, list) else [str(v)] for k, v in (header or {}).items()} or None,
+        tls_skip_verify=_as_bool(c.get("tlsskipverify"), "CheckType.TLSSkipVerify"),
+        tcp=_as_str(c.get("tcp"), "CheckType.TCP"),
+    )

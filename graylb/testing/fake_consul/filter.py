@@ -18,21 +18,61 @@ class _FilterError(Exception):
 
 
 _HEALTH_SCHEMA: dict[str, Any] = {
-    "Node": {"ID": "str", "Node": "str", "Address": "str", "Datacenter": "str", "TaggedAddresses": "map", "Meta": "map"},
-    "Service": {"Kind": "str", "ID": "str", "Service": "str", "Tags": "list", "Address": "str", "TaggedAddresses": "any", "Meta": "map", "Port": "int",
-                "EnableTagOverride": "bool", "Weights": {"Passing": "int", "Warning": "int"}, "PeerName": "str"},
+    "Node": {
+        "ID": "str",
+        "Node": "str",
+        "Address": "str",
+        "Datacenter": "str",
+        "TaggedAddresses": "map",
+        "Meta": "map",
+    },
+    "Service": {
+        "Kind": "str",
+        "ID": "str",
+        "Service": "str",
+        "Tags": "list",
+        "Address": "str",
+        "TaggedAddresses": "any",
+        "Meta": "map",
+        "Port": "int",
+        "EnableTagOverride": "bool",
+        "Weights": {"Passing": "int", "Warning": "int"},
+        "PeerName": "str",
+    },
 }
 _SERVICE_NODE_SCHEMA: dict[str, Any] = {
-    "ID": "str", "Node": "str", "Address": "str", "Datacenter": "str", "TaggedAddresses": "map", "NodeMeta": "map", "ServiceKind": "str", "ServiceID": "str",
-    "ServiceName": "str", "ServiceTags": "list", "ServiceAddress": "str", "ServiceMeta": "map", "ServicePort": "int", "ServiceEnableTagOverride": "bool",
+    "ID": "str",
+    "Node": "str",
+    "Address": "str",
+    "Datacenter": "str",
+    "TaggedAddresses": "map",
+    "NodeMeta": "map",
+    "ServiceKind": "str",
+    "ServiceID": "str",
+    "ServiceName": "str",
+    "ServiceTags": "list",
+    "ServiceAddress": "str",
+    "ServiceMeta": "map",
+    "ServicePort": "int",
+    "ServiceEnableTagOverride": "bool",
     "ServiceWeights": {"Passing": "int", "Warning": "int"},
 }
 _AGENT_SERVICE_SCHEMA: dict[str, Any] = {
-    "Kind": "str", "ID": "str", "Service": "str", "Tags": "list", "Meta": "map", "Port": "int", "Address": "str", "EnableTagOverride": "bool",
-    "Weights": {"Passing": "int", "Warning": "int"}, "Datacenter": "str",
+    "Kind": "str",
+    "ID": "str",
+    "Service": "str",
+    "Tags": "list",
+    "Meta": "map",
+    "Port": "int",
+    "Address": "str",
+    "EnableTagOverride": "bool",
+    "Weights": {"Passing": "int", "Warning": "int"},
+    "Datacenter": "str",
 }
 
-_TOKEN_RE = re.compile(r"""\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<op>==|!=)|(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<num>-?[0-9]+(?:\.[0-9]+)?(?![A-Za-z_]))|(?P<word>[A-Za-z_][A-Za-z0-9_\-]*)|(?P<dot>\.)|(?P<lb>\[)|(?P<rb>\]))""")
+_TOKEN_RE = re.compile(
+    r"""\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<op>==|!=)|(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<num>-?[0-9]+(?:\.[0-9]+)?(?![A-Za-z_]))|(?P<word>[A-Za-z_][A-Za-z0-9_\-]*)|(?P<dot>\.)|(?P<lb>\[)|(?P<rb>\]))"""
+)
 
 
 class _Filter:
@@ -58,7 +98,10 @@ class _Filter:
             raise _FilterError(self._syntax(self.tokens[self.i][2]))
 
     def _syntax(self, offset: int) -> str:
-        return f"1:{offset + 1} ({offset}): no match found, expected: \"!=\", \"==\", \"and\", \"contains\", \"in\", \"is\", \"matches\", \"not\", \"or\", [ \\t\\r\\n] or EOF"
+        return (
+            f'1:{offset + 1} ({offset}): no match found, expected: "!=", "==", "and", "contains", "in", "is", '
+            '"matches", "not", "or", [ \\t\\r\\n] or EOF'
+        )
 
     def _peek(self, k: int = 0) -> tuple[str, str, int] | None:
         j = self.i + k
@@ -99,12 +142,15 @@ class _Filter:
         if t[0] == "lp":
             self.i += 1
             node = self._or()
-            if not self._peek() or self._peek()[0] != "rp":
+            closing = self._peek()
+            if not closing or closing[0] != "rp":
                 raise self._expect_fail()
             self.i += 1
             return node
         # value (not) in selector
-        if t[0] in ("str", "num") or (t[0] == "word" and (self._word("in", 1) or (self._word("not", 1) and self._word("in", 2)))):
+        if t[0] in ("str", "num") or (
+            t[0] == "word" and (self._word("in", 1) or (self._word("not", 1) and self._word("in", 2)))
+        ):
             value = self._value()
             negate = False
             if self._word("not"):
@@ -113,7 +159,7 @@ class _Filter:
                 raise self._expect_fail()
             self.i += 1
             sel = self._selector()
-            node: Any = ("in", sel, value)
+            node = ("in", sel, value)
             return ("not", node) if negate else node
         sel = self._selector()
         t = self._peek()
@@ -145,7 +191,9 @@ class _Filter:
             try:
                 node = ("matches", sel, re.compile(pattern))
             except re.error as exc:
-                raise _FilterError(f"Failed to compile regular expression {_q(pattern)}: error parsing regexp: {exc}") from None
+                raise _FilterError(
+                    f"Failed to compile regular expression {_q(pattern)}: error parsing regexp: {exc}"
+                ) from None
         else:
             raise self._expect_fail()
         return ("not", node) if negate else node
@@ -155,7 +203,10 @@ class _Filter:
         if t is None or t[0] not in ("str", "num", "word"):
             # go-bexpr's grammar expects a value here: its error lists a value's first characters
             offset = t[2] if t else len(self.expression)
-            raise _FilterError(f"1:{offset + 1} ({offset}): no match found, expected: \"-\", \"0\", \"\\\"\", \"`\", [ \\t\\r\\n], [1-9] or [a-zA-Z]")
+            raise _FilterError(
+                f"1:{offset + 1} ({offset}): no match found, "
+                'expected: "-", "0", "\\"", "`", [ \\t\\r\\n], [1-9] or [a-zA-Z]'
+            )
         self.i += 1
         if t[0] == "str":
             return t[1][1:-1] if t[1][0] == "`" else json.loads(t[1])
@@ -168,12 +219,12 @@ class _Filter:
         parts = [t[1]]
         self.i += 1
         while True:
-            t = self._peek()
-            if t and t[0] == "dot" and self._peek(1) and self._peek(1)[0] == "word":
-                parts.append(self._peek(1)[1])
+            t, t1, t2 = self._peek(), self._peek(1), self._peek(2)
+            if t and t[0] == "dot" and t1 and t1[0] == "word":
+                parts.append(t1[1])
                 self.i += 2
-            elif t and t[0] == "lb" and self._peek(1) and self._peek(1)[0] == "str" and self._peek(2) and self._peek(2)[0] == "rb":
-                parts.append(json.loads(self._peek(1)[1]) if self._peek(1)[1][0] == '"' else self._peek(1)[1][1:-1])
+            elif t and t[0] == "lb" and t1 and t1[0] == "str" and t2 and t2[0] == "rb":
+                parts.append(json.loads(t1[1]) if t1[1][0] == '"' else t1[1][1:-1])
                 self.i += 3
             else:
                 break
@@ -188,10 +239,11 @@ class _Filter:
             elif node == "map" and j == len(path) - 1:
                 node = "str"
             else:
-                raise _FilterError(f'Selector {_q(".".join(path))} is not valid')
+                raise _FilterError(f"Selector {_q('.'.join(path))} is not valid")
         if isinstance(node, dict):
-            raise _FilterError(f'Selector {_q(".".join(path))} is not valid')
-        return node
+            raise _FilterError(f"Selector {_q('.'.join(path))} is not valid")
+        kind: str = node  # a leaf of the schema: the selector's type name
+        return kind
 
     def _check_scalar(self, sel: tuple[tuple[str, ...], str], value: str) -> None:
         kind = sel[1]
@@ -202,12 +254,18 @@ class _Filter:
             try:
                 int(value)
             except ValueError:
-                raise _FilterError(f'Failed to coerce value {_q(value)} for selector {selector}: strconv.ParseInt: parsing {_q(value)}: invalid syntax') from None
+                raise _FilterError(
+                    f"Failed to coerce value {_q(value)} for selector {selector}: strconv.ParseInt: parsing "
+                    f"{_q(value)}: invalid syntax"
+                ) from None
         if kind == "bool":
             try:
                 _parse_bool(value)
             except ValueError:
-                raise _FilterError(f'Failed to coerce value {_q(value)} for selector {selector}: strconv.ParseBool: parsing {_q(value)}: invalid syntax') from None
+                raise _FilterError(
+                    f"Failed to coerce value {_q(value)} for selector {selector}: strconv.ParseBool: parsing "
+                    f"{_q(value)}: invalid syntax"
+                ) from None
 
     @staticmethod
     def _resolve(item: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
@@ -237,7 +295,8 @@ class _Filter:
                 return int(value) == int(node[2])
             if kind == "bool":
                 return bool(value) == _parse_bool(node[2])
-            return str(value) == node[2]
+            want: str = node[2]
+            return str(value) == want
         if op == "in":
             if isinstance(value, (list, dict)):
                 return node[2] in value

@@ -21,9 +21,30 @@ from urllib.parse import unquote, urlencode
 from .._fake_base import FakeBase, FakeHandler, FakeServer, serve_until_interrupted, split_request
 from .._fake_base import Killed as _Killed
 from .._fake_base import Response as _Response
-from .decoding import _check_from_definition, _decode_service_definition, _HTTPError, _norm, _parse_bool, _q, format_go_duration, parse_go_duration
+from .decoding import (
+    _check_from_definition,
+    _decode_service_definition,
+    _HTTPError,
+    _norm,
+    _parse_bool,
+    _q,
+    format_go_duration,
+    parse_go_duration,
+)
 from .filter import _AGENT_SERVICE_SCHEMA, _HEALTH_SCHEMA, _SERVICE_NODE_SCHEMA, _Filter, _FilterError
-from .state import _ACCESSOR_NS, _CONSUL_VERSION, _KV, _STATUSES, _Check, _ConsulState, _default_tagged_addresses, _meta_error, _Node, _Service, _weights_error
+from .state import (
+    _ACCESSOR_NS,
+    _CONSUL_VERSION,
+    _KV,
+    _STATUSES,
+    _Check,
+    _ConsulState,
+    _default_tagged_addresses,
+    _meta_error,
+    _Node,
+    _Service,
+    _weights_error,
+)
 
 _KV_MAX_VALUE_SIZE = 512 * 1024
 _DEFAULT_WAIT = 300.0
@@ -51,10 +72,10 @@ def _go_json(obj: Any, pretty: bool = False) -> bytes:
 
 def _parse_uint(value: str) -> int:
     if not value or not value.isdigit() or not value.isascii():
-        raise ValueError(f'strconv.ParseUint: parsing {_q(value)}: invalid syntax')
+        raise ValueError(f"strconv.ParseUint: parsing {_q(value)}: invalid syntax")
     n = int(value)
     if n >= 2**64:
-        raise ValueError(f'strconv.ParseUint: parsing {_q(value)}: value out of range')
+        raise ValueError(f"strconv.ParseUint: parsing {_q(value)}: value out of range")
     return n
 
 
@@ -147,7 +168,11 @@ class _Handler(FakeHandler):
 
 
 def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> _Response:
-    return _Response(status, text.encode(), [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])] if text else list(headers or []))
+    return _Response(
+        status,
+        text.encode(),
+        [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])] if text else list(headers or []),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,15 +181,27 @@ def _text(status: int, text: str, headers: list[tuple[str, str]] | None = None) 
 
 
 class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
-    """A Consul agent's HTTP API on a real socket. See the package docstring (:mod:`graylb.testing.fake_consul`) for the reference."""
+    """A Consul agent's HTTP API on a real socket. See the package docstring
+    (:mod:`graylb.testing.fake_consul`) for the reference."""
 
     check_update_interval: float = 300.0
     _handler = _Handler
     _thread_name = "fake-consul"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, acl_tokens: Mapping[str, str] | None = None, datacenter: str = "dc1", node: str = "fake-node",
-                 node_address: str = "127.0.0.1", min_deregister_after: float = 60.0, max_wait: float = 600.0, null_tags: bool = False,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        acl_tokens: Mapping[str, str] | None = None,
+        datacenter: str = "dc1",
+        node: str = "fake-node",
+        node_address: str = "127.0.0.1",
+        min_deregister_after: float = 60.0,
+        max_wait: float = 600.0,
+        null_tags: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         # HTTPS like an agent's port 8501: pass a server-side SSLContext (e.g. from trustme);
         # set its verify_mode to CERT_REQUIRED to demand client certificates (verify_incoming).
         self.ssl_context = ssl_context
@@ -174,7 +211,11 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
                     raise ValueError(f"acl_tokens[{secret!r}]: level must be 'write', 'read' or 'none', not {level!r}")
         self._init_base(host, port)
         self.datacenter, self.node, self.node_address = datacenter, node, node_address
-        self.min_deregister_after, self.max_wait, self.null_tags = float(min_deregister_after), float(max_wait), null_tags
+        self.min_deregister_after, self.max_wait, self.null_tags = (
+            float(min_deregister_after),
+            float(max_wait),
+            null_tags,
+        )
         self._acl_tokens = dict(acl_tokens) if acl_tokens is not None else None
         self._init_state()
 
@@ -218,13 +259,21 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         req = _Request(method, raw_path, unquote(raw_path), query, hdrs, body, gen)
         if not req.path.startswith("/v1/"):
             if req.path == "/":
-                return _text(200, "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent configuration and restart.")
-            return _text(404, "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n")
+                return _text(
+                    200,
+                    "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent configuration and "
+                    "restart.",
+                )
+            return _text(
+                404, "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
+            )
         self._apply_stall(gen)
         failure = self._next_failure()
         if failure is not None:
             status, text = failure
-            return self._api_response(req, _text(status, text if text is not None else _DEFAULT_FAIL_BODIES.get(status, "")))
+            return self._api_response(
+                req, _text(status, text if text is not None else _DEFAULT_FAIL_BODIES.get(status, ""))
+            )
         route = self._route(req.path)
         if route is None:
             return _text(404, "Invalid URL path: not a recognized HTTP API endpoint\n")
@@ -235,7 +284,9 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         if method == "OPTIONS":
             return self._api_response(req, _Response(200, b"", [*common, ("Allow", ",".join(["OPTIONS", *methods]))]))
         if method not in methods:
-            return self._api_response(req, _text(405, f"method {method} not allowed", [*common, ("Allow", ",".join(["OPTIONS", *methods]))]))
+            return self._api_response(
+                req, _text(405, f"method {method} not allowed", [*common, ("Allow", ",".join(["OPTIONS", *methods]))])
+            )
         try:
             resp = handler(req)
         except _HTTPError as e:
@@ -371,16 +422,32 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
                 if self._abandon != abandon:
                     return res
 
-    def _read_response(self, req: _Request, res: _Result, authz: _Authz, *, consistency: bool, backend: str = "blocking-query") -> _Response:
-        headers = [("Content-Type", "application/json"), *self._meta_headers(res.index, consistency=consistency, req=req, backend=backend)]
+    def _read_response(
+        self, req: _Request, res: _Result, authz: _Authz, *, consistency: bool, backend: str = "blocking-query"
+    ) -> _Response:
+        headers = [
+            ("Content-Type", "application/json"),
+            *self._meta_headers(res.index, consistency=consistency, req=req, backend=backend),
+        ]
         if res.filtered and authz.token_given:
             headers.append(("X-Consul-Results-Filtered-By-Acls", "true"))
         return _Response(200, _go_json(res.obj, req.has("pretty")), headers)
 
-    def _meta_headers(self, index: int, *, consistency: bool, req: _Request, backend: str = "blocking-query") -> list[tuple[str, str]]:
-        headers = [("X-Consul-Index", str(max(index, 1))), ("X-Consul-Knownleader", "true"), ("X-Consul-Lastcontact", "0")]
+    def _meta_headers(
+        self, index: int, *, consistency: bool, req: _Request, backend: str = "blocking-query"
+    ) -> list[tuple[str, str]]:
+        headers = [
+            ("X-Consul-Index", str(max(index, 1))),
+            ("X-Consul-Knownleader", "true"),
+            ("X-Consul-Lastcontact", "0"),
+        ]
         if consistency:
-            headers.append(("X-Consul-Effective-Consistency", "stale" if req.has("stale") else "consistent" if req.has("consistent") else "leader"))
+            headers.append(
+                (
+                    "X-Consul-Effective-Consistency",
+                    "stale" if req.has("stale") else "consistent" if req.has("consistent") else "leader",
+                )
+            )
         headers.append(("X-Consul-Query-Backend", backend))
         return headers
 
@@ -388,9 +455,25 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
 
     def _node_json(self, node: _Node) -> dict[str, Any]:
         fam = "ipv6" if ":" in node.address else "ipv4"
-        return {"ID": node.id, "Node": node.name, "Address": node.address, "Datacenter": self.datacenter,
-                "TaggedAddresses": dict(sorted({"lan": node.address, f"lan_{fam}": node.address, "wan": node.address, f"wan_{fam}": node.address}.items())),
-                "Meta": {"consul-network-segment": "", "consul-version": _CONSUL_VERSION}, "CreateIndex": node.create_index, "ModifyIndex": node.modify_index}
+        return {
+            "ID": node.id,
+            "Node": node.name,
+            "Address": node.address,
+            "Datacenter": self.datacenter,
+            "TaggedAddresses": dict(
+                sorted(
+                    {
+                        "lan": node.address,
+                        f"lan_{fam}": node.address,
+                        "wan": node.address,
+                        f"wan_{fam}": node.address,
+                    }.items()
+                )
+            ),
+            "Meta": {"consul-network-segment": "", "consul-version": _CONSUL_VERSION},
+            "CreateIndex": node.create_index,
+            "ModifyIndex": node.modify_index,
+        }
 
     def _tags_json(self, tags: list[str] | None) -> list[str] | None:
         if tags is None:
@@ -407,40 +490,90 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         out["Meta"] = dict(sorted(svc.meta.items())) if svc.meta is not None else None
         if svc.port:
             out["Port"] = svc.port
-        out.update({"Weights": {"Passing": svc.weights[0], "Warning": svc.weights[1]}, "EnableTagOverride": svc.enable_tag_override,
-                    "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}}, "Connect": {}, "PeerName": "",
-                    "CreateIndex": svc.create_index, "ModifyIndex": svc.modify_index})
+        out.update(
+            {
+                "Weights": {"Passing": svc.weights[0], "Warning": svc.weights[1]},
+                "EnableTagOverride": svc.enable_tag_override,
+                "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
+                "Connect": {},
+                "PeerName": "",
+                "CreateIndex": svc.create_index,
+                "ModifyIndex": svc.modify_index,
+            }
+        )
         return out
 
     def _check_json(self, chk: _Check) -> dict[str, Any]:
-        return {"Node": chk.node, "CheckID": chk.id, "Name": chk.name, "Status": chk.status, "Notes": chk.notes, "Output": chk.output,
-                "ServiceID": chk.service_id, "ServiceName": chk.service_name, "ServiceTags": self._tags_json(chk.service_tags), "Type": chk.type,
-                "Interval": format_go_duration(chk.interval_ns) if chk.interval_ns else "", "Timeout": format_go_duration(chk.timeout_ns) if chk.timeout_ns else "",
-                "ExposedPort": 0, "Definition": {}, "CreateIndex": chk.create_index, "ModifyIndex": chk.modify_index}
+        return {
+            "Node": chk.node,
+            "CheckID": chk.id,
+            "Name": chk.name,
+            "Status": chk.status,
+            "Notes": chk.notes,
+            "Output": chk.output,
+            "ServiceID": chk.service_id,
+            "ServiceName": chk.service_name,
+            "ServiceTags": self._tags_json(chk.service_tags),
+            "Type": chk.type,
+            "Interval": format_go_duration(chk.interval_ns) if chk.interval_ns else "",
+            "Timeout": format_go_duration(chk.timeout_ns) if chk.timeout_ns else "",
+            "ExposedPort": 0,
+            "Definition": {},
+            "CreateIndex": chk.create_index,
+            "ModifyIndex": chk.modify_index,
+        }
 
     def _agent_service_json(self, svc: _Service) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if svc.kind:
             out["Kind"] = svc.kind
-        out.update({"ID": svc.id, "Service": svc.name, "Tags": list(svc.tags or []), "Meta": dict(sorted((svc.meta or {}).items())), "Port": svc.port, "Address": svc.address})
+        out.update(
+            {
+                "ID": svc.id,
+                "Service": svc.name,
+                "Tags": list(svc.tags or []),
+                "Meta": dict(sorted((svc.meta or {}).items())),
+                "Port": svc.port,
+                "Address": svc.address,
+            }
+        )
         if svc.tagged_addresses:
             out["TaggedAddresses"] = dict(sorted(svc.tagged_addresses.items()))
-        out.update({"Weights": {"Passing": svc.weights[0], "Warning": svc.weights[1]}, "EnableTagOverride": svc.enable_tag_override, "Datacenter": self.datacenter})
+        out.update(
+            {
+                "Weights": {"Passing": svc.weights[0], "Warning": svc.weights[1]},
+                "EnableTagOverride": svc.enable_tag_override,
+                "Datacenter": self.datacenter,
+            }
+        )
         return out
 
     def _service_node_view(self, svc: _Service) -> dict[str, Any]:
         node = self._nodes[svc.node]
         nj = self._node_json(node)
-        return {"ID": node.id, "Node": node.name, "Address": node.address, "Datacenter": self.datacenter, "TaggedAddresses": nj["TaggedAddresses"], "NodeMeta": nj["Meta"],
-                "ServiceKind": svc.kind, "ServiceID": svc.id, "ServiceName": svc.name, "ServiceTags": list(svc.tags or []), "ServiceAddress": svc.address,
-                "ServiceMeta": dict(svc.meta or {}), "ServicePort": svc.port, "ServiceEnableTagOverride": svc.enable_tag_override,
-                "ServiceWeights": {"Passing": svc.weights[0], "Warning": svc.weights[1]}}
+        return {
+            "ID": node.id,
+            "Node": node.name,
+            "Address": node.address,
+            "Datacenter": self.datacenter,
+            "TaggedAddresses": nj["TaggedAddresses"],
+            "NodeMeta": nj["Meta"],
+            "ServiceKind": svc.kind,
+            "ServiceID": svc.id,
+            "ServiceName": svc.name,
+            "ServiceTags": list(svc.tags or []),
+            "ServiceAddress": svc.address,
+            "ServiceMeta": dict(svc.meta or {}),
+            "ServicePort": svc.port,
+            "ServiceEnableTagOverride": svc.enable_tag_override,
+            "ServiceWeights": {"Passing": svc.weights[0], "Warning": svc.weights[1]},
+        }
 
     # ---- endpoints --------------------------------------------------------------------------
 
     def _h_health_service(self, req: _Request) -> _Response:
         min_index, wait = self._parse_query_options(req)
-        name = req.path[len("/v1/health/service/"):]
+        name = req.path[len("/v1/health/service/") :]
         if not name:
             raise _HTTPError(400, "Missing service name")
         self._check_dc(req)
@@ -465,8 +598,15 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
                     filtered = True
                     continue
                 # node-level checks first, then the service's (Consul's parseCheckServiceNodes)
-                checks = sorted((c for c in self._checks.values() if c.node == svc.node and (c.service_id in ("", svc.id))), key=lambda c: (c.service_id != "", c.id.lower()))
-                entry = {"Node": self._node_json(self._nodes[svc.node]), "Service": self._service_json(svc), "Checks": [self._check_json(c) for c in checks]}
+                checks = sorted(
+                    (c for c in self._checks.values() if c.node == svc.node and (c.service_id in ("", svc.id))),
+                    key=lambda c: (c.service_id != "", c.id.lower()),
+                )
+                entry = {
+                    "Node": self._node_json(self._nodes[svc.node]),
+                    "Service": self._service_json(svc),
+                    "Checks": [self._check_json(c) for c in checks],
+                }
                 if flt is not None and not flt(entry):
                     continue
                 entries.append(entry)
@@ -479,7 +619,11 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
             try:
                 passing = True if value == "" else _parse_bool(value)
             except ValueError:
-                return _text(400, "Invalid value for ?passing", self._meta_headers(res.index, consistency=True, req=req, backend=backend))
+                return _text(
+                    400,
+                    "Invalid value for ?passing",
+                    self._meta_headers(res.index, consistency=True, req=req, backend=backend),
+                )
             if passing:  # Consul's filterNonPassing: swap-remove, which reorders
                 nodes = list(res.obj)
                 n, i = len(nodes), 0
@@ -563,15 +707,45 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
                 raise authz.denied("service:write", name)
             for c in checks:
                 if c.type == "script" or c.type == "docker":
-                    raise _HTTPError(500, "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true")
+                    raise _HTTPError(
+                        500,
+                        "Scripts are disabled on this agent from remote calls; to enable, configure "
+                        "'enable_script_checks' to true",
+                    )
             node = self._nodes[self.node]
-            svc = _Service(sid, name, node.name, args.get("tags"), address, args.get("port", 0), meta, weights or (1, 1), args.get("enabletagoverride", False),
-                           _default_tagged_addresses(args.get("taggedaddresses"), address, args.get("port", 0)), args.get("kind", ""), local=True)
+            svc = _Service(
+                sid,
+                name,
+                node.name,
+                args.get("tags"),
+                address,
+                args.get("port", 0),
+                meta,
+                weights or (1, 1),
+                args.get("enabletagoverride", False),
+                _default_tagged_addresses(args.get("taggedaddresses"), address, args.get("port", 0)),
+                args.get("kind", ""),
+                local=True,
+            )
             chks = []
             for i, c in enumerate(checks):
                 cid = c.id or (f"service:{sid}" + (f":{i + 1}" if len(checks) > 1 else ""))
-                chk = _Check(cid, c.name or f"Service '{name}' check", node.name, c.status or "critical", notes=c.notes, type=c.type, interval_ns=c.interval_ns,
-                             timeout_ns=c.timeout_ns, ttl_ns=c.ttl_ns, http=c.http, method=c.method, header=c.header, tls_skip_verify=c.tls_skip_verify, tcp=c.tcp)
+                chk = _Check(
+                    cid,
+                    c.name or f"Service '{name}' check",
+                    node.name,
+                    c.status or "critical",
+                    notes=c.notes,
+                    type=c.type,
+                    interval_ns=c.interval_ns,
+                    timeout_ns=c.timeout_ns,
+                    ttl_ns=c.ttl_ns,
+                    http=c.http,
+                    method=c.method,
+                    header=c.header,
+                    tls_skip_verify=c.tls_skip_verify,
+                    tcp=c.tcp,
+                )
                 if c.deregister_ns > 0:
                     chk.reap_after = max(c.deregister_ns / 1e9, self.min_deregister_after)
                 chks.append(chk)
@@ -580,19 +754,21 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         return _Response(200)
 
     def _h_deregister(self, req: _Request) -> _Response:
-        sid = req.path[len("/v1/agent/service/deregister/"):]
+        sid = req.path[len("/v1/agent/service/deregister/") :]
         authz = self._authz(req)
         with self._txn() as t:
             svc = self._services.get((self.node, sid))
             if svc is None or not svc.local:
-                raise _HTTPError(404, f"Unknown service ID {_q(sid)}. Ensure that the service ID is passed, not the service name.")
+                raise _HTTPError(
+                    404, f"Unknown service ID {_q(sid)}. Ensure that the service ID is passed, not the service name."
+                )
             if not authz.can("service:write"):
                 raise authz.denied("service:write", svc.name)
             self._remove_service(t, (self.node, sid))
         return _Response(200)
 
     def _h_check_status(self, req: _Request, status: str, prefix: str) -> _Response:
-        return self._update_ttl(req, req.path[len(prefix):], status, req.get("note"))
+        return self._update_ttl(req, req.path[len(prefix) :], status, req.get("note"))
 
     def _h_check_update(self, req: _Request) -> _Response:
         if not req.body.strip():
@@ -605,7 +781,9 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         status, output = fields.get("status", ""), fields.get("output", "")
         if not isinstance(status, str) or status not in _STATUSES:
             raise _HTTPError(400, f"Invalid check status: '{status}'")
-        return self._update_ttl(req, req.path[len("/v1/agent/check/update/"):], status, output if isinstance(output, str) else "")
+        return self._update_ttl(
+            req, req.path[len("/v1/agent/check/update/") :], status, output if isinstance(output, str) else ""
+        )
 
     def _update_ttl(self, req: _Request, check_id: str, status: str, output: str) -> _Response:
         authz = self._authz(req)
@@ -613,7 +791,9 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         with self._txn() as t:
             chk = self._checks.get((self.node, check_id))
             if chk is None:
-                raise _HTTPError(404, f"Unknown check ID {_q(check_id)}. Ensure that the check ID is passed, not the check name.")
+                raise _HTTPError(
+                    404, f"Unknown check ID {_q(check_id)}. Ensure that the check ID is passed, not the check name."
+                )
             if chk.service_id:
                 if not authz.can("service:write"):
                     raise authz.denied("service:write", chk.service_name)
@@ -629,7 +809,7 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
 
     def _h_kv(self, req: _Request) -> _Response:
         min_index, wait = self._parse_query_options(req)
-        key = req.path[len("/v1/kv/"):]
+        key = req.path[len("/v1/kv/") :]
         if req.method == "GET":
             if req.has("keys"):
                 return self._kv_keys(req, key, min_index, wait)
@@ -639,8 +819,14 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         return self._kv_del(req, key)
 
     def _kv_json(self, e: _KV) -> dict[str, Any]:
-        return {"LockIndex": 0, "Key": e.key, "Flags": e.flags, "Value": base64.b64encode(e.value).decode() if e.value else None,
-                "CreateIndex": e.create_index, "ModifyIndex": e.modify_index}
+        return {
+            "LockIndex": 0,
+            "Key": e.key,
+            "Flags": e.flags,
+            "Value": base64.b64encode(e.value).decode() if e.value else None,
+            "CreateIndex": e.create_index,
+            "ModifyIndex": e.modify_index,
+        }
 
     def _kv_get(self, req: _Request, key: str, min_index: int, wait: float | None) -> _Response:
         recurse = req.has("recurse")
@@ -655,7 +841,12 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
             if recurse:
                 entries = [self._kv[k] for k in sorted(self._kv) if k.startswith(key)]
                 visible = [e for e in entries if authz.can("key:read")]
-                return _Result(self._prefix_index(key), [self._kv_json(e) for e in visible], len(visible) != len(entries), not visible)
+                return _Result(
+                    self._prefix_index(key),
+                    [self._kv_json(e) for e in visible],
+                    len(visible) != len(entries),
+                    not visible,
+                )
             ent = self._kv.get(key)
             if ent is None:
                 return _Result(self._kv_index, None, False, True)
@@ -669,7 +860,16 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
             return _Response(404, b"", meta)
         if req.has("raw") and not recurse:
             value = self._kv_raw(key, res)
-            return _Response(200, value, [*meta, ("Content-Type", "text/plain"), ("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", "sandbox")])
+            return _Response(
+                200,
+                value,
+                [
+                    *meta,
+                    ("Content-Type", "text/plain"),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("Content-Security-Policy", "sandbox"),
+                ],
+            )
         return _Response(200, _go_json(res.obj, req.has("pretty")), [("Content-Type", "application/json"), *meta])
 
     @staticmethod
@@ -722,8 +922,11 @@ class FakeConsul(_ConsulState, FakeBase[RecordedRequest]):
         except ValueError as e:
             raise _HTTPError(500, str(e)) from None
         if len(req.body) > _KV_MAX_VALUE_SIZE:
-            raise _HTTPError(413, f"Request body({len(req.body)} bytes) too large, max size: {_KV_MAX_VALUE_SIZE} bytes. "
-                                  "See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.")
+            raise _HTTPError(
+                413,
+                f"Request body({len(req.body)} bytes) too large, max size: {_KV_MAX_VALUE_SIZE} bytes. "
+                "See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.",
+            )
         self._check_dc(req)
         authz = self._authz(req)
         if not authz.can("key:write"):
@@ -776,7 +979,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m graylb.testing.fake_consul [--port 8500]``: serve until interrupted."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m graylb.testing.fake_consul", description="Run FakeConsul on 127.0.0.1 until interrupted.")
+    parser = argparse.ArgumentParser(
+        prog="python -m graylb.testing.fake_consul", description="Run FakeConsul on 127.0.0.1 until interrupted."
+    )
     parser.add_argument("--port", type=int, default=8500)
     args = parser.parse_args(argv)
     fake = FakeConsul(port=args.port).start()

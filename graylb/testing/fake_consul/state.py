@@ -23,7 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from .decoding import _q
 
@@ -36,6 +36,13 @@ _CONSUL_VERSION = "1.16.1"  # the agent version the fake reports (node Meta, the
 # --------------------------------------------------------------------------------------------
 # Records (a node, a service instance, a check, a KV entry) and raft transactions
 # --------------------------------------------------------------------------------------------
+
+
+class _Indexed(Protocol):
+    """What every record carries: the raft indexes it was created and last modified at."""
+
+    create_index: int
+    modify_index: int
 
 
 @dataclasses.dataclass
@@ -65,8 +72,31 @@ class _Service:
     modify_index: int = 0
 
     def same(self, other: _Service) -> bool:
-        return (self.id, self.name, self.node, self.tags, self.address, self.port, self.meta, self.weights, self.enable_tag_override, self.tagged_addresses, self.kind) == (
-            other.id, other.name, other.node, other.tags, other.address, other.port, other.meta, other.weights, other.enable_tag_override, other.tagged_addresses, other.kind)
+        return (
+            self.id,
+            self.name,
+            self.node,
+            self.tags,
+            self.address,
+            self.port,
+            self.meta,
+            self.weights,
+            self.enable_tag_override,
+            self.tagged_addresses,
+            self.kind,
+        ) == (
+            other.id,
+            other.name,
+            other.node,
+            other.tags,
+            other.address,
+            other.port,
+            other.meta,
+            other.weights,
+            other.enable_tag_override,
+            other.tagged_addresses,
+            other.kind,
+        )
 
 
 @dataclasses.dataclass
@@ -100,8 +130,19 @@ class _Check:
     next_probe: float | None = None
     probing: bool = False
 
-    def visible(self) -> tuple:
-        return (self.name, self.status, self.output, self.notes, self.service_id, self.service_name, self.service_tags, self.type, self.interval_ns, self.timeout_ns)
+    def visible(self) -> tuple[Any, ...]:
+        return (
+            self.name,
+            self.status,
+            self.output,
+            self.notes,
+            self.service_id,
+            self.service_name,
+            self.service_tags,
+            self.type,
+            self.interval_ns,
+            self.timeout_ns,
+        )
 
 
 @dataclasses.dataclass
@@ -131,7 +172,9 @@ class _Txn:
 # --------------------------------------------------------------------------------------------
 
 
-def _default_tagged_addresses(tagged: dict[str, dict[str, Any]] | None, address: str, port: int) -> dict[str, dict[str, Any]] | None:
+def _default_tagged_addresses(
+    tagged: dict[str, dict[str, Any]] | None, address: str, port: int
+) -> dict[str, dict[str, Any]] | None:
     """What the agent adds to a service registered with an IP address (``addServiceInternal``):
     ``lan_ipv4`` / ``wan_ipv4`` (or ``lan_ipv6`` / ``wan_ipv6``) = that address and port, unless
     the registration gave them. A host name or an empty address adds nothing."""
@@ -219,9 +262,27 @@ class _ConsulState:
         with self._txn() as t:  # the agent's node, its serfHealth and (a server agent) the consul service
             self._ensure_node(t, node_address)
             idx = t.bump()
-            self._services[(node, "consul")] = _Service("consul", "consul", node, [], "", 8300, {"non_voter": "false", "raft_version": "3", "read_replica": "false", "serf_protocol_current": "2",
-                                                                                                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": _CONSUL_VERSION},
-                                                        (1, 1), local=False, create_index=idx, modify_index=idx)
+            self._services[(node, "consul")] = _Service(
+                "consul",
+                "consul",
+                node,
+                [],
+                "",
+                8300,
+                {
+                    "non_voter": "false",
+                    "raft_version": "3",
+                    "read_replica": "false",
+                    "serf_protocol_current": "2",
+                    "serf_protocol_max": "5",
+                    "serf_protocol_min": "1",
+                    "version": _CONSUL_VERSION,
+                },
+                (1, 1),
+                local=False,
+                create_index=idx,
+                modify_index=idx,
+            )
             self._services_index = idx
             self._svc_index["consul"] = idx
         self._index = 10
@@ -244,8 +305,19 @@ class _ConsulState:
         with self._lock:
             return self._index
 
-    def register(self, name: str, *, id: str | None = None, address: str = "", port: int = 0, tags: list[str] | None = None, meta: Mapping[str, str] | None = None,
-                 weights: Mapping[str, int] | int | None = None, check_status: str | None = "passing", node_address: str | None = None) -> str:
+    def register(
+        self,
+        name: str,
+        *,
+        id: str | None = None,
+        address: str = "",
+        port: int = 0,
+        tags: list[str] | None = None,
+        meta: Mapping[str, str] | None = None,
+        weights: Mapping[str, int] | int | None = None,
+        check_status: str | None = "passing",
+        node_address: str | None = None,
+    ) -> str:
         if not name:
             raise ValueError("name is required")
         if check_status is not None and check_status not in _STATUSES:
@@ -266,9 +338,21 @@ class _ConsulState:
         with self._txn() as t:
             node = self._ensure_node(t, self.node_address if node_address is None else node_address)
             local = node.name == self.node
-            svc = _Service(sid, name, node.name, list(tags) if tags is not None else None, address, int(port), dict(meta) if meta is not None else None, w,
-                           tagged_addresses=_default_tagged_addresses(None, address, int(port)) if local else None, local=local)
-            checks = [_Check(f"service:{sid}", f"Service '{name}' check", node.name, check_status)] if check_status else []
+            svc = _Service(
+                sid,
+                name,
+                node.name,
+                list(tags) if tags is not None else None,
+                address,
+                int(port),
+                dict(meta) if meta is not None else None,
+                w,
+                tagged_addresses=_default_tagged_addresses(None, address, int(port)) if local else None,
+                local=local,
+            )
+            checks = (
+                [_Check(f"service:{sid}", f"Service '{name}' check", node.name, check_status)] if check_status else []
+            )
             self._apply_registration(t, svc, checks, replace=True, now=now, restore=False)
         return sid
 
@@ -321,10 +405,17 @@ class _ConsulState:
         if to < 1:
             raise ValueError("to must be >= 1")
         with self._lock:
+
             def clamp(v: int) -> int:
                 return min(v, to)
 
-            for obj in [*self._nodes.values(), *self._services.values(), *self._checks.values(), *self._kv.values()]:
+            records: list[_Indexed] = [
+                *self._nodes.values(),
+                *self._services.values(),
+                *self._checks.values(),
+                *self._kv.values(),
+            ]
+            for obj in records:
                 obj.create_index, obj.modify_index = clamp(obj.create_index), clamp(obj.modify_index)
             self._tombstones = {k: clamp(v) for k, v in self._tombstones.items()}
             self._svc_index = {k: clamp(v) for k, v in self._svc_index.items()}
@@ -358,8 +449,16 @@ class _ConsulState:
             node = _Node(name, address, str(uuid.uuid5(_ACCESSOR_NS, "node:" + name)), idx, idx)
             self._nodes[name] = node
             self._nodes_index = idx
-            self._checks[(name, "serfHealth")] = _Check("serfHealth", "Serf Health Status", name, "passing", "Agent alive and reachable", agent_output="Agent alive and reachable",
-                                                        create_index=idx, modify_index=idx)
+            self._checks[(name, "serfHealth")] = _Check(
+                "serfHealth",
+                "Serf Health Status",
+                name,
+                "passing",
+                "Agent alive and reachable",
+                agent_output="Agent alive and reachable",
+                create_index=idx,
+                modify_index=idx,
+            )
             self._checks_index = idx
         return node
 
@@ -380,7 +479,9 @@ class _ConsulState:
     def _touch_name(self, t: _Txn, name: str) -> None:
         self._svc_index[name.lower()] = self._name_events[name.lower()] = t.bump()
 
-    def _apply_registration(self, t: _Txn, svc: _Service, checks: list[_Check], *, replace: bool, now: float, restore: bool = True) -> None:
+    def _apply_registration(
+        self, t: _Txn, svc: _Service, checks: list[_Check], *, replace: bool, now: float, restore: bool = True
+    ) -> None:
         key = (svc.node, svc.id)
         old = self._services.get(key)
         if old is None or not old.same(svc):
@@ -398,7 +499,11 @@ class _ConsulState:
         wanted: set[str] = set()
         for chk in checks:
             wanted.add(chk.id)
-            chk.service_id, chk.service_name, chk.service_tags = svc.id, svc.name, (list(svc.tags) if svc.tags is not None else None)
+            chk.service_id, chk.service_name, chk.service_tags = (
+                svc.id,
+                svc.name,
+                (list(svc.tags) if svc.tags is not None else None),
+            )
             prev = self._checks.get((svc.node, chk.id))
             if prev is not None and restore:  # the agent restores a re-registered check's state
                 chk.status, chk.output, chk.agent_output = prev.status, prev.output, prev.agent_output
@@ -498,21 +603,34 @@ class _ConsulState:
                 if chk.ttl_ns and chk.ttl_deadline is not None and now >= chk.ttl_deadline:
                     chk.ttl_deadline = None  # the timer fires once; an update restarts it
                     last = chk.agent_output
-                    expired = "TTL expired" if not last or last.startswith("TTL expired") else f"TTL expired (last output before timeout follows): {last}"
+                    expired = (
+                        "TTL expired"
+                        if not last or last.startswith("TTL expired")
+                        else f"TTL expired (last output before timeout follows): {last}"
+                    )
                     self._agent_update(t, chk, "critical", expired, now)
                 if chk.pending_since is not None and now - chk.pending_since >= self.check_update_interval:
                     chk.pending_since = None
                     self._write_check(t, chk, chk.status, chk.agent_output, now)
                 if chk.next_probe is not None and not chk.probing and now >= chk.next_probe:
                     chk.probing = True
-                    threading.Thread(target=self._probe, args=(chk,), name=f"fake-consul-probe-{chk.id}", daemon=True).start()
+                    threading.Thread(
+                        target=self._probe, args=(chk,), name=f"fake-consul-probe-{chk.id}", daemon=True
+                    ).start()
             reaped: set[tuple[str, str]] = set()
             for chk in list(self._checks.values()):
                 key = (chk.node, chk.service_id)
-                if chk.reap_after and chk.service_id and chk.status == "critical" and chk.critical_since is not None and now - chk.critical_since > chk.reap_after:
-                    if key not in reaped and key in self._services:
-                        reaped.add(key)
-                        self._remove_service(t, key)
+                if (
+                    chk.reap_after
+                    and chk.service_id
+                    and chk.status == "critical"
+                    and chk.critical_since is not None
+                    and now - chk.critical_since > chk.reap_after
+                    and key not in reaped
+                    and key in self._services
+                ):
+                    reaped.add(key)
+                    self._remove_service(t, key)
 
     def _probe(self, chk: _Check) -> None:
         timeout = (chk.timeout_ns or 10_000_000_000) / 1e9
@@ -530,14 +648,19 @@ class _ConsulState:
             opener = urllib.request.build_opener(*handlers)
             try:
                 try:
-                    with opener.open(urllib.request.Request(chk.http, method=method, headers=headers), timeout=timeout) as r:
+                    with opener.open(
+                        urllib.request.Request(chk.http, method=method, headers=headers), timeout=timeout
+                    ) as r:
                         code, reason, body = r.status, r.reason, r.read(4096)
                 except urllib.error.HTTPError as e:
                     code, reason, body = e.code, e.reason, e.read(4096)
                 status = "passing" if 200 <= code < 300 else "warning" if code == 429 else "critical"
                 output = f"HTTP {method} {chk.http}: {code} {reason} Output: {body.decode(errors='replace')}"
             except Exception as e:  # noqa: BLE001
-                status, output = "critical", f"{method[:1]}{method[1:].lower()} {_q(chk.http)}: {getattr(e, 'reason', e)}"
+                status, output = (
+                    "critical",
+                    f"{method[:1]}{method[1:].lower()} {_q(chk.http)}: {getattr(e, 'reason', e)}",
+                )
         else:
             host, _, port = chk.tcp.rpartition(":")
             try:
@@ -575,5 +698,9 @@ class _ConsulState:
     def _prefix_index(self, prefix: str) -> int:
         if not prefix:
             return self._kv_index
-        lindex = max([e.modify_index for k, e in self._kv.items() if k.startswith(prefix)] + [i for k, i in self._tombstones.items() if k.startswith(prefix)], default=0)
+        lindex = max(
+            [e.modify_index for k, e in self._kv.items() if k.startswith(prefix)]
+            + [i for k, i in self._tombstones.items() if k.startswith(prefix)],
+            default=0,
+        )
         return lindex or self._kv_index
