@@ -115,6 +115,7 @@ class Balancer:
         self._create_lock = threading.Lock()
         self._known: frozenset[str] = self._extra_services
         self.rule_source.add_listener(self._on_rules)
+        telemetry.watch_snapshot_ages(self)  # a weak reference: the gauge does not keep us alive
 
     # -- which hosts are ours -------------------------------------------------------------
     def is_service(self, host: str) -> bool:
@@ -189,7 +190,7 @@ class Balancer:
             for hook in _no_instance_hooks:  # graylb.testing: a test pin that found nothing fails its test
                 hook(entry.name, exc)
             raise
-        return Call(self.stats, entry.report, state, decision, request)
+        return Call(self.stats, entry.report, state, decision, request, ctx.lane is not None)
 
     def decide(self, service: str, request: RequestInfo, ctx: GrayContext | None = None) -> Decision:
         """The routing decision alone (no instance picked): what ``explain`` builds on."""
@@ -254,7 +255,20 @@ class Balancer:
             detector.record_success(instance_id)
         elif detector.record_failure(instance_id):
             log.warning("graylb: ejected instance %s of service '%s' after consecutive errors", instance_id, entry.name)
+            telemetry.record_ejection(entry.name, _version_of(entry, instance_id))
             self._rebuild(entry)
+
+    def snapshot_ages(self) -> list[tuple[str, str, float]]:
+        """``(service, registry, seconds)`` for every live watch with a snapshot: what the
+        ``graylb.registry.snapshot.age`` gauge observes (``Snapshot.age``)."""
+        registry = self.discovery.name
+        out = []
+        for name, entry in self._services.items():
+            watch = entry.watch
+            snapshot = watch.snapshot
+            if snapshot is not None and not watch.closed:
+                out.append((name, registry, snapshot.age))
+        return out
 
     # -- change handling (off the hot path) ---------------------------------------------------
     def _open(self, service: str) -> _Service:
@@ -344,6 +358,15 @@ class Balancer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _version_of(entry: _Service, instance_id: str) -> str | None:
+    """The version label of an instance of ``entry`` (off the hot path: on an ejection)."""
+    snapshot = entry.watch.snapshot
+    for inst in snapshot.instances if snapshot is not None else ():
+        if inst.id == instance_id:
+            return inst.version
+    return None
 
 
 def _as_rule_source(rules: Any) -> RuleSource:

@@ -35,18 +35,26 @@ class Call:
     """The attempts of one call. Not shared between threads (one per call).
 
     ``stats`` counts in-flight attempts per instance (the least-request picker reads it);
-    ``report`` takes each attempt's outcome."""
+    ``report`` takes each attempt's outcome; ``in_lane`` says the call's gray context carried
+    a lane (a telemetry attribute: lane traffic or not, whichever instance served it)."""
 
-    __slots__ = ("stats", "report", "state", "decision", "request", "tried", "attempts")
+    __slots__ = ("stats", "report", "state", "decision", "request", "tried", "attempts", "in_lane")
 
     def __init__(
-        self, stats: LoadStats, report: Report, state: ServiceState, decision: Decision, request: RequestInfo
+        self,
+        stats: LoadStats,
+        report: Report,
+        state: ServiceState,
+        decision: Decision,
+        request: RequestInfo,
+        in_lane: bool = False,
     ) -> None:
         self.stats = stats
         self.report = report
         self.state = state
         self.decision = decision
         self.request = request
+        self.in_lane = in_lane
         self.tried: list[str] = []
         self.attempts = 0
 

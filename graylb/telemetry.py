@@ -1,28 +1,152 @@
-"""OpenTelemetry signals, through opentelemetry-api only: no-ops until the application installs
-an SDK. One counter and one histogram for every transport, plus attributes on the current span.
+"""OpenTelemetry signals for routed calls, through opentelemetry-api only: no-ops -- and nearly
+free -- until the application installs an SDK. README "Telemetry" has the table of instruments
+with their Prometheus names.
 
-- ``graylb.client.requests`` (counter): calls by ``graylb.service``, ``graylb.subset``,
-  ``graylb.version`` and ``graylb.outcome`` (``ok``, ``error``, ``http_5xx``, ``no_instance``...).
-- ``graylb.client.duration`` (histogram, seconds): the same attributes.
-- ``graylb.rules.rejected`` (counter): rule documents rejected by validation, by source.
-- ``graylb.subset.empty`` (counter): a declared subset found to select no instance of a service
-  that has some, once per (service, subset, snapshot) — a selector that matches nothing.
+**Attempts.** Every attempt of a call (the first try and each retry) is measured on its own,
+attributed to the instance -- so the version -- that produced it: a canary answering 503 that is
+retried onto stable is one canary error and one stable success. HTTP attempts go to
+``http.client.request.duration``, gRPC attempts to ``rpc.client.call.duration`` (the semantic
+conventions' names, seconds), with the conventions' attributes plus graylb's. Each attempt is
+also one CLIENT span (:class:`Attempt`), whose context the transport injects into the outbound
+request with the global propagator (:func:`inject`).
+
+**Calls.** The call as a whole -- whatever its retries -- is ``graylb.client.calls`` (a counter
+that also counts calls which found no instance) and ``graylb.client.call.duration``, under the
+version that finally answered. ``graylb.client.retries``, ``graylb.client.fallbacks``,
+``graylb.outlier.ejections``, ``graylb.subset.empty`` and ``graylb.rules.rejected`` count events;
+``graylb.registry.snapshot.age`` observes how old each watched service's registry snapshot is.
+
+**Cardinality.** Attribute values come from the rules (service, subset and route names), the
+registry's version labels and fixed vocabularies (outcome, status class or gRPC code name, HTTP
+method, exception class names). Never an instance id, an address, a URL or a request value:
+those go on spans only.
+
+**Cost without an SDK.** :func:`observer` answers ``None`` while neither a tracer provider nor a
+meter provider is installed; the transports then build no attribute dict, start no span and
+inject nothing.
 """
 
 from __future__ import annotations
 
-from opentelemetry import metrics, trace
+import importlib.metadata
+import logging
+import os
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from contextvars import Token
+from typing import TYPE_CHECKING, Any, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY, Context
+from opentelemetry.metrics import CallbackOptions, Histogram, Observation
+from opentelemetry.metrics import _internal as _metrics_internal
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from .served import Served
 
-__all__ = ["record", "record_no_instance", "record_rules_rejected", "record_subset_empty", "annotate_span"]
+if TYPE_CHECKING:
+    from .call import Call
+    from .instance import Instance
 
-_meter = metrics.get_meter("graylb")
-_requests = _meter.create_counter(
-    "graylb.client.requests", unit="{request}", description="Routed calls by service, subset, version and outcome"
+# The API's stand-in until an SDK's provider is set (a private name, hence the fallback).
+_NOOP_METER_PROVIDERS: tuple[type, ...] = (metrics.NoOpMeterProvider,)
+if isinstance(getattr(_metrics_internal, "_ProxyMeterProvider", None), type):
+    _NOOP_METER_PROVIDERS += (_metrics_internal._ProxyMeterProvider,)
+
+_NOOP_TRACER_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "Attempt",
+    "Observer",
+    "annotate_span",
+    "base_attributes",
+    "http_duration",
+    "rpc_duration",
+    "inject",
+    "observer",
+    "record_call",
+    "record_ejection",
+    "record_no_instance",
+    "record_rules_rejected",
+    "record_subset_empty",
+    "status_class",
+    "watch_snapshot_ages",
+]
+
+log = logging.getLogger("graylb")
+
+try:
+    VERSION = importlib.metadata.version("graylb")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    VERSION = "0.0.0"
+
+#: Histogram boundaries (seconds) for every duration graylb records: 1 ms to 10 s in a 1-2.5-5-7.5
+#: progression, so a quantile interpolated inside a bucket (Prometheus ``histogram_quantile``) is
+#: off by at most one bucket. Passed as the API's advisory: an SDK uses them with no View set.
+#: (The SDK's default boundaries, 0 5 10 25 ... 10000, are sized for milliseconds: every call
+#: under 5 s would land in the first bucket.)
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
 )
-_duration = _meter.create_histogram(
-    "graylb.client.duration", unit="s", description="Routed call duration, all attempts included"
+
+# -- instruments (created once, through the API's proxy meter: they start recording when an SDK's
+# meter provider is set, whenever that happens) ----------------------------------------------
+
+HTTP_CLIENT_REQUEST_DURATION = "http.client.request.duration"  # semconv (stable)
+RPC_CLIENT_CALL_DURATION = "rpc.client.call.duration"  # semconv (release candidate)
+
+_meter = metrics.get_meter("graylb", VERSION)
+#: The attempt histograms (HTTP, gRPC), for :class:`Attempt`.
+http_duration = _meter.create_histogram(
+    HTTP_CLIENT_REQUEST_DURATION,
+    unit="s",
+    description="Duration of HTTP client requests: one per attempt, attributed to the version that answered",
+    explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+)
+rpc_duration = _meter.create_histogram(
+    RPC_CLIENT_CALL_DURATION,
+    unit="s",
+    description="Duration of outgoing gRPC calls: one per attempt, attributed to the version that answered",
+    explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+)
+_calls = _meter.create_counter(
+    "graylb.client.calls", unit="{call}", description="Routed calls (all attempts together), by final outcome"
+)
+_call_duration = _meter.create_histogram(
+    "graylb.client.call.duration",
+    unit="s",
+    description="Routed call duration, all attempts and retries included",
+    explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+)
+_retries = _meter.create_counter(
+    "graylb.client.retries", unit="{retry}", description="Attempts that failed and were retried, by the failed version"
+)
+_fallbacks = _meter.create_counter(
+    "graylb.client.fallbacks",
+    unit="{call}",
+    description="Calls served from the fallback subset because the chosen one had no routable instance",
+)
+_ejections = _meter.create_counter(
+    "graylb.outlier.ejections", unit="{ejection}", description="Instances ejected by outlier detection"
 )
 _rules_rejected = _meter.create_counter(
     "graylb.rules.rejected", unit="{document}", description="Rule documents rejected by validation"
@@ -33,20 +157,254 @@ _subset_empty = _meter.create_counter(
     description="Declared subsets found to select no instance of a service that has some",
 )
 
+# -- is anything listening? -----------------------------------------------------------------
 
-def record(served: Served, outcome: str, seconds: float) -> None:
-    attrs = {
+
+class Observer:
+    """What is installed: ``tracer`` (None without a tracer provider) and ``metering``."""
+
+    __slots__ = ("tracer", "metering")
+
+    def __init__(self, tracer: Tracer | None, metering: bool) -> None:
+        self.tracer = tracer
+        self.metering = metering
+
+
+_tracer: Tracer | None = None  # graylb's tracer, once a real provider is installed (it stays)
+_metering = False  # ditto for the meter provider
+_both: Observer | None = None  # both installed: the answer never changes again
+
+# The API's own getters cost ~0.6 us each while nothing is set (an os.environ lookup for the
+# OTEL_PYTHON_*_PROVIDER variables): too much for every call of a process without an SDK. So the
+# globals they read are read directly -- private names, hence the fallbacks: with an API that
+# lacks them, or with a provider named by those variables, the getters are asked every time.
+_TRACE_API: Any = trace if hasattr(trace, "_TRACER_PROVIDER") else None
+_METRICS_API: Any = _metrics_internal if hasattr(_metrics_internal, "_METER_PROVIDER") else None
+_TRACE_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_METRICS_ENV = "OTEL_PYTHON_METER_PROVIDER" in os.environ
+_noop_seen: list[object] = []  # providers found to be no-ops (NoOpTracerProvider set on purpose)
+
+
+def observer() -> Observer | None:
+    """``None`` while no SDK is installed (the per-call fast path); otherwise what to record.
+
+    Global providers can be set once per process, so a positive answer is cached; a negative
+    one costs two global reads."""
+    both = _both
+    if both is not None:
+        return both
+    if (
+        _TRACE_API is not None
+        and _METRICS_API is not None
+        and not (_TRACE_ENV or _METRICS_ENV)
+        and (_TRACE_API._TRACER_PROVIDER is None or _TRACE_API._TRACER_PROVIDER in _noop_seen)
+        and (_METRICS_API._METER_PROVIDER is None or _METRICS_API._METER_PROVIDER in _noop_seen)
+    ):
+        return None
+    return _look()
+
+
+def _look() -> Observer | None:
+    global _tracer, _metering, _both
+    tracer = _tracer
+    if tracer is None:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, _NOOP_TRACER_PROVIDERS):
+            tracer = _tracer = trace.get_tracer("graylb", VERSION, provider)
+        elif not isinstance(provider, trace.ProxyTracerProvider) and provider not in _noop_seen:
+            _noop_seen.append(provider)
+    metering = _metering
+    if not metering:
+        meter_provider = metrics.get_meter_provider()
+        if not isinstance(meter_provider, _NOOP_METER_PROVIDERS):
+            metering = _metering = True
+        elif isinstance(meter_provider, metrics.NoOpMeterProvider) and meter_provider not in _noop_seen:
+            _noop_seen.append(meter_provider)
+    if tracer is None and not metering:
+        return None
+    found = Observer(tracer, metering)
+    if tracer is not None and metering:
+        _both = found
+    return found
+
+
+# -- attempts -------------------------------------------------------------------------------
+
+
+def status_class(status: int) -> str:
+    """``2xx`` ... ``5xx`` (``1xx`` too; anything else is ``other``)."""
+    return _STATUS_CLASSES.get(status // 100, "other")
+
+
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def base_attributes(call: Call, instance: Instance) -> dict[str, Any]:
+    """The graylb attributes of one attempt's measurements (bounded: no instance id)."""
+    d = call.decision
+    return {
+        "graylb.service": d.service,
+        "graylb.route": d.route,
+        "graylb.subset": d.subset,
+        "graylb.version": instance.version or "",
+        "graylb.lane": call.in_lane,
+    }
+
+
+class Attempt:
+    """One attempt's telemetry, from the moment it is sent to its outcome.
+
+    ``span`` is its CLIENT span (None without tracing), a child of the caller's current span and
+    made current, with the OpenTelemetry instrumentations of the layer below suppressed, from
+    :meth:`enter` to :meth:`leave`; :meth:`end` records the attempt's duration on ``histogram``
+    (with metering) and ends the span -- exactly once."""
+
+    __slots__ = ("attrs", "span", "started", "histogram", "retry_attrs", "token")
+
+    def __init__(
+        self,
+        obs: Observer,
+        histogram: Histogram,
+        attrs: dict[str, Any],
+        name: str,
+        span_attrs: Mapping[str, Any] | None,
+    ) -> None:
+        self.attrs = attrs if obs.metering else None
+        self.histogram = histogram
+        self.retry_attrs = attrs
+        self.token: Token[Context] | None = None
+        tracer = obs.tracer
+        self.span: Span | None = None
+        if tracer is not None:
+            self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=span_attrs)
+        self.started = time.perf_counter()
+
+    def enter(self, everything: bool = False) -> None:
+        """Make the span current for the layer below, and suppress the OpenTelemetry
+        instrumentations there (httpx's checks the HTTP key, grpc's only the general one:
+        ``everything``), so the attempt has one client span and one ``traceparent``: graylb's."""
+        ctx = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True)
+        if everything:
+            ctx = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
+        if self.span is not None:
+            ctx = trace.set_span_in_context(self.span, ctx)
+        self.token = otel_context.attach(ctx)
+
+    def leave(self) -> None:
+        token, self.token = self.token, None
+        if token is not None:
+            try:
+                otel_context.detach(token)
+            except Exception:  # detached elsewhere (another context): nothing left to undo
+                pass
+
+    def end(
+        self,
+        outcome: str,
+        status: str | None = None,
+        error_type: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        error: BaseException | None = None,
+        retrying: bool = False,
+    ) -> None:
+        """``status``: the status class (``5xx``) or gRPC code name; ``error_type``: the
+        conventions' ``error.type`` when the attempt failed; ``extra``: protocol attributes
+        known at the end (``http.response.status_code``, ``rpc.response.status_code``)."""
+        self.leave()
+        seconds = time.perf_counter() - self.started
+        attrs = self.attrs
+        if attrs is not None:
+            attrs["graylb.outcome"] = outcome
+            if status is not None:
+                attrs["graylb.status"] = status
+            if error_type is not None:
+                attrs["error.type"] = error_type
+            if extra:
+                attrs.update(extra)
+            self.histogram.record(seconds, attrs)
+            self.attrs = None
+            if retrying:
+                base = self.retry_attrs
+                _retries.add(
+                    1,
+                    {
+                        "graylb.service": base["graylb.service"],
+                        "graylb.route": base["graylb.route"],
+                        "graylb.subset": base["graylb.subset"],
+                        "graylb.version": base["graylb.version"],
+                        "error.type": error_type or outcome,
+                    },
+                )
+        span = self.span
+        if span is not None:
+            self.span = None
+            if span.is_recording():
+                span.set_attribute("graylb.outcome", outcome)
+                if extra:
+                    span.set_attributes(extra)
+                if error is not None:
+                    span.record_exception(error)
+                if error_type is not None:
+                    span.set_attribute("error.type", error_type)
+                    span.set_status(Status(StatusCode.ERROR, str(error) if error is not None else error_type))
+            span.end()
+
+
+def inject(attempt: Attempt) -> dict[str, str]:
+    """The trace-context headers for ``attempt``'s span, written by the globally configured
+    propagator (W3C ``traceparent`` by default), lower-case names. Empty without a span."""
+    carrier: dict[str, str] = {}
+    if attempt.span is not None:
+        try:
+            propagate.inject(carrier, context=trace.set_span_in_context(attempt.span))
+        except Exception:  # a propagator's bug must not fail the call: it goes without trace context
+            log.debug("graylb: the OpenTelemetry propagator failed to inject", exc_info=True)
+            return {}
+    return {k.lower(): v for k, v in carrier.items()} if carrier else carrier
+
+
+# -- calls ------------------------------------------------------------------------------------
+
+
+def record_call(
+    served: Served,
+    in_lane: bool,
+    outcome: str,
+    seconds: float,
+    status: str | None = None,
+    error_type: str | None = None,
+) -> None:
+    """One routed call ended (after its retries): ``served`` is the last attempt's instance."""
+    attrs: dict[str, Any] = {
         "graylb.service": served.service,
+        "graylb.route": served.route,
         "graylb.subset": served.subset,
         "graylb.version": served.version or "",
+        "graylb.lane": in_lane,
         "graylb.outcome": outcome,
     }
-    _requests.add(1, attrs)
-    _duration.record(seconds, attrs)
+    if status is not None:
+        attrs["graylb.status"] = status
+    if error_type is not None:
+        attrs["error.type"] = error_type
+    _calls.add(1, attrs)
+    _call_duration.record(seconds, attrs)
+    if served.fallback_from is not None:
+        _fallbacks.add(
+            1,
+            {
+                "graylb.service": served.service,
+                "graylb.route": served.route,
+                "graylb.subset": served.subset,
+                "graylb.fallback_from": served.fallback_from,
+            },
+        )
 
 
 def record_no_instance(service: str, subset: str | None) -> None:
-    _requests.add(
+    if observer() is None:
+        return
+    _calls.add(
         1,
         {
             "graylb.service": service,
@@ -55,6 +413,10 @@ def record_no_instance(service: str, subset: str | None) -> None:
             "graylb.outcome": "no_instance",
         },
     )
+
+
+def record_ejection(service: str, version: str | None) -> None:
+    _ejections.add(1, {"graylb.service": service, "graylb.version": version or ""})
 
 
 def record_rules_rejected(source: str) -> None:
@@ -66,7 +428,7 @@ def record_subset_empty(service: str, subset: str) -> None:
 
 
 def annotate_span(served: Served) -> None:
-    """Put the routing result on the current span, if one is recording."""
+    """Put the routing result on the current span (the caller's), if one is recording."""
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes(
@@ -79,3 +441,42 @@ def annotate_span(served: Served) -> None:
                 "graylb.attempts": served.attempts,
             }
         )
+
+
+# -- registry snapshot age --------------------------------------------------------------------
+
+
+class SnapshotAges(Protocol):
+    def snapshot_ages(self) -> Iterable[tuple[str, str, float]]:
+        """``(service, registry, age in seconds)`` per watched service with a snapshot."""
+
+
+# Weak: the gauge's callback lives as long as the process; a Balancer must not.
+_age_sources: weakref.WeakSet[SnapshotAges] = weakref.WeakSet()
+
+
+def watch_snapshot_ages(source: SnapshotAges) -> None:
+    """Report ``source``'s snapshot ages on ``graylb.registry.snapshot.age`` while it lives."""
+    _age_sources.add(source)
+
+
+def _observe_snapshot_ages(options: CallbackOptions) -> Iterable[Observation]:
+    oldest: dict[tuple[str, str], float] = {}
+    for source in list(_age_sources):
+        try:
+            for service, registry, age in source.snapshot_ages():
+                key = (service, registry)
+                if age > oldest.get(key, -1.0):
+                    oldest[key] = age
+        except Exception:  # never into the SDK's collection
+            log.debug("graylb: could not read snapshot ages", exc_info=True)
+    return [Observation(age, {"graylb.service": s, "graylb.registry": r}) for (s, r), age in oldest.items()]
+
+
+_snapshot_age = _meter.create_observable_gauge(
+    "graylb.registry.snapshot.age",
+    callbacks=[_observe_snapshot_ages],
+    unit="s",
+    description="Seconds since the registry last confirmed the snapshot of a watched service (the oldest, "
+    "when several balancers watch it)",
+)

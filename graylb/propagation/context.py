@@ -80,7 +80,15 @@ class GrayContext:
 
 
 EMPTY = GrayContext()
-_CURRENT: contextvars.ContextVar[GrayContext] = contextvars.ContextVar("graylb.gray", default=EMPTY)
+# The contextvar's default, meaning "nothing attached here": equal to EMPTY but another object, so
+# current() can tell it from a decision that the context is empty (graylb's middleware or server
+# interceptor attaches EMPTY for an untrusted caller, and that must win over the fallback below).
+_UNSET = GrayContext()
+_CURRENT: contextvars.ContextVar[GrayContext] = contextvars.ContextVar("graylb.gray", default=_UNSET)
+# Where current() looks when nothing was attached: None until graylb.propagation.otel creates a
+# GrayPropagator, which installs a reader of the gray context in the current OpenTelemetry context
+# (what an OpenTelemetry-instrumented framework extracted for the request).
+_FALLBACK: Callable[[], GrayContext] | None = None
 
 
 class ProcessOverride:
@@ -102,8 +110,17 @@ _last_merge: tuple[GrayContext, ProcessOverride, GrayContext] | None = None
 
 def current() -> GrayContext:
     """The gray context of the running task or thread (``EMPTY`` when none was set), with the
-    process-wide test override, if one is installed, on top."""
+    process-wide test override, if one is installed, on top.
+
+    What graylb attached (middleware, server interceptor, :func:`gray`, :func:`bind`) comes
+    first. Only where nothing was attached, and only once a
+    :class:`~graylb.propagation.otel.GrayPropagator` exists, is the gray context that an
+    OpenTelemetry propagator extracted into the current OpenTelemetry context read instead.
+    """
     ctx = _CURRENT.get()
+    if ctx is _UNSET:  # the hot path pays this identity test, plus a global read when unset
+        fallback = _FALLBACK
+        ctx = EMPTY if fallback is None else fallback()
     override = _OVERRIDE
     if override is None:
         return ctx
@@ -126,6 +143,23 @@ def _with_override(ctx: GrayContext, override: ProcessOverride) -> GrayContext:
     return merged
 
 
+def _attached() -> GrayContext:
+    """:func:`current` without the process override: what :func:`gray` builds on and
+    :func:`bind` carries."""
+    ctx = _CURRENT.get()
+    if ctx is _UNSET:
+        fallback = _FALLBACK
+        return EMPTY if fallback is None else fallback()
+    return ctx
+
+
+def install_fallback(fallback: Callable[[], GrayContext] | None) -> None:
+    """Install (or, with None, remove) what :func:`current` reads when nothing was attached.
+    ``fallback()`` must be cheap and must not raise; it runs on the routing hot path."""
+    global _FALLBACK
+    _FALLBACK = fallback
+
+
 def install_override(override: ProcessOverride | None) -> None:
     """Install (or, with None, remove) the process-wide override."""
     global _OVERRIDE, _last_merge
@@ -134,7 +168,9 @@ def install_override(override: ProcessOverride | None) -> None:
 
 
 def attach(ctx: GrayContext) -> contextvars.Token[GrayContext]:
-    """Make ``ctx`` current; pair with :func:`detach` (middleware uses this)."""
+    """Make ``ctx`` current; pair with :func:`detach` (middleware uses this). Attaching ``EMPTY``
+    is a decision too: :func:`current` then answers ``EMPTY`` and does not fall back to an
+    OpenTelemetry-extracted context (an untrusted caller's, say)."""
     return _CURRENT.set(ctx)
 
 
@@ -156,7 +192,7 @@ def gray(
     Adds to the context already in force (an outer lane or pin stays unless overridden);
     ``replace=True`` starts from an empty context instead.
     """
-    base = EMPTY if replace else _CURRENT.get()
+    base = EMPTY if replace else _attached()
     ctx = base.merged(lane=lane, lane_forced=force_lane, pins=pins, values=values)
     token = _CURRENT.set(ctx)
     try:
@@ -172,7 +208,7 @@ def bind(fn: F) -> F:
     ``loop.run_in_executor(None, graylb.bind(work))`` carry the context into a thread pool,
     which, unlike asyncio tasks, does not copy contextvars by itself.
     """
-    captured = _CURRENT.get()
+    captured = _attached()  # resolved now: the thread has neither graylb's nor OpenTelemetry's context
 
     @functools.wraps(fn)
     def bound(*args: Any, **kwargs: Any) -> Any:

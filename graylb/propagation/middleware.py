@@ -25,6 +25,18 @@ that accepts only your own networks or authenticated staff, and set gray context
 Services behind the gateway then use the default ``trust=True`` (or :func:`trust_networks`
 for the cluster's ranges). :func:`trust_networks` checks the direct peer address: behind a
 proxy that is the proxy, which must then strip gray headers itself (run it with ``trust=False``).
+
+**With OpenTelemetry instrumentation** in the same app, the middleware's decision wins: the
+context it attaches (``EMPTY`` for an untrusted caller) is what :func:`graylb.current` answers,
+whatever :class:`~graylb.propagation.otel.GrayPropagator` extracted. For an untrusted caller it
+also attaches an OpenTelemetry context without the gray context and without ``gray.*`` baggage
+members, so an instrumentation that extracted them before the middleware ran (an outer
+OpenTelemetry ASGI/WSGI middleware) does not forward them through instrumented clients.
+
+**Trace context.** With an OpenTelemetry SDK installed and no span current yet, the caller's
+``traceparent`` (what the global propagator reads) becomes the request's OpenTelemetry context
+(:mod:`~graylb.propagation.trace_context`), so the client spans of graylb's transports continue
+the caller's trace.
 """
 
 from __future__ import annotations
@@ -34,8 +46,12 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from opentelemetry import context as otel_context
+
+from . import trace_context
 from .codec import MAX_HEADER_LENGTH, HeaderCodec
 from .context import EMPTY, ContextIterator, attach, detach
+from .otel import without_gray
 from .trust import Trust, trust_check, trust_networks
 
 __all__ = ["GrayASGIMiddleware", "GrayWSGIMiddleware", "trust_networks"]
@@ -94,18 +110,26 @@ class GrayASGIMiddleware:
         if scope.get("type") not in _ASGI_GRAY_SCOPES:
             return await self.app(scope, receive, send)
         check = self._untrusted_check
+        otel_token = None
         if check is None or check(scope):
             ctx = self.codec.extract(_asgi_gray_headers(scope.get("headers") or (), self._wanted).get)
         else:
             scope = dict(scope)  # the server's scope stays as it was; the app sees the stripped copy
             scope["headers"] = self.codec.strip_headers(list(scope.get("headers") or ()))
             ctx = EMPTY
+            scrubbed = without_gray(self.codec)  # what an outer OpenTelemetry middleware took in
+            if scrubbed is not None:
+                otel_token = otel_context.attach(scrubbed)
         # Same task throughout, so attach/detach pair up even if the app raises.
         token = attach(ctx)
+        trace_token = trace_context.attach(scope, trace_context.ASGI)  # the caller's traceparent
         try:
             return await self.app(scope, receive, send)
         finally:
+            trace_context.detach(trace_token)
             detach(token)
+            if otel_token is not None:
+                otel_context.detach(otel_token)
 
 
 def _environ_key(header: str) -> str:
@@ -141,14 +165,19 @@ class GrayWSGIMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         check = self._untrusted_check
+        scrubbed = None
         if check is None or check(environ):
             keys = self._environ_keys
             gray_ctx = self.codec.extract(lambda name: environ.get(keys.get(name, "")))
         else:
             self._strip(environ)
             gray_ctx = EMPTY
+            scrubbed = without_gray(self.codec)  # what an outer OpenTelemetry middleware took in
         request_context = contextvars.copy_context()
         request_context.run(attach, gray_ctx)  # private to this request: never detached, just dropped
+        if scrubbed is not None:
+            request_context.run(otel_context.attach, scrubbed)  # likewise
+        request_context.run(trace_context.attach, environ, trace_context.WSGI)  # the caller's traceparent; likewise
         result = request_context.run(self.app, environ, start_response)
         if isinstance(result, (list, tuple)):
             return result

@@ -14,11 +14,16 @@ Every RPC shape -- unary (``__call__``, ``with_call``, ``future``), unary-stream
 (``__call__``, ``with_call``, ``future``), stream-stream, sync and aio -- ends each attempt
 exactly once, however it ends (answered, failed, cancelled, past its deadline, or unable to
 start): the balancer's in-flight count for the instance goes back down (the least_request
-picker reads it) and the outcome feeds outlier detection (UNAVAILABLE and INTERNAL only). Each
-RPC records one request (``graylb.client.requests`` / ``.duration``) when it ends, outcome
-``ok`` or ``error`` (cancelled and past-deadline calls included). The current span gets the
-routing attributes when a unary call ends (after its retries), when a future or stream starts
-(its end is seen on grpc's thread, outside the caller's context).
+picker reads it) and the outcome feeds outlier detection (UNAVAILABLE and INTERNAL only).
+
+Telemetry (:mod:`graylb.telemetry`; nothing of it runs without an OpenTelemetry SDK): every
+attempt is one CLIENT span (``rpc.*`` attributes, the version that served it) whose
+``traceparent`` goes out in that attempt's metadata, with grpc's OpenTelemetry interceptor, if
+the sub-channel has one, suppressed underneath; and one ``rpc.client.call.duration``
+measurement. Each RPC also records one call (``graylb.client.calls`` / ``.call.duration``) when
+it ends, outcome ``ok`` or ``error`` (cancelled and past-deadline calls included). The caller's
+span gets the routing attributes when a unary call ends (after its retries), when a future or
+stream starts (its end is seen on grpc's thread, outside the caller's context).
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from ..call import CONNECT_FAILURE, Call, Served
 from ..discovery.base import Snapshot
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
+from ..propagation.codec import HeaderCodec
 from ..propagation.context import current
 from ..routing.request import RequestInfo
+from ..telemetry import Attempt
 from .grpc_interceptors import outbound_metadata
 
 __all__ = ["GrayChannel", "AioGrayChannel"]
@@ -178,10 +185,55 @@ class _Router:
                 raise
         return self.start(method, metadata)
 
-    def finish(self, call: Call, instance: Instance, started: float, outcome: str) -> Served:
+    def begin(
+        self, obs: telemetry.Observer, call: Call, instance: Instance, method: str, md: list[tuple[str, Any]]
+    ) -> tuple[Attempt, list[tuple[str, Any]]]:
+        """Start an attempt's telemetry (README "Telemetry"): its span, and the metadata to send
+        with ``traceparent`` for that span. Only with an SDK installed."""
+        rpc_method = method[1:] if method.startswith("/") else method
+        attrs = telemetry.base_attributes(call, instance)
+        attrs["rpc.system.name"] = "grpc"
+        attrs["rpc.method"] = rpc_method
+        attrs["server.address"] = self.service
+        span_attrs = None
+        if obs.tracer is not None:
+            d = call.decision
+            span_attrs = {
+                "rpc.system.name": "grpc",
+                "rpc.method": rpc_method,
+                "server.address": self.service,
+                "network.peer.address": instance.host,
+                "network.peer.port": instance.port,
+                "graylb.service": d.service,
+                "graylb.route": d.route,
+                "graylb.subset": d.subset,
+                "graylb.version": instance.version or "",
+                "graylb.instance": instance.id,
+                "graylb.attempt": call.attempts,
+            }
+        attempt = Attempt(obs, telemetry.rpc_duration, attrs, rpc_method, span_attrs)
+        headers = telemetry.inject(attempt)
+        if headers:
+            md = _with_trace_headers(self.balancer.codec, md, headers)
+        return attempt, md
+
+    def finish(
+        self,
+        call: Call,
+        instance: Instance,
+        started: float,
+        obs: telemetry.Observer | None,
+        code: grpc.StatusCode | None,
+        error: BaseException | None = None,
+    ) -> Served:
+        """The call is over (after its retries): its record, the caller's span, the call metrics."""
         served = call.served(instance)
-        telemetry.annotate_span(served)
-        telemetry.record(served, outcome, time.perf_counter() - started)
+        if obs is not None:
+            if obs.tracer is not None:
+                telemetry.annotate_span(served)
+            if obs.metering:
+                outcome, status, error_type, _ = _outcome(code, error)
+                telemetry.record_call(served, call.in_lane, outcome, time.perf_counter() - started, status, error_type)
         return served
 
     def close(self) -> list[Any]:
@@ -212,6 +264,42 @@ def _code_of(exc: BaseException) -> grpc.StatusCode | None:
         return None
 
 
+def _outcome(
+    code: grpc.StatusCode | None, error: BaseException | None
+) -> tuple[str, str | None, str | None, dict[str, str] | None]:
+    """(graylb.outcome, graylb.status, error.type, response attributes) of an attempt or call."""
+    if code is not None:
+        name = code.name
+        extra = {"rpc.response.status_code": name}
+        if code == grpc.StatusCode.OK:
+            return "ok", name, None, extra
+        return "error", name, name, extra
+    return "error", None, type(error).__qualname__ if error is not None else "_OTHER", None
+
+
+def _ended(
+    attempt: Attempt | None, code: grpc.StatusCode | None, error: BaseException | None = None, retrying: bool = False
+) -> None:
+    if attempt is not None:
+        outcome, status, error_type, extra = _outcome(code, error)
+        attempt.end(outcome, status, error_type, extra, error, retrying)
+
+
+def _with_trace_headers(
+    codec: HeaderCodec, md: list[tuple[str, Any]], headers: dict[str, str]
+) -> list[tuple[str, Any]]:
+    """``md`` with the propagator's headers (lower-case names) replacing any of the same name --
+    an earlier attempt's ``traceparent`` -- and gray baggage members merged back when the
+    propagator wrote a ``baggage`` of its own."""
+    out = [(k, v) for k, v in md if not (isinstance(k, str) and k.lower() in headers)]
+    out.extend(headers.items())
+    if "baggage" in headers:
+        merged = outbound_metadata(codec, current(), out)
+        if merged is not None:
+            return merged
+    return out
+
+
 _PENDING = object()
 
 
@@ -233,29 +321,53 @@ def _finished_code(rpc: Any) -> Any:
 
 class _Attempt:
     """The one attempt of an RPC that is never retried (a future, a stream): ends it exactly once
-    with its outcome -- ``Call.done`` (in-flight count, outlier detection) and one request in the
-    metrics -- from whichever path sees the end first: the call's done callback, or the error
-    that kept the RPC from starting. The span is annotated at the start, in the caller's context
-    (a done callback runs on grpc's thread, or in no particular context)."""
+    with its outcome -- ``Call.done`` (in-flight count, outlier detection), its telemetry (the
+    attempt and the call are the same thing here) -- from whichever path sees the end first: the
+    call's done callback, or the error that kept the RPC from starting. The caller's span is
+    annotated at the start, in the caller's context (a done callback runs on grpc's thread, or in
+    no particular context); so is the attempt's span started, and ``md`` is the metadata to send
+    (with ``traceparent`` when tracing). :meth:`invoking` brackets the call that starts the RPC."""
 
-    __slots__ = ("call", "instance", "open", "served", "started")
+    __slots__ = ("call", "instance", "open", "served", "started", "obs", "telemetry", "md")
 
-    def __init__(self, call: Call, instance: Instance) -> None:
-        self.call, self.instance = call, instance
+    def __init__(self, router: _Router, method: str, call: Call, md: list[tuple[str, Any]]) -> None:
+        self.call = call
+        self.instance = instance = call.next_instance()
         self.served = call.served(instance)
         self.started = time.perf_counter()
         self.open = True
-        telemetry.annotate_span(self.served)
+        self.obs = obs = telemetry.observer()
+        self.telemetry: Attempt | None = None
+        if obs is not None:
+            if obs.tracer is not None:
+                telemetry.annotate_span(self.served)
+            self.telemetry, md = router.begin(obs, call, instance, method, md)
+        self.md = md
 
-    def end(self, code: grpc.StatusCode | None) -> None:
+    def invoking(self) -> None:
+        """Around the call that starts the RPC (``invoked`` after it, in the same thread): the
+        attempt's span is current and grpc's OpenTelemetry interceptor, if any, stands aside."""
+        if self.telemetry is not None:
+            self.telemetry.enter(everything=True)
+
+    def invoked(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.leave()
+
+    def end(self, code: grpc.StatusCode | None, error: BaseException | None = None) -> None:
         """``code`` ``None``: the RPC ended without a status (it never started, or a local error)."""
         if not self.open:
             return
         self.open = False
         self.call.done(self.instance, ok=code not in _FAILURES)
-        telemetry.record(
-            self.served, "ok" if code == grpc.StatusCode.OK else "error", time.perf_counter() - self.started
-        )
+        obs = self.obs
+        if obs is not None:
+            _ended(self.telemetry, code, error)
+            if obs.metering:
+                outcome, status, error_type, _ = _outcome(code, error)
+                telemetry.record_call(
+                    self.served, self.call.in_lane, outcome, time.perf_counter() - self.started, status, error_type
+                )
 
     def _end_in_callback(self, code: grpc.StatusCode | None) -> None:
         try:
@@ -330,15 +442,19 @@ class _UnaryUnary(_UnaryUnaryBase):
         router = self._ch._router
         call, md = router.start(self._method, metadata)
         started = time.perf_counter()
+        obs = telemetry.observer()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             instance = call.next_instance()
+            attempt, sent = (None, md) if obs is None else router.begin(obs, call, instance, self._method, md)
             try:
                 sub = self._sub(instance)
+                if attempt is not None:
+                    attempt.enter(everything=True)
                 response, rpc = sub.with_call(
                     request,
                     timeout=_remaining(deadline),
-                    metadata=md,
+                    metadata=sent,
                     credentials=credentials,
                     wait_for_ready=wait_for_ready,
                     compression=compression,
@@ -346,20 +462,24 @@ class _UnaryUnary(_UnaryUnaryBase):
             except grpc.RpcError as exc:
                 code = _code_of(exc)
                 call.done(instance, ok=code not in _FAILURES)
-                if (
+                retrying = (
                     code == grpc.StatusCode.UNAVAILABLE
                     and call.can_retry(CONNECT_FAILURE, "POST")
                     and (deadline is None or time.monotonic() < deadline)
-                ):
+                )
+                _ended(attempt, code, exc, retrying)
+                if retrying:
                     continue
-                router.finish(call, instance, started, "error")
+                router.finish(call, instance, started, obs, code, exc)
                 raise
-            except BaseException:  # not the instance's doing (a local error, an interrupt)
+            except BaseException as exc:  # not the instance's doing (a local error, an interrupt)
                 call.done(instance, ok=True)
-                router.finish(call, instance, started, "error")
+                _ended(attempt, None, exc)
+                router.finish(call, instance, started, obs, None, exc)
                 raise
             call.done(instance, ok=True)
-            return response, _ServedCall(rpc, router.finish(call, instance, started, "ok"))
+            _ended(attempt, grpc.StatusCode.OK)
+            return response, _ServedCall(rpc, router.finish(call, instance, started, obs, grpc.StatusCode.OK))
 
     def future(
         self,
@@ -371,19 +491,25 @@ class _UnaryUnary(_UnaryUnaryBase):
         compression: grpc.Compression | None = None,
     ) -> Any:
         # A future is handed back before the RPC ends: route and pick once, no retry.
-        call, md = self._ch._router.start(self._method, metadata)
-        attempt = _Attempt(call, call.next_instance())
+        router = self._ch._router
+        call, md = router.start(self._method, metadata)
+        attempt = _Attempt(router, self._method, call, md)
         try:
-            fut = self._sub(attempt.instance).future(
-                request,
-                timeout=timeout,
-                metadata=md,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-        except BaseException:
-            attempt.end(None)
+            sub = self._sub(attempt.instance)
+            attempt.invoking()
+            try:
+                fut = sub.future(
+                    request,
+                    timeout=timeout,
+                    metadata=attempt.md,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+            finally:
+                attempt.invoked()
+        except BaseException as exc:
+            attempt.end(None, exc)
             raise
         fut.add_done_callback(attempt.on_done)
         return fut
@@ -409,18 +535,23 @@ class _Streaming:
     ) -> tuple[_Attempt, Any]:
         """Route, pick, and ``invoke(sub multicallable, metadata)``; an error that keeps the RPC
         from starting ends the attempt."""
-        call, md = self._ch._router.start(self._method, metadata)
-        attempt = _Attempt(call, call.next_instance())
+        router = self._ch._router
+        call, md = router.start(self._method, metadata)
+        attempt = _Attempt(router, self._method, call, md)
         try:
-            sub = getattr(self._ch._router.subchannels.get(attempt.instance), self._kind)(
+            sub = getattr(router.subchannels.get(attempt.instance), self._kind)(
                 self._method, self._ser, self._deser, **self._kw
             )
-            return attempt, invoke(sub, md)
+            attempt.invoking()
+            try:
+                return attempt, invoke(sub, attempt.md)
+            finally:
+                attempt.invoked()
         except grpc.RpcError as exc:  # a blocking call's status
-            attempt.end(_code_of(exc))
+            attempt.end(_code_of(exc), exc)
             raise
-        except BaseException:
-            attempt.end(None)
+        except BaseException as exc:
+            attempt.end(None, exc)
             raise
 
 
@@ -616,32 +747,46 @@ class _AioUnaryCall:
         call, md = await router.astart(owner._method, self._kw.pop("metadata", None))
         timeout = self._kw.pop("timeout", None)
         started = time.perf_counter()
+        obs = telemetry.observer()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             instance = call.next_instance()
+            attempt, sent = (None, md) if obs is None else router.begin(obs, call, instance, owner._method, md)
             self.call = None
             try:
                 sub = router.subchannels.get(instance).unary_unary(owner._method, owner._ser, owner._deser, **owner._kw)
-                self.call = sub(self._request, timeout=_remaining(deadline), metadata=md, **self._kw)
+                if attempt is not None:
+                    attempt.enter(everything=True)  # grpc.aio's interceptors run in a task made here
+                try:
+                    self.call = sub(self._request, timeout=_remaining(deadline), metadata=sent, **self._kw)
+                finally:
+                    if attempt is not None:
+                        attempt.leave()
                 response = await self.call
             except grpc.aio.AioRpcError as exc:
-                call.done(instance, ok=exc.code() not in _FAILURES)
-                if (
-                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                code = exc.code()
+                call.done(instance, ok=code not in _FAILURES)
+                retrying = (
+                    code == grpc.StatusCode.UNAVAILABLE
                     and call.can_retry(CONNECT_FAILURE, "POST")
                     and (deadline is None or time.monotonic() < deadline)
-                ):
+                )
+                _ended(attempt, code, exc, retrying)
+                if retrying:
                     continue
-                router.finish(call, instance, started, "error")
+                router.finish(call, instance, started, obs, code, exc)
                 raise
             except BaseException as exc:  # cancelled by the caller, or a local error
                 if isinstance(exc, asyncio.CancelledError) and self.call is not None:
                     self.call.cancel()  # the caller gave up: so does the RPC on the wire
                 call.done(instance, ok=True)
-                router.finish(call, instance, started, "error")
+                local = grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else None
+                _ended(attempt, local, exc)
+                router.finish(call, instance, started, obs, local, exc)
                 raise
             call.done(instance, ok=True)
-            self.graylb = router.finish(call, instance, started, "ok")
+            _ended(attempt, grpc.StatusCode.OK)
+            self.graylb = router.finish(call, instance, started, obs, grpc.StatusCode.OK)
             return response
 
 
@@ -712,15 +857,19 @@ class _AioStreaming:
     def _begin(self, request: Any, kw: dict[str, Any]) -> Any:
         router = self._ch._router
         call, md = router.start(self._method, kw.pop("metadata"))
-        attempt = _Attempt(call, call.next_instance())
+        attempt = _Attempt(router, self._method, call, md)
         try:
             sub = getattr(router.subchannels.get(attempt.instance), self._kind)(
                 self._method, self._ser, self._deser, **self._kw
             )
             args = () if request is None and self._kind == "stream_stream" else (request,)
-            rpc = sub(*args, metadata=md, **kw)
-        except BaseException:
-            attempt.end(None)
+            attempt.invoking()
+            try:
+                rpc = sub(*args, metadata=attempt.md, **kw)
+            finally:
+                attempt.invoked()
+        except BaseException as exc:
+            attempt.end(None, exc)
             raise
         rpc.add_done_callback(attempt.on_aio_done)
         rpc.graylb = attempt.served

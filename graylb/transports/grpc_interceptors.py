@@ -38,6 +38,10 @@ does not forward them.
 
 Inbound parsing is the codec's: bounded and never raising. Binary (``-bin``) metadata is never
 read or changed.
+
+With an OpenTelemetry SDK installed and no span current yet, the server interceptors also make
+the caller's ``traceparent`` the handler's OpenTelemetry context (like the ASGI / WSGI
+middleware: :mod:`graylb.propagation.trace_context`), so the calls it makes continue the trace.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from ..propagation import trace_context
 from ..propagation.codec import BAGGAGE_HEADER, MAX_HEADER_LENGTH, HeaderCodec
 from ..propagation.context import EMPTY, ContextIterator, GrayContext, attach, current, detach
 from ..propagation.outbound import inject_gray
@@ -454,6 +459,7 @@ class _ServerBase:
             gray_ctx, servicer_context = self._resolve(metadata, servicer_context, stripped_class)
             call_context = contextvars.copy_context()
             call_context.run(attach, gray_ctx)  # never detached: the Context is dropped with the call
+            call_context.run(trace_context.attach, metadata, trace_context.METADATA)  # traceparent; likewise
             result = call_context.run(behavior, request, servicer_context)
             if streaming and result is not None:
                 return ContextIterator(result, call_context)
@@ -503,6 +509,21 @@ def _safe_detach(token: contextvars.Token[GrayContext]) -> None:
         pass
 
 
+def _safe_detach_trace(token: Any) -> None:
+    """As :func:`_safe_detach`, for the OpenTelemetry context: its tokens are contextvars tokens,
+    reset directly so that an abandoned generator finalised elsewhere logs nothing."""
+    if token is None:
+        return
+    var = getattr(token, "var", None)
+    try:
+        if var is not None:
+            var.reset(token)
+        else:
+            trace_context.detach(token)
+    except (ValueError, RuntimeError):
+        pass
+
+
 class AioGrayServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
     """``grpc.aio.server(interceptors=[AioGrayServerInterceptor(trust=...)])``: coroutine
     handlers, async-generator handlers and sync handlers (``migration_thread_pool``) all run
@@ -525,6 +546,7 @@ class AioGrayServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
             async def stream(request: Any, servicer_context: Any) -> Any:
                 gray_ctx, servicer_context = resolve(servicer_context)
                 token = attach(gray_ctx)
+                trace_token = trace_context.attach(metadata, trace_context.METADATA)
                 responses = behavior(request, servicer_context)
                 try:
                     async for response in responses:
@@ -533,6 +555,7 @@ class AioGrayServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
                     try:
                         await responses.aclose()
                     finally:
+                        _safe_detach_trace(trace_token)
                         _safe_detach(token)
 
             return stream
@@ -541,9 +564,11 @@ class AioGrayServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):
             async def call(request: Any, servicer_context: Any) -> Any:
                 gray_ctx, servicer_context = resolve(servicer_context)
                 token = attach(gray_ctx)
+                trace_token = trace_context.attach(metadata, trace_context.METADATA)
                 try:
                     return await behavior(request, servicer_context)
                 finally:
+                    _safe_detach_trace(trace_token)
                     _safe_detach(token)
 
             return call

@@ -9,6 +9,13 @@ Per routed request: route + pick, inject the gray context headers, send to ``hos
 instance (the ``Host`` header keeps the service name), retry by the service's policy on another
 instance, report each attempt to outlier detection, and put a :class:`~graylb.call.Served` in
 ``response.extensions["graylb"]`` and on the current span.
+
+Telemetry (:mod:`graylb.telemetry`; nothing of it runs without an OpenTelemetry SDK): each
+attempt is one CLIENT span, a child of the caller's span, whose ``traceparent`` (the global
+propagator's headers) replaces any earlier attempt's in the request; the inner transport runs
+with OpenTelemetry's HTTP instrumentation suppressed, so ``opentelemetry-instrumentation-httpx``
+adds no second span or header for it; and one ``http.client.request.duration`` measurement. The
+call as a whole is ``graylb.client.calls`` / ``graylb.client.call.duration``.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from ..balancer import Balancer
 from ..call import CONNECT_FAILURE, RESET, TIMEOUT, Call
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
+from ..propagation.codec import HeaderCodec
 from ..propagation.context import GrayContext, current
 from ..propagation.outbound import inject_gray
 from ..routing.request import RequestInfo
+from ..telemetry import Attempt
 
 __all__ = ["GrayTransport", "AsyncGrayTransport"]
 
@@ -107,16 +116,102 @@ def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
 _URL_NEW = httpx.URL.__new__
 
 
-def _finish(call: Call, instance: Instance, response: httpx.Response, started: float) -> httpx.Response:
+# -- telemetry (README "Telemetry"): nothing of this runs without an OpenTelemetry SDK -----------
+
+_KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+
+
+def _begin(
+    obs: telemetry.Observer, codec: HeaderCodec, call: Call, instance: Instance, request: httpx.Request, url: httpx.URL
+) -> Attempt:
+    """Start the attempt's telemetry: its span (a child of the caller's), its ``traceparent`` in
+    the request headers, the instrumentations of the inner transport suppressed."""
+    method = request.method
+    if method not in _KNOWN_METHODS:
+        method = "_OTHER"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    attrs = telemetry.base_attributes(call, instance)
+    attrs["http.request.method"] = method
+    attrs["server.address"] = url.host
+    attrs["server.port"] = port
+    span_attrs = None
+    if obs.tracer is not None:
+        d = call.decision
+        span_attrs = {
+            "http.request.method": method,
+            "server.address": url.host,
+            "server.port": port,
+            "url.full": str(url if not url.userinfo else url.copy_with(username="REDACTED", password="REDACTED")),
+            "network.peer.address": instance.host,
+            "network.peer.port": instance.port,
+            "graylb.service": d.service,
+            "graylb.route": d.route,
+            "graylb.subset": d.subset,
+            "graylb.version": instance.version or "",
+            "graylb.instance": instance.id,
+            "graylb.attempt": call.attempts,
+        }
+        if call.attempts > 1:
+            span_attrs["http.request.resend_count"] = call.attempts - 1
+    # The conventions' span name is the method, "HTTP" for one they do not know.
+    attempt = Attempt(obs, telemetry.http_duration, attrs, "HTTP" if method == "_OTHER" else method, span_attrs)
+    headers = telemetry.inject(attempt)
+    if headers:
+        _put_trace_headers(codec, request.headers, headers)
+    attempt.enter()
+    return attempt
+
+
+def _put_trace_headers(codec: HeaderCodec, target: httpx.Headers, headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        target[name] = value  # replaces: one header per name, whatever an earlier attempt wrote
+    if "baggage" in headers:  # the propagator's baggage replaced ours: merge the gray members back
+        inject_gray(codec, current(), target, HEADERS, HEADERS)
+
+
+def _answered(attempt: Attempt | None, status: int, retrying: bool) -> None:
+    if attempt is None:
+        return
+    attempt.end(
+        "ok" if status < 500 else "http_5xx",
+        telemetry.status_class(status),
+        str(status) if status >= 400 else None,
+        {"http.response.status_code": status},
+        retrying=retrying,
+    )
+
+
+def _raised(attempt: Attempt | None, exc: BaseException, retrying: bool) -> None:
+    if attempt is not None:
+        attempt.end("error", None, type(exc).__qualname__, None, exc, retrying)
+
+
+def _finish(
+    call: Call, instance: Instance, response: httpx.Response, started: float, obs: telemetry.Observer | None
+) -> httpx.Response:
     served = call.served(instance)
     response.extensions["graylb"] = served
-    telemetry.annotate_span(served)
-    telemetry.record(served, "ok" if response.status_code < 500 else "http_5xx", time.perf_counter() - started)
+    if obs is not None:
+        if obs.tracer is not None:
+            telemetry.annotate_span(served)
+        if obs.metering:
+            status = response.status_code
+            telemetry.record_call(
+                served,
+                call.in_lane,
+                "ok" if status < 500 else "http_5xx",
+                time.perf_counter() - started,
+                telemetry.status_class(status),
+                str(status) if status >= 400 else None,
+            )
     return response
 
 
-def _failed(call: Call, instance: Instance, started: float) -> None:
-    telemetry.record(call.served(instance), "error", time.perf_counter() - started)
+def _failed(call: Call, instance: Instance, started: float, obs: telemetry.Observer | None, exc: BaseException) -> None:
+    if obs is not None and obs.metering:
+        telemetry.record_call(
+            call.served(instance), call.in_lane, "error", time.perf_counter() - started, None, type(exc).__qualname__
+        )
 
 
 class GrayTransport(httpx.BaseTransport):
@@ -131,31 +226,39 @@ class GrayTransport(httpx.BaseTransport):
             return self.transport.handle_request(request)
         started = time.perf_counter()
         call = _start(self.balancer, request)
+        obs = telemetry.observer()
         url = request.url
         replayable = isinstance(request.stream, httpx.ByteStream)
         try:
             while True:
                 instance = call.next_instance()
                 request.url = _target(url, instance)
+                attempt = None if obs is None else _begin(obs, self.balancer.codec, call, instance, request, url)
                 try:
                     response = self.transport.handle_request(request)
                 except httpx.TransportError as exc:
                     call.done(instance, ok=False)
                     kind = _failure_kind(exc)
-                    if kind is not None and call.can_retry(kind, request.method, replayable):
+                    retrying = kind is not None and call.can_retry(kind, request.method, replayable)
+                    _raised(attempt, exc, retrying)
+                    if retrying:
                         continue
-                    _failed(call, instance, started)
+                    _failed(call, instance, started, obs, exc)
                     raise
-                except BaseException:  # interrupted (KeyboardInterrupt, a bug below): not the instance's fault
+                except BaseException as exc:  # interrupted (KeyboardInterrupt, a bug below): not the instance's fault
                     call.done(instance, ok=True)
-                    _failed(call, instance, started)
+                    _raised(attempt, exc, False)
+                    _failed(call, instance, started, obs, exc)
                     raise
-                ok = response.status_code < 500
+                status = response.status_code
+                ok = status < 500
                 call.done(instance, ok)
-                if not ok and call.can_retry(response.status_code, request.method, replayable):
+                retrying = not ok and call.can_retry(status, request.method, replayable)
+                _answered(attempt, status, retrying)
+                if retrying:
                     response.close()
                     continue
-                return _finish(call, instance, response, started)
+                return _finish(call, instance, response, started, obs)
         finally:
             # The client joins redirects against request.url: give it back the service URL.
             request.url = url
@@ -176,31 +279,39 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
             return await self.transport.handle_async_request(request)
         started = time.perf_counter()
         call = await _astart(self.balancer, request)
+        obs = telemetry.observer()
         url = request.url
         replayable = isinstance(request.stream, httpx.ByteStream)
         try:
             while True:
                 instance = call.next_instance()
                 request.url = _target(url, instance)
+                attempt = None if obs is None else _begin(obs, self.balancer.codec, call, instance, request, url)
                 try:
                     response = await self.transport.handle_async_request(request)
                 except httpx.TransportError as exc:
                     call.done(instance, ok=False)
                     kind = _failure_kind(exc)
-                    if kind is not None and call.can_retry(kind, request.method, replayable):
+                    retrying = kind is not None and call.can_retry(kind, request.method, replayable)
+                    _raised(attempt, exc, retrying)
+                    if retrying:
                         continue
-                    _failed(call, instance, started)
+                    _failed(call, instance, started, obs, exc)
                     raise
-                except BaseException:  # cancelled (asyncio.wait_for, a closing client): not the instance's fault
+                except BaseException as exc:  # cancelled (asyncio.wait_for, a closing client): not the instance's fault
                     call.done(instance, ok=True)
-                    _failed(call, instance, started)
+                    _raised(attempt, exc, False)
+                    _failed(call, instance, started, obs, exc)
                     raise
-                ok = response.status_code < 500
+                status = response.status_code
+                ok = status < 500
                 call.done(instance, ok)
-                if not ok and call.can_retry(response.status_code, request.method, replayable):
+                retrying = not ok and call.can_retry(status, request.method, replayable)
+                _answered(attempt, status, retrying)
+                if retrying:
                     await response.aclose()
                     continue
-                return _finish(call, instance, response, started)
+                return _finish(call, instance, response, started, obs)
         finally:
             request.url = url
 

@@ -8,16 +8,12 @@ import asyncio
 import grpc
 import httpx
 import pytest
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
 
 import graylb
 from graylb.transports.grpc import AioGrayChannel, GrayChannel
 from tests.conftest import Fleet, wait_until
+from tests.integration import otel_sdk
 from tests.integration.grpc_shapes import (
     AIO_OPS,
     AIO_STREAM_CALLS,
@@ -29,29 +25,17 @@ from tests.integration.grpc_shapes import (
     run_in_loop,
 )
 
-# The global providers can be set once per process: set them for this module's tests.
-_reader = InMemoryMetricReader()
-_exporter = InMemorySpanExporter()
+# The global providers can be set once per process: every telemetry module shares otel_sdk's.
+_exporter = otel_sdk.EXPORTER
 
 
 @pytest.fixture(scope="module", autouse=True)
-def otel_sdk():
-    metrics.set_meter_provider(MeterProvider(metric_readers=[_reader]))
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_exporter))
-    trace.set_tracer_provider(provider)
+def otel_sdk_installed():
+    otel_sdk.install()
     yield
 
 
-def _points(name: str) -> list:
-    data = _reader.get_metrics_data()
-    out = []
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for m in sm.metrics:
-                if m.name == name:
-                    out.extend(m.data.data_points)
-    return out
+_points = otel_sdk.points
 
 
 def test_span_attributes_and_metrics(fleet: Fleet) -> None:
@@ -83,11 +67,16 @@ def test_span_attributes_and_metrics(fleet: Fleet) -> None:
 
     counts = {
         (p.attributes["graylb.subset"], p.attributes["graylb.version"], p.attributes["graylb.outcome"]): p.value
-        for p in _points("graylb.client.requests")
+        for p in _points("graylb.client.calls")
+        if p.attributes["graylb.service"] == "orders"
     }
     assert counts[("canary", "2.0.0", "ok")] == 1
     assert counts[("stable", "1.4.2", "ok")] == 3
-    durations = [p for p in _points("graylb.client.duration") if p.attributes["graylb.version"] == "1.4.2"]
+    durations = [
+        p
+        for p in _points("graylb.client.call.duration")
+        if p.attributes["graylb.service"] == "orders" and p.attributes["graylb.version"] == "1.4.2"
+    ]
     assert durations and durations[0].count == 3
 
 
@@ -135,13 +124,13 @@ def solo() -> Shapes:
 def _requests_of(service: str) -> dict[str, int]:
     return {
         p.attributes["graylb.outcome"]: p.value
-        for p in _points("graylb.client.requests")
+        for p in _points("graylb.client.calls")
         if p.attributes["graylb.service"] == service and p.attributes["graylb.version"] == "3.1.0"
     }
 
 
 def _durations_of(service: str) -> int:
-    return sum(p.count for p in _points("graylb.client.duration") if p.attributes["graylb.service"] == service)
+    return sum(p.count for p in _points("graylb.client.call.duration") if p.attributes["graylb.service"] == service)
 
 
 def _recorded(service: str, expected: dict[str, int]) -> None:
