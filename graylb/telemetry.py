@@ -251,6 +251,22 @@ def base_attributes(call: Call, instance: Instance) -> dict[str, Any]:
     }
 
 
+def span_attributes(call: Call, instance: Instance) -> dict[str, Any]:
+    """The attributes every attempt's CLIENT span carries, HTTP or gRPC: the peer it went to and
+    graylb's routing (spans may name the instance; metrics never do)."""
+    d = call.decision
+    return {
+        "network.peer.address": instance.host,
+        "network.peer.port": instance.port,
+        "graylb.service": d.service,
+        "graylb.route": d.route,
+        "graylb.subset": d.subset,
+        "graylb.version": instance.version or "",
+        "graylb.instance": instance.id,
+        "graylb.attempt": call.attempts,
+    }
+
+
 class Attempt:
     """One attempt's telemetry, from the moment it is sent to its outcome.
 

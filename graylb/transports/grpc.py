@@ -197,19 +197,11 @@ class _Router:
         attrs["server.address"] = self.service
         span_attrs = None
         if obs.tracer is not None:
-            d = call.decision
             span_attrs = {
                 "rpc.system.name": "grpc",
                 "rpc.method": rpc_method,
                 "server.address": self.service,
-                "network.peer.address": instance.host,
-                "network.peer.port": instance.port,
-                "graylb.service": d.service,
-                "graylb.route": d.route,
-                "graylb.subset": d.subset,
-                "graylb.version": instance.version or "",
-                "graylb.instance": instance.id,
-                "graylb.attempt": call.attempts,
+                **telemetry.span_attributes(call, instance),
             }
         attempt = Attempt(obs, telemetry.rpc_duration, attrs, rpc_method, span_attrs)
         headers = telemetry.inject(attempt)

@@ -136,20 +136,12 @@ def _begin(
     attrs["server.port"] = port
     span_attrs = None
     if obs.tracer is not None:
-        d = call.decision
         span_attrs = {
             "http.request.method": method,
             "server.address": url.host,
             "server.port": port,
             "url.full": str(url if not url.userinfo else url.copy_with(username="REDACTED", password="REDACTED")),
-            "network.peer.address": instance.host,
-            "network.peer.port": instance.port,
-            "graylb.service": d.service,
-            "graylb.route": d.route,
-            "graylb.subset": d.subset,
-            "graylb.version": instance.version or "",
-            "graylb.instance": instance.id,
-            "graylb.attempt": call.attempts,
+            **telemetry.span_attributes(call, instance),
         }
         if call.attempts > 1:
             span_attrs["http.request.resend_count"] = call.attempts - 1
