@@ -7,6 +7,7 @@ only reads the current :class:`~graylb.routing.router.ServiceState` of its servi
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -67,10 +68,12 @@ class _Service:
         "lock",
     )
 
-    def __init__(self, name: str, watch: ServiceWatch, report: Callable[[str, bool], None]) -> None:
+    def __init__(self, name: str, watch: ServiceWatch, record: Callable[[_Service, str, bool], None]) -> None:
         self.name = name
         self.watch = watch
-        self.report = report  # what each Call of this service reports its attempts' outcomes to
+        # What each Call of this service reports its attempts' outcomes to: bound to this entry,
+        # so an outcome reaches the detector of the entry that routed it, with no lookup.
+        self.report: Callable[[str, bool], None] = functools.partial(record, self)
         self.opened_at = time.monotonic()  # first-snapshot waits all end first_snapshot_timeout after this
         self.warned = False  # the "no snapshot" warning is logged once per entry
         self.unmatched_seen: set[tuple[int, str, str]] = set()  # (snapshot revision, subset, selector) reported
@@ -244,10 +247,7 @@ class Balancer:
         raise error
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _record(self, service: str, instance_id: str, ok: bool) -> None:
-        entry = self._services.get(service)
-        if entry is None:
-            return
+    def _record(self, entry: _Service, instance_id: str, ok: bool) -> None:
         detector = entry.detector
         if detector is None:
             return
@@ -285,9 +285,7 @@ class Balancer:
             entry = self._services.get(service)
             if entry is not None and not entry.watch.closed:
                 return entry
-            entry = _Service(
-                service, self.discovery.watch(service), lambda instance_id, ok: self._record(service, instance_id, ok)
-            )
+            entry = _Service(service, self.discovery.watch(service), self._record)
 
             def on_snapshot(snapshot: Snapshot, e: _Service = entry) -> None:
                 self._rebuild(e)
