@@ -231,7 +231,9 @@ class Balancer:
         watch = entry.watch
         if watch.snapshot is not None:
             return
-        waited = time.monotonic() - entry.opened_at
+        # Reached only once the shared deadline has passed: name the wait every caller was given
+        # (the clock would say 0.5x s, depending on scheduling).
+        waited = self.first_snapshot_timeout
         if not entry.warned:
             entry.warned = True
             log.warning(
