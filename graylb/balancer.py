@@ -24,7 +24,7 @@ from .picking.pickers import LoadStats
 from .propagation.codec import HeaderCodec
 from .propagation.context import GrayContext, current
 from .routing.request import RequestInfo
-from .routing.router import Decision, ServiceState, build_state, route
+from .routing.router import ALL_SUBSET, Decision, ServiceState, build_state, route
 from .rules.compiled import CompiledRules, OutlierPolicy
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 
@@ -118,7 +118,7 @@ class Balancer:
         self._create_lock = threading.Lock()
         self._known: frozenset[str] = self._extra_services
         self.rule_source.add_listener(self._on_rules)
-        telemetry.watch_snapshot_ages(self)  # a weak reference: the gauge does not keep us alive
+        telemetry.watch(self)  # a weak reference: the gauges do not keep us alive
 
     # -- which hosts are ours -------------------------------------------------------------
     def is_service(self, host: str) -> bool:
@@ -265,11 +265,46 @@ class Balancer:
         ``graylb.registry.snapshot.age`` gauge observes (``Snapshot.age``)."""
         registry = self.discovery.name
         out = []
-        for name, entry in self._services.items():
+        for name, entry in list(self._services.items()):  # another thread may add one
             watch = entry.watch
             snapshot = watch.snapshot
             if snapshot is not None and not watch.closed:
                 out.append((name, registry, snapshot.age))
+        return out
+
+    def route_weights(self) -> list[tuple[str, str, str, float]]:
+        """``(service, route, subset, configured share 0-1)`` of every watched service's routes,
+        and ``(service, "default", its default subset, 1.0)``: what the ``graylb.route.weight``
+        gauge observes (the dashboard's "configured" next to the live split)."""
+        rules = self.rules.services
+        out = []
+        for name, entry in list(self._services.items()):
+            if entry.watch.closed:
+                continue
+            spec = rules.get(name)
+            out.append((name, "default", (spec.default if spec and spec.default else ALL_SUBSET), 1.0))
+            for compiled in spec.routes if spec else ():
+                total = sum(t.weight for t in compiled.to)
+                for target in compiled.to:
+                    out.append((name, compiled.name, target.subset, target.weight / total if total else 0.0))
+        return out
+
+    def subset_sizes(self) -> list[tuple[str, str, str, int]]:
+        """``(service, subset, version, instances)`` of every declared subset of every watched
+        service with a snapshot: the instances its selector takes (weight > 0; ejected ones
+        included -- ejection has its own counter), one row per version, and ``(service, subset,
+        "", 0)`` for a subset that selects nothing. What the ``graylb.subset.instances`` gauge
+        observes; which versions the default subset holds tells dashboards and alerts which
+        version is the baseline."""
+        out = []
+        for name, entry in list(self._services.items()):
+            state = entry.state
+            if state is None or entry.watch.closed:
+                continue
+            for subset, versions in state.subset_versions.items():
+                if not versions:
+                    out.append((name, subset, "", 0))
+                out.extend((name, subset, version, n) for version, n in versions.items())
         return out
 
     # -- change handling (off the hot path) ---------------------------------------------------

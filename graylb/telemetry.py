@@ -14,7 +14,9 @@ request with the global propagator (:func:`inject`).
 that also counts calls which found no instance) and ``graylb.client.call.duration``, under the
 version that finally answered. ``graylb.client.retries``, ``graylb.client.fallbacks``,
 ``graylb.outlier.ejections``, ``graylb.subset.empty`` and ``graylb.rules.rejected`` count events;
-``graylb.registry.snapshot.age`` observes how old each watched service's registry snapshot is.
+``graylb.registry.snapshot.age`` observes how old each watched service's registry snapshot is,
+``graylb.route.weight`` the configured split (the ``default`` route names the baseline subset) and
+``graylb.subset.instances`` how many instances each declared subset selects.
 
 **Cardinality.** Attribute values come from the rules (service, subset and route names), the
 registry's version labels and fixed vocabularies (outcome, status class or gRPC code name, HTTP
@@ -33,7 +35,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,7 +75,7 @@ __all__ = [
     "record_rules_rejected",
     "record_subset_empty",
     "status_class",
-    "watch_snapshot_ages",
+    "watch",
 ]
 
 log = logging.getLogger("graylb")
@@ -459,34 +461,63 @@ def annotate_span(served: Served) -> None:
         )
 
 
-# -- registry snapshot age --------------------------------------------------------------------
+# -- observed state: snapshot ages, configured weights, subset sizes ----------------------------
 
 
-class SnapshotAges(Protocol):
+class Observed(Protocol):
+    """What the observable gauges read at collection time (a :class:`~graylb.Balancer`)."""
+
     def snapshot_ages(self) -> Iterable[tuple[str, str, float]]:
         """``(service, registry, age in seconds)`` per watched service with a snapshot."""
 
+    def route_weights(self) -> Iterable[tuple[str, str, str, float]]:
+        """``(service, route, subset, configured share 0-1)``, the default route included."""
 
-# Weak: the gauge's callback lives as long as the process; a Balancer must not.
-_age_sources: weakref.WeakSet[SnapshotAges] = weakref.WeakSet()
+    def subset_sizes(self) -> Iterable[tuple[str, str, str, int]]:
+        """``(service, subset, version, routable instances)`` per declared subset and version."""
 
 
-def watch_snapshot_ages(source: SnapshotAges) -> None:
-    """Report ``source``'s snapshot ages on ``graylb.registry.snapshot.age`` while it lives."""
-    _age_sources.add(source)
+# Weak: the gauges' callbacks live as long as the process; a Balancer must not.
+_sources: weakref.WeakSet[Observed] = weakref.WeakSet()
+
+
+def watch(source: Observed) -> None:
+    """Report ``source``'s state on the observable gauges while it lives."""
+    _sources.add(source)
+
+
+def _gather(read: Callable[[Observed], Iterable[tuple[Any, ...]]]) -> Iterable[tuple[Any, ...]]:
+    for source in list(_sources):
+        try:
+            yield from read(source)
+        except Exception:  # never into the SDK's collection
+            log.debug("graylb: could not read %r for the gauges", source, exc_info=True)
 
 
 def _observe_snapshot_ages(options: CallbackOptions) -> Iterable[Observation]:
     oldest: dict[tuple[str, str], float] = {}
-    for source in list(_age_sources):
-        try:
-            for service, registry, age in source.snapshot_ages():
-                key = (service, registry)
-                if age > oldest.get(key, -1.0):
-                    oldest[key] = age
-        except Exception:  # never into the SDK's collection
-            log.debug("graylb: could not read snapshot ages", exc_info=True)
+    for service, registry, age in _gather(lambda s: s.snapshot_ages()):
+        key = (service, registry)
+        if age > oldest.get(key, -1.0):
+            oldest[key] = age
     return [Observation(age, {"graylb.service": s, "graylb.registry": r}) for (s, r), age in oldest.items()]
+
+
+def _observe_route_weights(options: CallbackOptions) -> Iterable[Observation]:
+    # Several balancers may route one service (with the same rules, normally): one series each.
+    shares = {(svc, route, subset): share for svc, route, subset, share in _gather(lambda s: s.route_weights())}
+    return [
+        Observation(share, {"graylb.service": svc, "graylb.route": route, "graylb.subset": subset})
+        for (svc, route, subset), share in shares.items()
+    ]
+
+
+def _observe_subset_sizes(options: CallbackOptions) -> Iterable[Observation]:
+    sizes = {(svc, subset, version): n for svc, subset, version, n in _gather(lambda s: s.subset_sizes())}
+    return [
+        Observation(n, {"graylb.service": svc, "graylb.subset": subset, "graylb.version": version})
+        for (svc, subset, version), n in sizes.items()
+    ]
 
 
 _snapshot_age = _meter.create_observable_gauge(
@@ -495,4 +526,20 @@ _snapshot_age = _meter.create_observable_gauge(
     unit="s",
     description="Seconds since the registry last confirmed the snapshot of a watched service (the oldest, "
     "when several balancers watch it)",
+)
+_route_weight = _meter.create_observable_gauge(
+    "graylb.route.weight",
+    callbacks=[_observe_route_weights],
+    # No unit: "1" would become a `_ratio` suffix through the Collector but not through the Python
+    # Prometheus exporter; without one the name is graylb_route_weight everywhere.
+    unit="",
+    description="Configured share (0-1) of a route's calls that go to a subset; route 'default' names the "
+    "service's default subset, the baseline a canary is compared with",
+)
+_subset_instances = _meter.create_observable_gauge(
+    "graylb.subset.instances",
+    callbacks=[_observe_subset_sizes],
+    unit="{instance}",
+    description="Routable instances a declared subset selects in the current snapshot, by version (a single 0 "
+    "with an empty version: it selects nothing)",
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import random
+from collections import Counter
 from collections.abc import Collection, Mapping
 
 from ..discovery.base import Snapshot
@@ -105,6 +106,9 @@ class ServiceState:
     unmatched: tuple[tuple[str, str, str], ...] = ()
     # The routes flattened to plain tuples: unpacking a tuple beats attribute lookups per call.
     route_table: tuple[_RouteRow, ...] = ()
+    # Per declared subset, how many instances of each version its selector takes (weight > 0,
+    # ejected ones included: ejection is not a selector problem). For the subset-instances gauge.
+    subset_versions: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def default(self) -> Picker:
@@ -170,6 +174,11 @@ def build_state(
         if rules and name != ALL_SUBSET and not pool and (base or (rules.subsets[name].selects_lane and instances))
     )
     subsets = {name: picker(pool) for name, pool in members.items()}
+    subset_versions = {
+        name: Counter(i.version or "" for i in pool if i.weight > 0)
+        for name, pool in members.items()
+        if name != ALL_SUBSET
+    }
     groups = tuple(frozenset(i.id for i in pool) for pool in (*members.values(), *lane_members.values()) if pool)
     routes = tuple(_route_state(r, subsets) for r in (rules.routes if rules else ()))
     return ServiceState(
@@ -191,6 +200,7 @@ def build_state(
         pin_pickers={},
         groups=groups,
         unmatched=unmatched,
+        subset_versions=subset_versions,
         route_table=tuple(
             (r.route.match, r.name, r.names, r.pickers, r.cumulative, r.total, r.route.sticky) for r in routes
         ),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import grpc
 import httpx
@@ -54,6 +55,25 @@ def test_span_attributes_and_metrics(fleet: Fleet) -> None:
     }
     balancer = graylb.Balancer(fleet.registry, rules)
     tracer = trace.get_tracer("test")
+
+    def counts() -> Counter[tuple[str, str, str]]:
+        out: Counter[tuple[str, str, str]] = Counter()
+        for p in _points("graylb.client.calls"):
+            if p.attributes["graylb.service"] == "orders":
+                out[
+                    (p.attributes["graylb.subset"], p.attributes["graylb.version"], p.attributes["graylb.outcome"])
+                ] += p.value
+        return out
+
+    def stable_durations() -> int:
+        return sum(
+            p.count
+            for p in _points("graylb.client.call.duration")
+            if p.attributes["graylb.service"] == "orders" and p.attributes["graylb.version"] == "1.4.2"
+        )
+
+    # The SDK is the process's (cumulative): other tests may have called an "orders" before.
+    before, durations_before = counts(), stable_durations()
     with httpx.Client(transport=graylb.GrayTransport(balancer)) as client:
         with tracer.start_as_current_span("outbound"):
             client.get("http://orders/x", headers={"user-group": "beta"})
@@ -65,19 +85,10 @@ def test_span_attributes_and_metrics(fleet: Fleet) -> None:
     assert span.attributes["graylb.version"] == "2.0.0"
     assert span.attributes["graylb.instance"] == "v2"
 
-    counts = {
-        (p.attributes["graylb.subset"], p.attributes["graylb.version"], p.attributes["graylb.outcome"]): p.value
-        for p in _points("graylb.client.calls")
-        if p.attributes["graylb.service"] == "orders"
-    }
-    assert counts[("canary", "2.0.0", "ok")] == 1
-    assert counts[("stable", "1.4.2", "ok")] == 3
-    durations = [
-        p
-        for p in _points("graylb.client.call.duration")
-        if p.attributes["graylb.service"] == "orders" and p.attributes["graylb.version"] == "1.4.2"
-    ]
-    assert durations and durations[0].count == 3
+    after = counts()
+    assert after[("canary", "2.0.0", "ok")] - before[("canary", "2.0.0", "ok")] == 1
+    assert after[("stable", "1.4.2", "ok")] - before[("stable", "1.4.2", "ok")] == 3
+    assert stable_durations() - durations_before == 3
 
 
 def test_rejected_rules_are_counted() -> None:

@@ -318,3 +318,71 @@ def test_requests_that_find_no_instance_are_counted_as_calls() -> None:
     with httpx.Client(transport=graylb.GrayTransport(balancer)) as client, pytest.raises(graylb.NoInstanceAvailable):
         client.get("http://nobody/")
     assert _count(CALLS, service="nobody", outcome="no_instance") == 1
+
+
+def _gauge(metric: str, service: str) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(str(v) for k, v in sorted(p.attributes.items()) if k != "graylb.service"): p.value
+        for p in otel_sdk.points(metric)
+        if p.attributes["graylb.service"] == service
+    }
+
+
+def test_the_configured_split_and_the_baseline_subset_are_observed() -> None:
+    """graylb.route.weight: each route's configured shares; route 'default' names the baseline."""
+    registry = graylb.StaticDiscovery({"weighed": [{"host": "10.0.0.1", "port": 80, "version": "v1"}]})
+    rules = {
+        "version": 1,
+        "services": {
+            "weighed": {
+                "subsets": {"stable": {"version": "v1"}, "canary": {"version": "v2"}},
+                "default": "stable",
+                "routes": [
+                    {
+                        "name": "beta",
+                        "match": [{"headers": {"user-group": {"exact": "beta"}}}],
+                        "to": [{"subset": "canary"}],
+                    },
+                    {"name": "split", "to": [{"subset": "canary", "weight": 1}, {"subset": "stable", "weight": 19}]},
+                ],
+            }
+        },
+    }
+    balancer = graylb.Balancer(registry, rules, services=["weighed"])
+    balancer.start("weighed", graylb.RequestInfo())
+    assert _gauge("graylb.route.weight", "weighed") == {
+        ("default", "stable"): 1.0,
+        ("beta", "canary"): 1.0,
+        ("split", "canary"): 0.05,
+        ("split", "stable"): 0.95,
+    }
+
+
+def test_subset_instances_are_observed_by_version_and_an_empty_subset_is_a_zero() -> None:
+    """graylb.subset.instances: the v1/v2 label case -- a selector that takes nothing shows as 0."""
+    registry = graylb.StaticDiscovery(
+        {
+            "sized": [
+                {"host": "10.0.0.1", "port": 80, "version": "v1"},
+                {"host": "10.0.0.2", "port": 80, "version": "v1"},
+                {"host": "10.0.0.3", "port": 80, "version": "v1.1"},
+                {"host": "10.0.0.4", "port": 80, "version": "v1", "weight": 0},  # drained: takes no traffic
+            ]
+        }
+    )
+    rules = {
+        "version": 1,
+        "services": {
+            "sized": {
+                "subsets": {"stable": {"version": "v1"}, "canary": {"version": "commit-abc123"}},
+                "default": "stable",
+            }
+        },
+    }
+    balancer = graylb.Balancer(registry, rules, services=["sized"])
+    balancer.start("sized", graylb.RequestInfo())
+    assert _gauge("graylb.subset.instances", "sized") == {
+        ("stable", "v1"): 2,
+        ("stable", "v1.1"): 1,
+        ("canary", ""): 0,
+    }
