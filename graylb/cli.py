@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,9 +56,32 @@ def _header_lines(values: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    from .demo import run, watch
 
-    return run(requests=args.requests)
+    if args.metrics_port is None and args.otlp_endpoint is None:
+        return run(requests=args.requests)
+    from . import monitoring
+
+    if args.otlp_endpoint is not None:
+        provider = monitoring.export_traces(args.otlp_endpoint, service_name="graylb-demo")
+        print(f"graylb demo: sending traces to {args.otlp_endpoint} (OTLP/HTTP)", flush=True)
+    endpoint = None
+    if args.metrics_port is not None:
+        endpoint = monitoring.serve_prometheus(args.metrics_port, host=args.metrics_host)
+        print(f"graylb demo: metrics at {endpoint.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if not args.no_checks:
+            code = run(requests=args.requests)
+            if code:
+                return code
+        return watch(rate=args.rate, canary_errors=args.canary_errors, warmup=args.warmup, stop=stop)
+    finally:
+        if args.otlp_endpoint is not None:
+            provider.force_flush()
+        if endpoint is not None:
+            endpoint.close()
 
 
 def _load_rules(path: str) -> CompiledRules:
@@ -341,6 +366,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the embedded gray-release demo on 127.0.0.1")
     demo.add_argument("--requests", type=int, default=3000, help="requests in the canary phase (default 3000)")
+    watching = demo.add_argument_group(
+        "keep watching (with --metrics-port or --otlp-endpoint: after the checks, a bad canary keeps running "
+        "until Ctrl-C / SIGTERM, for monitoring/ and `make monitoring`)"
+    )
+    watching.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: a free one)")
+    watching.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on (127.0.0.1)")
+    watching.add_argument("--otlp-endpoint", help="send traces over OTLP/HTTP, e.g. http://127.0.0.1:4318")
+    watching.add_argument("--no-checks", action="store_true", help="skip the checks, start watching at once")
+    watching.add_argument("--rate", type=float, default=50.0, help="calls a second while watching (50)")
+    watching.add_argument(
+        "--canary-errors", type=float, default=0.05, help="share of the canary's answers that are 503s (0.05)"
+    )
+    watching.add_argument(
+        "--warmup", type=float, default=1.5, help="seconds the canary answers only 503s at first (1.5; 0: none)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     rules = sub.add_parser("rules", help="validate, explain, push and undo rules documents")

@@ -3,6 +3,9 @@
 Six tiny HTTP services (gateway, orders v1 x2, orders v2, inventory, inventory in lane
 ``feature-x``) call each other through graylb; the demo sends traffic and prints what happened.
 Exits non-zero if any promise it shows is broken, so it doubles as a smoke test.
+
+:func:`watch` (``graylb demo --metrics-port N``) then keeps a canary release running for
+Prometheus, Grafana and Jaeger to watch: ``make monitoring`` and tests/monitoring use it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import json
 import random
 import statistics
 import sys
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, TextIO
 
@@ -26,15 +31,24 @@ from ..propagation.middleware import GrayWSGIMiddleware
 from ..testing.http_server import WSGIServer, serve_wsgi
 from ..transports.httpx import GrayTransport
 
-__all__ = ["run"]
+__all__ = ["run", "watch"]
 
 
 def _service_app(
-    name: str, version: str, lane: str | None, client: httpx.Client, next_hop: str | None
+    name: str,
+    version: str,
+    lane: str | None,
+    client: httpx.Client,
+    next_hop: str | None,
+    failing: Callable[[], bool] | None = None,
 ) -> GrayWSGIMiddleware:
-    """A WSGI app that says who it is, and for /chain also calls ``next_hop`` and nests its answer."""
+    """A WSGI app that says who it is, and for /chain also calls ``next_hop`` and nests its answer;
+    answers 503 whenever ``failing()`` says so."""
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if failing is not None and failing():
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [f"{name} {version} failed on purpose\n".encode()]
         body: dict[str, Any] = {"service": name, "version": version, "lane": lane, "seen_lane": current().lane}
         if environ["PATH_INFO"] == "/chain" and next_hop:
             body["next"] = client.get(f"http://{next_hop}/chain").json()
@@ -52,8 +66,16 @@ class _Cluster:
         self.client = httpx.Client(transport=GrayTransport(self.balancer), timeout=5.0)
         self.servers: dict[str, WSGIServer] = {}
 
-    def start(self, key: str, service: str, version: str, lane: str | None = None, next_hop: str | None = None) -> None:
-        server = serve_wsgi(_service_app(service, version, lane, self.client, next_hop))
+    def start(
+        self,
+        key: str,
+        service: str,
+        version: str,
+        lane: str | None = None,
+        next_hop: str | None = None,
+        failing: Callable[[], bool] | None = None,
+    ) -> None:
+        server = serve_wsgi(_service_app(service, version, lane, self.client, next_hop, failing))
         self.servers[key] = server
         self.registry.add({"host": server.host, "port": server.port, "version": version, "lane": lane}, service=service)
 
@@ -173,4 +195,77 @@ def run(out: TextIO = sys.stdout, requests: int = 3000) -> int:
         out.write("\nDEMO FAILED:\n" + "".join(f"  - {p}\n" for p in problems))
         return 1
     out.write("\nall demo checks held.\n")
+    return 0
+
+
+def watch(
+    out: TextIO = sys.stdout,
+    *,
+    rate: float = 50.0,
+    canary_errors: float = 0.05,
+    warmup: float = 1.5,
+    stop: threading.Event | None = None,
+    report_every: float = 10.0,
+) -> int:
+    """Keep a canary release running until ``stop`` is set (or Ctrl-C): orders 1.4.2 x2 and
+    2.0.0, 5 % of users on the canary (sticky) plus every ``user-group: beta`` user (10 % of
+    calls), ``rate`` calls a second through gateway-less ``orders -> inventory`` chains.
+
+    The canary is a bad one: it answers 503 to ``canary_errors`` of its requests, and to every
+    request in its first ``warmup`` seconds (an instance registered before it was ready). graylb
+    retries those 503s onto stable, ejects the canary after consecutive failures and falls back to
+    stable meanwhile -- so every panel of monitoring/grafana has something to show, and the canary
+    error alert of monitoring/prometheus fires while callers see no error.
+    """
+    stop = stop or threading.Event()
+    rng = random.Random(11)
+    started = time.monotonic()
+
+    def canary_failing() -> bool:
+        return time.monotonic() - started < warmup or rng.random() < canary_errors
+
+    cluster = _Cluster()
+    try:
+        cluster.start("orders-v1-a", "orders", "1.4.2", next_hop="inventory")
+        cluster.start("orders-v1-b", "orders", "1.4.2", next_hop="inventory")
+        cluster.start("orders-v2", "orders", "2.0.0", next_hop="inventory", failing=canary_failing)
+        cluster.start("inventory", "inventory", "3.1.0")
+        out.write(
+            f"watching a canary: {rate:g} calls/s to orders (5% of users + beta users -> 2.0.0, which fails "
+            f"{canary_errors:.0%} and is not ready for {warmup:g}s); Ctrl-C stops\n"
+        )
+        out.flush()
+        served: Counter[str] = Counter()
+        failed = 0
+        interval = 1.0 / rate
+        next_at = time.monotonic()
+        report_at = next_at + report_every
+        i = 0
+        while not stop.is_set():
+            headers = {"x-user-id": f"user-{rng.randrange(100_000)}"}
+            if i % 10 == 0:
+                headers["user-group"] = "beta"
+            i += 1
+            try:
+                r = cluster.client.get("http://orders/chain", headers=headers)
+                r.raise_for_status()
+                served[r.extensions["graylb"].version] += 1
+            except httpx.HTTPError:
+                failed += 1
+            now = time.monotonic()
+            if now >= report_at:
+                total = sum(served.values()) + failed
+                shares = ", ".join(f"{v} {n / total:.1%}" for v, n in sorted(served.items()))
+                out.write(f"  last {report_every:g}s: {total} calls ({shares}), {failed} failed for the caller\n")
+                out.flush()
+                served.clear()
+                failed = 0
+                report_at = now + report_every
+            next_at += interval
+            stop.wait(max(0.0, next_at - time.monotonic()))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.close()
+    out.write("stopped.\n")
     return 0
