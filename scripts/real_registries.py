@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Fetch / build / cache the real registries the contract tests run against (``make real-registries``).
+"""Fetch / build / cache the real servers the tests run against (``make real-registries``).
 
 Standard library only. Idempotent: a cached, working build is kept and the run takes a second.
+Cold build times below were measured on this project's 2-core machines (BENCHMARKS.md has the
+figures of a whole cold CI run).
 
 - **Consul v1.16.1**, the last release under the MPL-2.0 (1.17 and later are under the BSL, not
   an open-source licence). Built from source with the local Go toolchain as a dependency of a
@@ -11,28 +13,40 @@ Standard library only. Idempotent: a cached, working build is kept and the run t
   mirror does not answer are fetched with ``GONOSUMDB`` — their hashes are the ones in that seeded
   ``go.sum``. Takes about 5 minutes on 2 cores the first time; the Go module and build caches make
   a rebuild faster.
+- **Prometheus 3.16.0** (module tag ``v0.316.0``; ``prometheus`` and ``promtool``) for
+  tests/monitoring: what users run now. Built the same way, version stamped with ``-ldflags``;
+  about 5 minutes cold.
+- **Prometheus 2.42.0 from Debian** (package ``prometheus``, with ``promtool``): ``apt-get download``
+  and ``dpkg-deb -x`` into the cache -- no root, no service started; a second or two. The promtool
+  tests run on both versions.
+- **Jaeger v1.76.0** (``cmd/jaeger``, the OpenTelemetry-Collector-based all-in-one) for the tracing
+  test: built like Consul; about 4 minutes cold.
 - **Nacos**: no 2.x server artifact can be had through the package registries this project may
   use (Maven Central publishes only the client-side modules for 2.x; the Go module proxy does not
   serve the repository). The recipe still makes its attempt (``mvn dependency:get`` of a pinned
   ``nacos-console``; a few seconds) and records why it failed.
 
 The cache lives outside the repository:
-``${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}`` with ``consul-1.16.1/consul`` and
-``manifest.json``::
+``${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}`` with one directory per program and version
+(``consul-1.16.1/consul``, ``prometheus-3.16.0/{prometheus,promtool}``, ...) and ``manifest.json``::
 
     {"consul": {"version": "1.16.1", "binary": "/…/consul-1.16.1/consul"},
+     "prometheus": {"version": "3.16.0", "binary": "/…/prometheus", "promtool": "/…/promtool"},
+     "prometheus-debian": {"version": "2.42.0", "binary": "…", "promtool": "…"},
+     "jaeger": {"version": "1.76.0", "binary": "/…/jaeger-1.76.0/jaeger"},
      "nacos": {"unavailable": "…why…"}}
 
-A backend that failed to build is recorded as ``{"failed": "…"}``. The contract tests
-(``tests/contract``) read the manifest: in CI a backend recorded as ``unavailable`` is skipped
+A program that failed to build is recorded as ``{"failed": "…"}``. The tests (``tests/contract``,
+``tests/monitoring``) read the manifest: in CI a program recorded as ``unavailable`` is skipped
 with that reason, a missing or failed one fails the run.
 
-Exit status: 0 when everything obtainable was obtained (Consul built or cached), 1 otherwise.
+Exit status: 0 when everything obtainable was obtained (built or cached), 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -81,80 +95,208 @@ def _run(
     return proc
 
 
-def consul_version_of(binary: Path) -> str | None:
-    """``1.16.1`` from ``consul version``; None when it does not run."""
+@dataclasses.dataclass(frozen=True)
+class GoProgram:
+    """A program built from the Go module proxy at a pinned version into ``<cache>/<key>-<version>/``."""
+
+    key: str  # manifest key and cache directory prefix
+    version: str  # what the binary must report
+    module: str
+    tag: str  # the module version to fetch
+    binaries: dict[str, str]  # file name in the cache directory -> package path
+    version_args: tuple[str, ...]
+    version_pattern: str  # a regex whose group(1) is the version the binary reports
+    ldflags: str = ""
+    seed_go_sum: bool = False  # start go.sum from the module's own (when the proxy's checksum lookups fall short)
+    nosumdb: tuple[str, ...] = ()
+
+
+CONSUL = GoProgram(
+    key="consul",
+    version=CONSUL_VERSION,
+    module=CONSUL_MODULE,
+    tag=f"v{CONSUL_VERSION}",
+    binaries={"consul": CONSUL_MODULE},
+    version_args=("version",),
+    version_pattern=r"Consul v(\S+)",
+    seed_go_sum=True,
+    nosumdb=CONSUL_NOSUMDB,
+)
+PROMETHEUS = GoProgram(
+    key="prometheus",
+    version="3.16.0",
+    module="github.com/prometheus/prometheus",
+    tag="v0.316.0",  # Prometheus 3.x is tagged v0.3MM.P for Go modules
+    binaries={
+        "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+        "promtool": "github.com/prometheus/prometheus/cmd/promtool",
+    },
+    version_args=("--version",),
+    version_pattern=r"version (\S+)",
+    ldflags="-X github.com/prometheus/common/version.Version=3.16.0",
+)
+JAEGER = GoProgram(
+    key="jaeger",
+    version="1.76.0",
+    module="github.com/jaegertracing/jaeger",
+    tag="v1.76.0",
+    binaries={"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"},
+    version_args=("version",),
+    version_pattern=r'"gitVersion":"v(\S+?)"',
+    ldflags="-X github.com/jaegertracing/jaeger/internal/version.latestVersion=v1.76.0",
+)
+
+
+def version_of(binary: Path, program: GoProgram) -> str | None:
+    """The version ``binary`` reports (``program.version_args``); None when it does not run."""
     try:
         out = subprocess.run(
-            [str(binary), "version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30
+            [str(binary), *program.version_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=30,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    m = re.match(r"Consul v(\S+)", out.strip())
+    m = re.search(program.version_pattern, out)
     return m.group(1) if m else None
 
 
-def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
-    """(manifest entry, status line)."""
-    if target.is_file() and consul_version_of(target) == CONSUL_VERSION:
-        return {"version": CONSUL_VERSION, "binary": str(target)}, f"consul: cached v{CONSUL_VERSION} at {target}"
-    go = shutil.which("go")
-    if go is None:
-        reason = "no Go toolchain on PATH (needed to build Consul from source)"
-        return {"failed": reason}, f"consul: FAILED: {reason}"
+def consul_version_of(binary: Path) -> str | None:
+    """``1.16.1`` from ``consul version``; None when it does not run."""
+    return version_of(binary, CONSUL)
+
+
+def _entry(program: GoProgram, directory: Path) -> dict[str, str]:
+    entry = {"version": program.version}
+    for i, name in enumerate(program.binaries):
+        entry["binary" if i == 0 else name] = str(directory / name)
+    return entry
+
+
+def build_go_program(program: GoProgram, directory: Path, verbose: bool) -> tuple[dict[str, str], str]:
+    """(manifest entry, status line) for ``program`` built into ``directory``."""
+    name, version = program.key, program.version
+    if all(version_of(directory / b, program) == version for b in program.binaries):
+        return _entry(program, directory), f"{name}: cached v{version} at {directory}"
+    if shutil.which("go") is None:
+        reason = f"no Go toolchain on PATH (needed to build {name} from source)"
+        return {"failed": reason}, f"{name}: FAILED: {reason}"
     started = time.monotonic()
     env = dict(os.environ)
     env["GOTOOLCHAIN"] = "local"  # build with the Go that is here; never download a toolchain
     env["GOFLAGS"] = (env.get("GOFLAGS", "") + " -buildvcs=false -mod=mod").strip()
-    env["GONOSUMDB"] = ",".join(filter(None, [env.get("GONOSUMDB", ""), *CONSUL_NOSUMDB]))
+    if program.nosumdb:
+        env["GONOSUMDB"] = ",".join(filter(None, [env.get("GONOSUMDB", ""), *program.nosumdb]))
     log: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="graylb-consul-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"graylb-{name}-build-") as tmp:
         work = Path(tmp)
+        ok = True
+
+        def step(*cmd: str, timeout: float = 3600) -> subprocess.CompletedProcess[str] | None:
+            nonlocal ok
+            if not ok:
+                return None
+            proc = _run(list(cmd), work, env, log, timeout)
+            ok = proc.returncode == 0
+            return proc
+
         try:
-            steps_ok = True
-            for cmd in (
-                ["go", "mod", "init", "consulbuild"],
-                ["go", "mod", "download", "-json", f"{CONSUL_MODULE}@v{CONSUL_VERSION}"],
-            ):
-                proc = _run(cmd, work, env, log, 900)
-                if proc.returncode != 0:
-                    steps_ok = False
-                    break
-            if steps_ok:
-                info = json.loads(proc.stdout)
-                seed = (Path(info["Dir"]) / "go.sum").read_text()
-                (work / "go.sum").write_text(seed)  # written fresh: the module cache copy is read-only
-                for cmd in (
-                    ["go", "get", f"{CONSUL_MODULE}@v{CONSUL_VERSION}"],
-                    ["go", "build", "-o", str(work / "consul"), CONSUL_MODULE],
-                ):
-                    proc = _run(cmd, work, env, log, 3600)
-                    if proc.returncode != 0:
-                        steps_ok = False
-                        break
-            if not steps_ok:
+            step("go", "mod", "init", f"{name}build")
+            if program.seed_go_sum:
+                proc = step("go", "mod", "download", "-json", f"{program.module}@{program.tag}", timeout=900)
+                if ok and proc is not None:
+                    seed = (Path(json.loads(proc.stdout)["Dir"]) / "go.sum").read_text()
+                    (work / "go.sum").write_text(seed)  # written fresh: the module cache copy is read-only
+            step("go", "get", *(f"{pkg}@{program.tag}" for pkg in program.binaries.values()))
+            for binary, pkg in program.binaries.items():
+                flags = ["-ldflags", program.ldflags] if program.ldflags else []
+                step("go", "build", *flags, "-o", str(work / binary), pkg)
+            if not ok:
                 tail = [line for line in "".join(log[-1:]).splitlines() if line.strip()]
                 reason = _clean(tail[-1] if tail else "go build failed")
                 if verbose:
                     print("\n".join(log), file=sys.stderr)
-                return {"failed": reason}, f"consul: FAILED to build v{CONSUL_VERSION}: {reason}"
-            built = work / "consul"
-            if consul_version_of(built) != CONSUL_VERSION:
-                reason = f"the built binary does not report v{CONSUL_VERSION}"
-                return {"failed": reason}, f"consul: FAILED: {reason}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            shutil.copy2(built, partial)
-            os.replace(partial, target)  # atomic: a half-copied binary never looks cached
+                return {"failed": reason}, f"{name}: FAILED to build v{version}: {reason}"
+            for binary in program.binaries:
+                if version_of(work / binary, program) != version:
+                    reason = f"the built {binary} does not report v{version}"
+                    return {"failed": reason}, f"{name}: FAILED: {reason}"
+            directory.mkdir(parents=True, exist_ok=True)
+            for binary in program.binaries:
+                target = directory / binary
+                partial = target.with_name(binary + ".partial")
+                shutil.copy2(work / binary, partial)
+                os.replace(partial, target)  # atomic: a half-copied binary never looks cached
         except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
             if verbose:
                 print("\n".join(log), file=sys.stderr)
             reason = _clean(f"{type(exc).__name__}: {exc}")
-            return {"failed": reason}, f"consul: FAILED to build v{CONSUL_VERSION}: {reason}"
+            return {"failed": reason}, f"{name}: FAILED to build v{version}: {reason}"
     took = time.monotonic() - started
-    return {
-        "version": CONSUL_VERSION,
-        "binary": str(target),
-    }, f"consul: built v{CONSUL_VERSION} from source in {took:.0f}s -> {target}"
+    return _entry(program, directory), f"{name}: built v{version} from source in {took:.0f}s -> {directory}"
+
+
+def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
+    """(manifest entry, status line) for Consul built as ``target``."""
+    return build_go_program(CONSUL, target.parent, verbose)
+
+
+DEBIAN_PROMETHEUS = "prometheus"
+
+
+def debian_prometheus(directory: Path) -> tuple[dict[str, str], str]:
+    """Debian's ``prometheus`` package (with promtool), unpacked into ``directory``: no root, no
+    service. Recorded as unavailable, with why, where apt cannot get it."""
+    binary, promtool = directory / "prometheus", directory / "promtool"
+
+    def reported(path: Path) -> str | None:
+        try:
+            out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        m = re.search(r"version (\d+\.\d+\.\d+)", out)
+        return m.group(1) if m else None
+
+    version = reported(binary)
+    if version and reported(promtool) == version:
+        return {"version": version, "binary": str(binary), "promtool": str(promtool)}, (
+            f"prometheus-debian: cached v{version} at {directory}"
+        )
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        reason = "no apt-get / dpkg-deb here (Debian's prometheus package is the second Prometheus version tested)"
+        return {"unavailable": reason}, f"prometheus-debian: unavailable: {reason}"
+    with tempfile.TemporaryDirectory(prefix="graylb-prometheus-deb-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)  # apt downloads as its own user where it can
+        attempts = [["apt-get", "download", "-q", DEBIAN_PROMETHEUS]]
+        if os.geteuid() == 0:
+            attempts.append(["apt-get", "update", "-q"])  # package lists missing or stale: refresh once
+            attempts.append(attempts[0])
+        proc = None
+        for cmd in attempts:
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+            if cmd[1] == "download" and proc.returncode == 0:
+                break
+        debs = sorted(work.glob("prometheus_*.deb"))
+        if not debs:
+            detail = _clean((proc.stderr or proc.stdout or "").strip().splitlines()[-1] if proc else "")
+            reason = f"apt-get download {DEBIAN_PROMETHEUS} failed: {detail or 'no package file'}"
+            return {"unavailable": reason}, f"prometheus-debian: unavailable: {reason}"
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True, timeout=120)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("prometheus", "promtool"):
+            partial = directory / (name + ".partial")
+            shutil.copy2(work / "x" / "usr" / "bin" / name, partial)
+            os.replace(partial, directory / name)
+    version = reported(binary)
+    if not version:
+        reason = "the unpacked prometheus does not report its version"
+        return {"failed": reason}, f"prometheus-debian: FAILED: {reason}"
+    return {"version": version, "binary": str(binary), "promtool": str(promtool)}, (
+        f"prometheus-debian: unpacked v{version} from {debs[0].name} -> {directory}"
+    )
 
 
 def attempt_nacos() -> tuple[dict[str, str], str]:
@@ -217,12 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError):
         manifest = {}
 
-    consul_dir = cache / f"consul-{CONSUL_VERSION}"
-    if consul_dir.exists() and not consul_dir.is_dir():
-        consul_dir.unlink()  # a stray file where the version directory belongs
-    consul_entry, consul_line = build_consul(consul_dir / "consul", args.verbose)
-    manifest["consul"] = consul_entry
-    print(consul_line, flush=True)
+    failed = False
+    for program in (CONSUL, PROMETHEUS, JAEGER):
+        directory = cache / f"{program.key}-{program.version}"
+        if directory.exists() and not directory.is_dir():
+            directory.unlink()  # a stray file where the version directory belongs
+        entry, line = build_go_program(program, directory, args.verbose)
+        manifest[program.key] = entry
+        failed = failed or "failed" in entry
+        print(line, flush=True)
+        _save(manifest_path, manifest)  # what is built is recorded even if a later build is interrupted
+
+    manifest["prometheus-debian"], line = debian_prometheus(cache / "prometheus-debian")
+    failed = failed or "failed" in manifest["prometheus-debian"]
+    print(line, flush=True)
 
     if not args.skip_nacos or "nacos" not in manifest:
         manifest["nacos"], nacos_line = attempt_nacos()
@@ -230,11 +380,15 @@ def main(argv: list[str] | None = None) -> int:
         nacos_line = f"nacos: {json.dumps(manifest['nacos'])} (attempt skipped)"
     print(nacos_line, flush=True)
 
-    tmp = manifest_path.with_name("manifest.json.partial")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, manifest_path)
+    _save(manifest_path, manifest)
     print(f"manifest: {manifest_path}", flush=True)
-    return 0 if "failed" not in consul_entry else 1
+    return 1 if failed else 0
+
+
+def _save(path: Path, manifest: dict[str, object]) -> None:
+    tmp = path.with_name("manifest.json.partial")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
