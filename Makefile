@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test bench proto clean real-registries
+.PHONY: install demo lint test bench proto clean real-registries monitoring
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,19 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# The real registries tests/contract runs against (besides the fakes): builds Consul 1.16.1 (the
-# last MPL-2.0 release) from source with the local Go toolchain, caches it outside the repo in
+# The real servers tests/contract and tests/monitoring run against (besides the fakes): builds
+# Consul 1.16.1 (the last MPL-2.0 release), Prometheus 3.16.0 and Jaeger 1.76.0 from source with
+# the local Go toolchain, unpacks Debian's Prometheus 2.42.0, caches them outside the repo in
 # ${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}, and records in its manifest.json that no
 # Nacos server can be obtained here. Idempotent: once built, a run takes a few seconds (the Nacos
 # attempt). Standard library only: no venv needed (the venv's python is used when there is one).
 real-registries:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/real_registries.py
+
+# The demo with a bad canary, a real Prometheus (monitoring/prometheus rules and alerts) and
+# Jaeger on 127.0.0.1: prints URLs and live PromQL answers until Ctrl-C (README "Watching a canary").
+monitoring: $(STAMP) real-registries
+	$(PY) scripts/monitoring.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/hot_path.py
