@@ -7,13 +7,13 @@ import dataclasses
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.context import EMPTY, GrayContext
-from ..rules.compiled import CompiledRoute, CompiledService
+from ..rules.compiled import CompiledRoute, CompiledService, GuardPolicy
 from .hashing import unit_interval
 from .matchers import observations
 from .request import RequestInfo
 from .router import ServiceState, route
 
-__all__ = ["Explanation", "explain_state", "explain_rules"]
+__all__ = ["Explanation", "describe_guard", "explain_state", "explain_rules"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,11 @@ def explain_state(state: ServiceState, request: RequestInfo, ctx: GrayContext = 
     ]
     if state.rules is None:
         reasons.append("no rules for this service: every instance outside a lane is a candidate")
+    elif state.rules.guard is not None:
+        reasons.append(describe_guard(state.rules.guard))
+    if state.shed is not None:
+        where = "every route and pin" if state.shed_ids else "the weighted routes (testers and pins keep it)"
+        reasons.append(f"the canary guard TRIPPED: subset '{state.shed}' is off {where}")
     lane_picker = state.lanes.get(ctx.lane) if ctx.lane is not None else None
     routes = [(rs.route, list(zip(rs.names, _weights(rs.cumulative)))) for rs in state.routes]
     if _context_reasons(
@@ -69,12 +74,47 @@ def explain_rules(
     if rules is None:
         reasons.append("no rules for this service: every instance outside a lane is a candidate")
         return Explanation(service, "default", "*", (), tuple(reasons))
+    if rules.guard is not None:
+        reasons.append(describe_guard(rules.guard))
     if not _context_reasons(service, ctx, ctx.lane is not None, 0, reasons):
         kind = "pin" if service in ctx.pins else "lane"
         return Explanation(service, kind, f"{kind}:{ctx.pins.get(service) or ctx.lane}", (), tuple(reasons))
     routes = [(r, [(t.subset, float(t.weight)) for t in r.to if t.weight > 0]) for r in rules.routes]
     chosen = _route_reasons(routes, request, ctx, rules.default or "*", reasons)
     return Explanation(service, chosen[0], chosen[1], (), tuple(reasons))
+
+
+def describe_guard(g: GuardPolicy) -> str:
+    """One line: what the service's canary guard judges, and what a trip does."""
+    criteria = []
+    if g.errors is not None:
+        e = g.errors
+        kinds = [
+            w for w, on in (("connect-failure", e.connect_failure), ("reset", e.reset), ("timeout", e.timeout)) if on
+        ]
+        fives, fours = range(500, 600), range(400, 500)
+        statuses = set(e.statuses)
+        for word, block in (("5xx", fives), ("4xx", fours)):
+            if statuses >= set(block):
+                kinds.append(word)
+                statuses -= set(block)
+        kinds += [str(c) for c in sorted(statuses)] + sorted(e.grpc_codes)
+        margin = f" by more than {e.margin:.1%}" if e.margin else ""
+        criteria.append(
+            f"error ratio worse{margin} at {e.confidence * 100:g}% confidence per window (errors: {', '.join(kinds)})"
+        )
+    if g.latency is not None:
+        lat = g.latency
+        ratios = [f"{q} > {r:g}x" for q, r in (("p99", lat.p99_ratio), ("p50", lat.p50_ratio)) if r is not None]
+        criteria.append(
+            f"latency {' or '.join(ratios)} and +{lat.min_delta * 1000:g} ms (with {lat.min_requests} samples each)"
+        )
+    shed = "every route and pin" if g.testers == "shed" else "the weighted routes (testers and pins keep it)"
+    action = "; the rollback is written to the rule store" if g.action == "rollback" else ""
+    return (
+        f"canary guard: subset '{g.canary}' judged against '{g.baseline}' over {g.window:g}s once each side has "
+        f"{g.min_requests} requests: {'; '.join(criteria)}; a trip takes it off {shed}{action}"
+    )
 
 
 def _context_reasons(service: str, ctx: GrayContext, lane_live: bool, lane_size: int, reasons: list[str]) -> bool:

@@ -9,6 +9,7 @@ matcher closures — happens here, once per rules change.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import types
@@ -19,16 +20,21 @@ from ..routing.matchers import compile_match
 from ..versioning import VersionSelector
 from .compiled import (
     DEFAULT_RETRY,
+    GUARD_GRPC_CODES,
     CompiledRoute,
     CompiledRules,
     CompiledService,
+    GuardErrors,
+    GuardLatency,
+    GuardPolicy,
+    GuardWebhook,
     HashKey,
     OutlierPolicy,
     RetryPolicy,
     SubsetSpec,
     WeightedTarget,
 )
-from .model import HashOn, Retries, RulesDocument, Service, check_references
+from .model import Guard, HashOn, Retries, RulesDocument, Service, check_references
 
 __all__ = ["compile_rules", "compile_service", "to_document", "document_revision"]
 
@@ -44,7 +50,11 @@ def to_document(model: RulesDocument) -> dict[str, Any]:
 
 def document_revision(model: RulesDocument) -> str:
     """A short content hash: the same rules give the same revision whatever the formatting."""
-    canonical = json.dumps(to_document(model), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _digest(to_document(model))
+
+
+def _digest(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
@@ -69,6 +79,53 @@ def _retry_policy(spec: Retries | None) -> RetryPolicy:
         on_timeout="timeout" in on,
         statuses=frozenset(c for c in on if isinstance(c, int)),
         idempotent_only=spec.idempotent_only,
+    )
+
+
+_GUARD_DEFAULT_ON = ("connect-failure", "reset", "timeout", "5xx", *sorted(GUARD_GRPC_CODES))
+
+
+def _guard_policy(spec: Guard | None, default: str | None) -> GuardPolicy | None:
+    if spec is None:
+        return None
+    errors = None
+    if spec.errors is not None:
+        on = _GUARD_DEFAULT_ON if spec.errors.on is None else spec.errors.on
+        statuses = {c for c in on if isinstance(c, int)}
+        for word, codes in (("4xx", range(400, 500)), ("5xx", range(500, 600))):
+            if word in on:
+                statuses.update(codes)
+        errors = GuardErrors(
+            confidence=spec.errors.confidence,
+            margin=spec.errors.margin,
+            connect_failure="connect-failure" in on,
+            reset="reset" in on,
+            timeout="timeout" in on,
+            statuses=frozenset(statuses),
+            grpc_codes=frozenset(c for c in on if isinstance(c, str) and c.isupper()),
+        )
+    lat = spec.latency
+    return GuardPolicy(
+        canary=spec.canary,
+        baseline=spec.baseline or default or "",
+        window=spec.window,
+        min_requests=spec.min_requests,
+        errors=errors,
+        latency=None
+        if lat is None
+        else GuardLatency(
+            p99_ratio=lat.p99_ratio,
+            p50_ratio=lat.p50_ratio,
+            min_delta=lat.min_delta,
+            min_requests=lat.min_requests,
+            confidence=lat.confidence,
+        ),
+        testers=spec.testers,
+        action=spec.action,
+        webhook=None
+        if spec.webhook is None
+        else GuardWebhook(spec.webhook.url, spec.webhook.timeout, spec.webhook.retries),
+        reset=spec.reset or "",
     )
 
 
@@ -114,6 +171,7 @@ def compile_service(name: str, svc: Service) -> CompiledService:
             base_ejection_time=od.base_ejection_time,
             max_ejection_percent=od.max_ejection_percent,
         ),
+        guard=_guard_policy(svc.guard, svc.default),
     )
 
 
@@ -122,7 +180,11 @@ def compile_rules(model: RulesDocument, revision: str = "", source: str = "") ->
     problems = check_references(to_document(model))
     if problems:
         raise RuleError(problems, source)
-    services = {name: compile_service(name, svc) for name, svc in model.services.items()}
+    parts = to_document(model).get("services") or {}
+    services = {
+        name: dataclasses.replace(compile_service(name, svc), digest=_digest(parts.get(name)))
+        for name, svc in model.services.items()
+    }
     return CompiledRules(
         services=types.MappingProxyType(services),
         revision=revision or document_revision(model),

@@ -125,6 +125,70 @@ class OutlierPolicy:
     max_ejection_percent: int = 50
 
 
+#: gRPC status codes a guard counts as the server's failure by default (the ones that say the
+#: instance could not do its job; INVALID_ARGUMENT, NOT_FOUND ... are the caller's, like 4xx).
+GUARD_GRPC_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED", "DATA_LOSS"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuardErrors:
+    """When the canary's error ratio counts as worse than the baseline's: worse by more than
+    ``margin`` (absolute, 0.01 = one percentage point) at one-sided ``confidence`` -- per window
+    of continuous judging: ``1 - confidence`` is the chance that a canary exactly as good as its
+    baseline trips during one window (see :mod:`graylb.guard.stats`). What an error is: connect
+    failures / resets / timeouts (flags), HTTP ``statuses``, gRPC ``grpc_codes`` (names); 4xx
+    are not errors unless listed."""
+
+    confidence: float = 0.999
+    margin: float = 0.0
+    connect_failure: bool = True
+    reset: bool = True
+    timeout: bool = True
+    statuses: frozenset[int] = frozenset(range(500, 600))
+    grpc_codes: frozenset[str] = GUARD_GRPC_CODES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuardLatency:
+    """When the canary counts as slower: its p99 (and/or p50) above the baseline's by
+    ``p99_ratio`` (``p50_ratio``; None = not judged) and by at least ``min_delta`` seconds, with
+    ``min_requests`` answered attempts on each side in the window."""
+
+    p99_ratio: float | None = 2.0
+    p50_ratio: float | None = None
+    min_delta: float = 0.025
+    min_requests: int = 200
+    confidence: float = 0.999  # per window, as for errors
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuardWebhook:
+    url: str
+    timeout: float = 2.0
+    retries: int = 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """A service's canary guard: judge attempts on ``canary``'s instances against those on
+    ``baseline``'s over a sliding ``window`` (seconds), once each side has ``min_requests``; trip
+    on ``errors`` and/or ``latency``. On a trip: weighted routes stop choosing ``canary``
+    (``testers``: ``keep`` -- routes with a match and version pins still reach it -- or ``shed``);
+    ``action`` ``rollback`` also writes the rollback to the rule store. ``reset``: any text;
+    changing it (``graylb guard reset``) clears a trip, like any change of the document."""
+
+    canary: str
+    baseline: str
+    window: float = 30.0
+    min_requests: int = 50
+    errors: GuardErrors | None = dataclasses.field(default_factory=GuardErrors)
+    latency: GuardLatency | None = None
+    testers: str = "keep"  # keep | shed
+    action: str = "shed"  # shed | rollback
+    webhook: GuardWebhook | None = None
+    reset: str = ""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CompiledService:
     name: str
@@ -136,6 +200,8 @@ class CompiledService:
     hash_key: HashKey | None = None  # ring_hash key
     retries: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     outlier: OutlierPolicy | None = None
+    guard: GuardPolicy | None = None
+    digest: str = ""  # a hash of this service's part of the document: a tripped guard resets when it changes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -54,6 +54,11 @@ __all__ = [
     "LoadBalancer",
     "Retries",
     "OutlierDetection",
+    "Guard",
+    "GuardErrors",
+    "GuardLatency",
+    "GuardWebhook",
+    "GRPC_CODES",
     "Service",
     "RulesDocument",
     "LB_POLICIES",
@@ -401,11 +406,15 @@ class Retries(_Model):
     @model_validator(mode="before")
     @classmethod
     def _yaml11_on_key(cls, data: Any) -> Any:
-        # YAML 1.1 loaders (plain yaml.safe_load) read the key `on` as the boolean True. Our own
-        # loader does not, but documents parsed elsewhere (a dict handed to parse_rules) may.
-        if isinstance(data, Mapping) and any(k is True for k in data) and "on" not in data:
-            return {("on" if k is True else k): v for k, v in data.items()}
-        return data
+        return _yaml11_on(data)
+
+
+def _yaml11_on(data: Any) -> Any:
+    # YAML 1.1 loaders (plain yaml.safe_load) read the key `on` as the boolean True. Our own
+    # loader does not, but documents parsed elsewhere (a dict handed to parse_rules) may.
+    if isinstance(data, Mapping) and any(k is True for k in data) and "on" not in data:
+        return {("on" if k is True else k): v for k, v in data.items()}
+    return data
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -460,6 +469,133 @@ class OutlierDetection(_Model):
         return format_duration(value)
 
 
+# --------------------------------------------------------------------------- canary guard
+
+#: gRPC status code names (grpc.StatusCode), as a guard's `errors.on` may list them.
+GRPC_CODES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+_CLASSES = {"4xx": range(400, 500), "5xx": range(500, 600)}
+
+
+def _guard_error(value: Any) -> str | int:
+    """``connect-failure`` / ``reset`` / ``timeout``, ``4xx`` / ``5xx``, an HTTP status 400..599,
+    or a gRPC status code name (``UNAVAILABLE``)."""
+    if isinstance(value, str):
+        word = value.strip()
+        if word.lower() in RETRY_WORDS or word.lower() in _CLASSES:
+            return word.lower()
+        if word.upper() in GRPC_CODES and word.upper() != "OK":
+            return word.upper()
+    status: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        status = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        status = int(value.strip())
+    if status is None or not 400 <= status <= 599:
+        raise _error(
+            "unknown error condition {got} (known: connect-failure, reset, timeout, 4xx, 5xx, an HTTP status "
+            "400..599, or a gRPC code name such as UNAVAILABLE)",
+            got=repr(value),
+        )
+    return status
+
+
+GuardErrorOn = Annotated[Any, PlainValidator(_guard_error)]
+
+
+class GuardErrors(_Model):
+    """The error criterion. ``on`` replaces the default list: connect-failure, reset, timeout,
+    5xx and the gRPC codes UNAVAILABLE, INTERNAL, UNKNOWN, DEADLINE_EXCEEDED, DATA_LOSS."""
+
+    confidence: float = Field(0.999, gt=0.5, lt=1)
+    margin: float = Field(0.0, ge=0, lt=1)
+    on: list[GuardErrorOn] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml11_on_key(cls, data: Any) -> Any:
+        return _yaml11_on(data)
+
+
+class GuardLatency(_Model):
+    p99_ratio: float | None = Field(2.0, gt=1)
+    p50_ratio: float | None = Field(None, gt=1)
+    min_delta: Duration = 0.025
+    min_requests: int = Field(200, ge=10)
+    confidence: float = Field(0.999, gt=0.5, lt=1)
+
+    @model_validator(mode="after")
+    def _something_judged(self) -> GuardLatency:
+        if self.p99_ratio is None and self.p50_ratio is None:
+            raise _error("set p99_ratio and/or p50_ratio (or remove latency to judge errors only)")
+        return self
+
+    @field_serializer("min_delta")
+    def _dump_duration(self, value: float) -> str:
+        return format_duration(value)
+
+
+class GuardWebhook(_Model):
+    url: Name
+    timeout: Duration = 2.0
+    retries: int = Field(3, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value):
+            # Never echo the URL: webhook URLs carry secrets in their path (Slack's do).
+            scheme = value.split(":", 1)[0] if ":" in value else "none"
+            raise _error("webhook url must be http:// or https:// (got scheme {got})", got=repr(scheme[:10]))
+        return value
+
+    @field_serializer("timeout")
+    def _dump_duration(self, value: float) -> str:
+        return format_duration(value)
+
+
+class Guard(_Model):
+    """A canary guard: which subset is judged against which, how, and what a trip does."""
+
+    canary: Name
+    baseline: Name | None = None  # None: the service's `default`
+    window: Duration = 30.0
+    min_requests: int = Field(50, ge=1)
+    errors: GuardErrors | None = Field(default_factory=lambda: GuardErrors.model_validate({}))  # null: not judged
+    latency: GuardLatency | None = None  # absent: latency not judged
+    testers: Literal["keep", "shed"] = "keep"
+    action: Literal["shed", "rollback"] = "shed"
+    webhook: GuardWebhook | None = None
+    reset: Text | None = None
+
+    @model_validator(mode="after")
+    def _something_judged(self) -> Guard:
+        if self.errors is None and self.latency is None:
+            raise _error("a guard with errors: null needs latency: {...}; it would judge nothing")
+        return self
+
+    @field_serializer("window")
+    def _dump_duration(self, value: float) -> str:
+        return format_duration(value)
+
+
 class Service(_Model):
     subsets: dict[str, Subset] = Field(default_factory=dict)
     default: Text | None = None
@@ -468,6 +604,9 @@ class Service(_Model):
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
     retries: Retries | None = None
     outlier_detection: OutlierDetection | None = None
+    guard: Guard | None = None
+    # Free-form notes for people (who rolled back, when, why); routing ignores them.
+    annotations: dict[str, Text] = Field(default_factory=dict)
 
 
 class RulesDocument(_Model):
@@ -510,6 +649,28 @@ def _known(names: list[str]) -> str:
     return f"known: {', '.join(sorted(names))}" if names else "no subsets defined"
 
 
+def _guard_references(guard: Any, base: tuple[str, str], known: list[str], default: Any) -> list[tuple[str, str]]:
+    if not isinstance(guard, Mapping):
+        return []
+    errors = []
+    canary, baseline = guard.get("canary"), guard.get("baseline")
+    for field, name in (("canary", canary), ("baseline", baseline)):
+        if isinstance(name, str) and name and name not in known:
+            errors.append((format_loc((*base, "guard", field)), f"unknown subset {name!r} ({_known(known)})"))
+    if baseline is None:
+        if not isinstance(default, str):
+            errors.append(
+                (
+                    format_loc((*base, "guard", "baseline")),
+                    "the guard needs a baseline: set guard.baseline or the service's default subset",
+                )
+            )
+        baseline = default
+    if isinstance(canary, str) and canary == baseline:
+        errors.append((format_loc((*base, "guard", "canary")), f"canary and baseline are the same subset {canary!r}"))
+    return errors
+
+
 def check_references(doc: Any) -> list[tuple[str, str]]:
     """Cross-checks on a plain document: subset names in ``to`` and ``default`` exist, route
     names are unique within a service. Tolerates malformed shapes (model validation reports
@@ -528,6 +689,7 @@ def check_references(doc: Any) -> list[tuple[str, str]]:
         default = svc.get("default")
         if isinstance(default, str) and default not in known:
             errors.append((format_loc((*base, "default")), f"unknown subset {default!r} ({_known(known)})"))
+        errors.extend(_guard_references(svc.get("guard"), base, known, default))
         routes = svc.get("routes")
         if not isinstance(routes, list):
             continue
