@@ -13,22 +13,27 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import telemetry
-from .call import Call
+from .call import Call, Report
 from .discovery.base import Discovery, ServiceWatch, Snapshot
 from .errors import NoInstanceAvailable, NoSnapshot
+from .guard.notify import default_notifier
+from .guard.trip import GuardTrip
 from .picking.outlier import OutlierDetector
 from .picking.pickers import LoadStats
 from .propagation.codec import HeaderCodec
 from .propagation.context import GrayContext, current
 from .routing.request import RequestInfo
 from .routing.router import ALL_SUBSET, Decision, ServiceState, build_state, route
-from .rules.compiled import CompiledRules, OutlierPolicy
+from .rules.compiled import CompiledRules, CompiledService, OutlierPolicy
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 
 __all__ = ["Balancer", "add_no_instance_hook", "remove_no_instance_hook"]
+
+if TYPE_CHECKING:
+    from .guard.runtime import CanaryGuard, GuardView
 
 log = logging.getLogger("graylb")
 DEFAULT_OUTLIER = OutlierPolicy()
@@ -66,14 +71,15 @@ class _Service:
         "revision",
         "rules",
         "lock",
+        "guard",
     )
 
-    def __init__(self, name: str, watch: ServiceWatch, record: Callable[[_Service, str, bool], None]) -> None:
+    def __init__(self, name: str, watch: ServiceWatch, record: Callable[..., None]) -> None:
         self.name = name
         self.watch = watch
         # What each Call of this service reports its attempts' outcomes to: bound to this entry,
         # so an outcome reaches the detector of the entry that routed it, with no lookup.
-        self.report: Callable[[str, bool], None] = functools.partial(record, self)
+        self.report: Report = functools.partial(record, self)
         self.opened_at = time.monotonic()  # first-snapshot waits all end first_snapshot_timeout after this
         self.warned = False  # the "no snapshot" warning is logged once per entry
         self.unmatched_seen: set[tuple[int, str, str]] = set()  # (snapshot revision, subset, selector) reported
@@ -82,6 +88,7 @@ class _Service:
         self.revision = -1  # the watch revision ``state`` was built from
         self.rules: CompiledRules | None = None  # the rules document ``state`` was built from
         self.lock = threading.Lock()  # serialises rebuilds only; calls never take it
+        self.guard: CanaryGuard | None = None  # the service's canary guard, when its rules have one
 
 
 class Balancer:
@@ -117,6 +124,7 @@ class Balancer:
         self._services: dict[str, _Service] = {}
         self._create_lock = threading.Lock()
         self._known: frozenset[str] = self._extra_services
+        self._trip_callbacks: tuple[Callable[[GuardTrip], None], ...] = ()
         self.rule_source.add_listener(self._on_rules)
         telemetry.watch(self)  # a weak reference: the gauges do not keep us alive
 
@@ -249,7 +257,14 @@ class Balancer:
         raise error
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _record(self, entry: _Service, instance_id: str, ok: bool) -> None:
+    def _record(
+        self, entry: _Service, instance_id: str, ok: bool, outcome: str | int | None = None, seconds: float = 0.0
+    ) -> None:
+        guard = entry.guard
+        if guard is not None:
+            trip = guard.record(instance_id, ok, outcome, seconds)
+            if trip is not None:
+                self._tripped(entry, guard, trip)
         detector = entry.detector
         if detector is None:
             return
@@ -259,6 +274,97 @@ class Balancer:
             log.warning("graylb: ejected instance %s of service '%s' after consecutive errors", instance_id, entry.name)
             telemetry.record_ejection(entry.name, _version_of(entry, instance_id))
             self._rebuild(entry)
+
+    # -- canary guard -------------------------------------------------------------------------
+    def on_guard_trip(self, callback: Callable[[GuardTrip], None]) -> None:
+        """Call ``callback(trip)`` whenever a canary guard of this balancer trips -- on a
+        notifier thread, never in the call that tripped it."""
+        self._trip_callbacks = (*self._trip_callbacks, callback)
+
+    def guard_view(self, service: str) -> GuardView | None:
+        """The live view of ``service``'s guard in this process (None: no guard, or not routed yet)."""
+        entry = self._services.get(service)
+        guard = entry.guard if entry is not None else None
+        return guard.view() if guard is not None else None
+
+    def guard_reset(self, service: str) -> bool:
+        """Clear a trip of ``service``'s guard here: the canary takes traffic again and is judged
+        afresh. False when the service has no guard in this process."""
+        entry = self._services.get(service)
+        guard = entry.guard if entry is not None else None
+        if guard is None:
+            return False
+        guard.reset()
+        log.warning(
+            "graylb: canary guard of service '%s' reset: '%s' takes traffic again", service, guard.policy.canary
+        )
+        self._rebuild(entry)  # type: ignore[arg-type]
+        return True
+
+    def guard_trip(self, service: str, summary: str = "tripped by hand") -> bool:
+        """Trip ``service``'s guard now, as if the evidence were in (an operator's "stop the
+        canary", a test). False when it has no guard here or it already tripped."""
+        entry = self._services.get(service)
+        guard = entry.guard if entry is not None else None
+        trip = guard.trip_now(summary=summary) if guard is not None else None
+        if guard is None or trip is None or entry is None:
+            return False
+        self._tripped(entry, guard, trip)
+        return True
+
+    def _tripped(self, entry: _Service, guard: CanaryGuard, trip: GuardTrip) -> None:
+        """Shed the canary here at once, then tell: log, metric, span event, callbacks, webhook."""
+        self._rebuild(entry)
+        shed = "every route and pin" if guard.policy.testers == "shed" else "the weighted routes"
+        log.warning(
+            "graylb: canary guard of service '%s' TRIPPED on %s: %s; subset '%s' (%s) is off %s",
+            trip.service,
+            trip.reason,
+            trip.summary,
+            trip.canary,
+            ", ".join(trip.versions) or "no instances",
+            shed,
+        )
+        telemetry.record_guard_trip(trip)
+        default_notifier().submit(trip, self._trip_callbacks, guard.policy.webhook)
+        if guard.policy.action == "rollback":
+            threading.Thread(
+                target=self._write_rollback, args=(trip, guard.digest), name="graylb-guard-rollback", daemon=True
+            ).start()
+
+    def _write_rollback(self, trip: GuardTrip, digest: str) -> None:
+        """``action: rollback``: the whole fleet follows. One compare-and-set write of the rollback
+        to the rule store, only while the service's rules are still the ones judged -- so of many
+        processes tripping together one writes, and a newer change is never overwritten."""
+        from . import admin  # the operator actions; imported late, only when a guard rolls back
+
+        writer = self.rule_source.writer()
+        if writer is None:
+            log.warning(
+                "graylb: canary guard of service '%s' has action: rollback, but its rules (%s) cannot be written "
+                "back; the canary is shed in this process only",
+                trip.service,
+                self.rule_source.name or type(self.rule_source).__name__,
+            )
+            return
+        opener, key = writer
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(trip.at))
+        note = {"graylb.guard/rolled-back": f"{at} by {trip.process}: {trip.reason}: {trip.summary}"}
+        for _ in range(3):  # a conflicting write: read again (the rules may now be someone else's)
+            try:
+                with opener() as store:
+                    change = admin.rollback(store, key, trip.service, expect_digest=digest, annotations=note)
+            except admin.RuleConflict:
+                continue
+            except Exception as exc:  # the registry is down, the token is wrong: say it, shed here anyway
+                log.warning("graylb: canary guard of service '%s' could not write the rollback: %s", trip.service, exc)
+                return
+            level = logging.WARNING if change.changed else logging.INFO
+            log.log(level, "graylb: canary guard of service '%s': %s", trip.service, str(change).replace("\n", "; "))
+            return
+        log.warning(
+            "graylb: canary guard of service '%s' gave up writing the rollback: the key kept changing", trip.service
+        )
 
     def snapshot_ages(self) -> list[tuple[str, str, float]]:
         """``(service, registry, seconds)`` for every live watch with a snapshot: what the
@@ -270,6 +376,21 @@ class Balancer:
             snapshot = watch.snapshot
             if snapshot is not None and not watch.closed:
                 out.append((name, registry, snapshot.age))
+        return out
+
+    def guard_states(self) -> list[tuple[str, str, int, int, bool]]:
+        """``(service, side, requests, errors, tripped)`` of each watched service's canary guard
+        in this process, side ``canary`` / ``baseline``, over its window: the
+        ``graylb.guard.window.*`` gauges (each process's live view, next to the others')."""
+        out = []
+        for name, entry in list(self._services.items()):
+            guard = entry.guard
+            if guard is None or entry.watch.closed:
+                continue
+            view = guard.view()
+            tripped = view.trip is not None
+            out.append((name, "canary", view.canary.requests, view.canary.errors, tripped))
+            out.append((name, "baseline", view.baseline.requests, view.baseline.errors, tripped))
         return out
 
     def route_weights(self) -> list[tuple[str, str, str, float]]:
@@ -348,10 +469,12 @@ class Balancer:
             elif entry.detector.policy != policy:
                 entry.detector.policy = policy  # keeps current ejections and streaks
             detector = entry.detector
+            guard = self._guard_for(entry, rules, document)
             # Revision first: the watch sets it after the snapshot, so this snapshot is at least as new.
             revision = entry.watch.revision
             snapshot: Snapshot | None = entry.watch.snapshot
             ejected = detector.ejected()
+            tripped = guard is not None and guard.trip is not None
             state = build_state(
                 entry.name,
                 snapshot,
@@ -359,14 +482,41 @@ class Balancer:
                 ejected=ejected,
                 release_at=detector.next_release,
                 stats=self.stats,
+                shed=guard.policy.canary if guard is not None and tripped else None,
+                shed_testers=guard is not None and guard.policy.testers == "shed",
             )
             detector.set_groups(state.groups)
+            if guard is not None:
+                canary = state.subset_ids.get(guard.policy.canary, frozenset())
+                versions = tuple(sorted(state.subset_versions.get(guard.policy.canary, {})))
+                guard.set_members(canary, state.subset_ids.get(guard.policy.baseline, frozenset()), versions)
             entry.rules = document
             entry.revision = revision
             entry.state = state
             if state.unmatched:
                 self._report_unmatched(entry, state, revision)
             return state
+
+    def _guard_for(self, entry: _Service, rules: CompiledService | None, document: CompiledRules) -> CanaryGuard | None:
+        """The entry's guard for these rules: kept (with its trip) while the service's rules
+        stay the same, new -- so reset -- when they change. Called under ``entry.lock``."""
+        policy = rules.guard if rules is not None else None
+        guard = entry.guard
+        if policy is None or rules is None:
+            entry.guard = None
+            return None
+        if guard is None or guard.digest != rules.digest or guard.policy != policy:
+            if guard is not None and guard.trip is not None:
+                log.warning(
+                    "graylb: canary guard of service '%s' reset by a change of its rules (revision %s)",
+                    entry.name,
+                    document.revision,
+                )
+            from .guard.runtime import CanaryGuard  # the statistics load with the first guard
+
+            guard = entry.guard = CanaryGuard(entry.name, policy, rules.digest, clock=self._clock)
+        guard.revision = document.revision
+        return guard
 
     def _report_unmatched(self, entry: _Service, state: ServiceState, revision: int) -> None:
         """Say it, once per (subset, selector, snapshot), when a subset selects nothing: labels

@@ -7,6 +7,7 @@ into the failure kinds below.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from .errors import NoInstanceAvailable
@@ -25,10 +26,12 @@ TIMEOUT = "timeout"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-#: ``report(instance_id, ok)``: where a Call sends each attempt's outcome (the balancer's
-#: outlier detection for the service). Handed in, so the call path never reaches back into the
-#: balancer that made it.
-Report = Callable[[str, bool], None]
+#: ``report(instance_id, ok, outcome, seconds)``: where a Call sends each attempt's outcome (the
+#: balancer's outlier detection and canary guard for the service). ``outcome`` is what happened
+#: -- a failure kind below, an HTTP status, a gRPC status code name, or None when the transport
+#: says nothing more than ``ok`` -- and ``seconds`` how long the attempt took. Handed in, so the
+#: call path never reaches back into the balancer that made it.
+Report = Callable[[str, bool, "str | int | None", float], None]
 
 
 class Call:
@@ -38,7 +41,7 @@ class Call:
     ``report`` takes each attempt's outcome; ``in_lane`` says the call's gray context carried
     a lane (a telemetry attribute: lane traffic or not, whichever instance served it)."""
 
-    __slots__ = ("stats", "report", "state", "decision", "request", "tried", "attempts", "in_lane")
+    __slots__ = ("stats", "report", "state", "decision", "request", "tried", "attempts", "in_lane", "started")
 
     def __init__(
         self,
@@ -57,6 +60,7 @@ class Call:
         self.in_lane = in_lane
         self.tried: list[str] = []
         self.attempts = 0
+        self.started = 0.0  # when the current attempt's instance was handed out
 
     def next_instance(self) -> Instance:
         """The instance for the next attempt: a different one from those already tried while
@@ -79,6 +83,7 @@ class Call:
         self.tried.append(inst.id)
         self.attempts += 1
         self.stats.begin(inst.id)
+        self.started = time.perf_counter()
         return inst
 
     def can_retry(self, kind: str | int, method: str, replayable: bool = True) -> bool:
@@ -96,11 +101,11 @@ class Call:
             return policy.on_timeout
         return kind in policy.statuses
 
-    def done(self, instance: Instance, ok: bool) -> None:
+    def done(self, instance: Instance, ok: bool, outcome: str | int | None = None) -> None:
         """Report the attempt on ``instance``: ``ok=False`` for connect errors, resets and 5xx
-        (they feed outlier detection)."""
+        (they feed outlier detection); ``outcome`` says which (see :data:`Report`)."""
         self.stats.end(instance.id)
-        self.report(instance.id, ok)
+        self.report(instance.id, ok, outcome, time.perf_counter() - self.started)
 
     def served(self, instance: Instance) -> Served:
         d = self.decision

@@ -50,6 +50,7 @@ from .served import Served
 
 if TYPE_CHECKING:
     from .call import Call
+    from .guard.trip import GuardTrip
     from .instance import Instance
 
 # The API's stand-in until an SDK's provider is set (a private name, hence the fallback).
@@ -71,6 +72,7 @@ __all__ = [
     "observer",
     "record_call",
     "record_ejection",
+    "record_guard_trip",
     "record_no_instance",
     "record_rules_rejected",
     "record_subset_empty",
@@ -152,6 +154,11 @@ _ejections = _meter.create_counter(
 )
 _rules_rejected = _meter.create_counter(
     "graylb.rules.rejected", unit="{document}", description="Rule documents rejected by validation"
+)
+_guard_trips = _meter.create_counter(
+    "graylb.guard.trips",
+    unit="{trip}",
+    description="Canary guards that tripped: the canary subset judged worse than its baseline and shed",
 )
 _subset_empty = _meter.create_counter(
     "graylb.subset.empty",
@@ -441,6 +448,26 @@ def record_rules_rejected(source: str) -> None:
     _rules_rejected.add(1, {"graylb.rules.source": source})
 
 
+def record_guard_trip(trip: GuardTrip) -> None:
+    """A canary guard tripped: count it, and put the evidence on the current span as an event."""
+    _guard_trips.add(
+        1, {"graylb.service": trip.service, "graylb.subset": trip.canary, "graylb.guard.reason": trip.reason}
+    )
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            "graylb.guard.trip",
+            {
+                "graylb.service": trip.service,
+                "graylb.subset": trip.canary,
+                "graylb.guard.baseline": trip.baseline,
+                "graylb.guard.reason": trip.reason,
+                "graylb.guard.evidence": trip.summary,
+                "graylb.guard.versions": list(trip.versions),
+            },
+        )
+
+
 def record_subset_empty(service: str, subset: str) -> None:
     _subset_empty.add(1, {"graylb.service": service, "graylb.subset": subset})
 
@@ -475,6 +502,9 @@ class Observed(Protocol):
 
     def subset_sizes(self) -> Iterable[tuple[str, str, str, int]]:
         """``(service, subset, version, routable instances)`` per declared subset and version."""
+
+    def guard_states(self) -> Iterable[tuple[str, str, int, int, bool]]:
+        """``(service, side, requests, errors, tripped)`` per canary guard and side."""
 
 
 # Weak: the gauges' callbacks live as long as the process; a Balancer must not.
@@ -520,6 +550,32 @@ def _observe_subset_sizes(options: CallbackOptions) -> Iterable[Observation]:
     ]
 
 
+def _guard_rows() -> dict[tuple[str, str], tuple[int, int, bool]]:
+    """Per (service, side): the process's attempts and errors (summed over its balancers)."""
+    rows: dict[tuple[str, str], tuple[int, int, bool]] = {}
+    for svc, side, n, e, tripped in _gather(lambda s: s.guard_states()):
+        n0, e0, t0 = rows.get((svc, side), (0, 0, False))
+        rows[(svc, side)] = (n0 + n, e0 + e, t0 or tripped)
+    return rows
+
+
+def _observe_guard_requests(options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(n, {"graylb.service": s, "graylb.guard.side": d}) for (s, d), (n, _, _) in _guard_rows().items()
+    ]
+
+
+def _observe_guard_errors(options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(e, {"graylb.service": s, "graylb.guard.side": d}) for (s, d), (_, e, _) in _guard_rows().items()
+    ]
+
+
+def _observe_guard_tripped(options: CallbackOptions) -> Iterable[Observation]:
+    tripped = {s: t for (s, _), (_, _, t) in _guard_rows().items()}
+    return [Observation(int(t), {"graylb.service": s}) for s, t in tripped.items()]
+
+
 _snapshot_age = _meter.create_observable_gauge(
     "graylb.registry.snapshot.age",
     callbacks=[_observe_snapshot_ages],
@@ -535,6 +591,24 @@ _route_weight = _meter.create_observable_gauge(
     unit="",
     description="Configured share (0-1) of a route's calls that go to a subset; route 'default' names the "
     "service's default subset, the baseline a canary is compared with",
+)
+_guard_requests = _meter.create_observable_gauge(
+    "graylb.guard.window.requests",
+    callbacks=[_observe_guard_requests],
+    unit="{attempt}",
+    description="Attempts a canary guard counts in its window, per side (canary / baseline), in this process",
+)
+_guard_errors = _meter.create_observable_gauge(
+    "graylb.guard.window.errors",
+    callbacks=[_observe_guard_errors],
+    unit="{attempt}",
+    description="Failed attempts a canary guard counts in its window, per side, in this process",
+)
+_guard_tripped = _meter.create_observable_gauge(
+    "graylb.guard.tripped",
+    callbacks=[_observe_guard_tripped],
+    unit="",
+    description="1 while the canary guard of a service has tripped in this process, else 0",
 )
 _subset_instances = _meter.create_observable_gauge(
     "graylb.subset.instances",

@@ -109,6 +109,12 @@ class ServiceState:
     # Per declared subset, how many instances of each version its selector takes (weight > 0,
     # ejected ones included: ejection is not a selector problem). For the subset-instances gauge.
     subset_versions: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    # Instance ids each declared subset takes (ejected ones included): the canary guard's sides.
+    subset_ids: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    # A tripped canary guard's subset: weighted routes no longer choose it; with ``shed_ids``
+    # (testers: shed) neither do matched routes nor version pins.
+    shed: str | None = None
+    shed_ids: frozenset[str] = frozenset()
 
     @property
     def default(self) -> Picker:
@@ -133,7 +139,12 @@ class ServiceState:
     def _routable(self) -> list[Instance]:
         if self.snapshot is None:
             return []
-        return [i for i in self.snapshot.instances if i.health is not Health.CRITICAL and i.id not in self.ejected]
+        shed = self.shed_ids
+        return [
+            i
+            for i in self.snapshot.instances
+            if i.health is not Health.CRITICAL and i.id not in self.ejected and i.id not in shed
+        ]
 
 
 def build_state(
@@ -144,8 +155,11 @@ def build_state(
     ejected: Collection[str] = frozenset(),
     release_at: float | None = None,
     stats: LoadStats | None = None,
+    shed: str | None = None,
+    shed_testers: bool = False,
 ) -> ServiceState:
-    """Compile the per-service view the router reads on every call."""
+    """Compile the per-service view the router reads on every call. ``shed``: a subset a tripped
+    canary guard took off the weighted routes (``shed_testers``: off every route and pin)."""
     instances = [] if snapshot is None else [i for i in snapshot.instances if i.health is not Health.CRITICAL]
     policy = rules.load_balancer if rules else "weighted_random"
     # Membership is decided on every healthy instance (outlier detection caps ejections per
@@ -180,7 +194,8 @@ def build_state(
         if name != ALL_SUBSET
     }
     groups = tuple(frozenset(i.id for i in pool) for pool in (*members.values(), *lane_members.values()) if pool)
-    routes = tuple(_route_state(r, subsets) for r in (rules.routes if rules else ()))
+    routes = tuple(_route_state(r, subsets, shed, shed_testers) for r in (rules.routes if rules else ()))
+    subset_ids = {name: frozenset(i.id for i in pool) for name, pool in members.items() if name != ALL_SUBSET}
     return ServiceState(
         service=service,
         snapshot=snapshot,
@@ -201,18 +216,27 @@ def build_state(
         groups=groups,
         unmatched=unmatched,
         subset_versions=subset_versions,
+        subset_ids=subset_ids,
+        shed=shed,
+        shed_ids=subset_ids.get(shed, frozenset()) if shed is not None and shed_testers else frozenset(),
         route_table=tuple(
             (r.route.match, r.name, r.names, r.pickers, r.cumulative, r.total, r.route.sticky) for r in routes
         ),
     )
 
 
-def _route_state(r: CompiledRoute, subsets: Mapping[str, Picker]) -> RouteState:
-    # A subset with no routable instance drops out of the split; the rest are re-normalised.
+def _route_state(
+    r: CompiledRoute, subsets: Mapping[str, Picker], shed: str | None = None, shed_testers: bool = False
+) -> RouteState:
+    # A subset with no routable instance drops out of the split; the rest are re-normalised. So
+    # does a shed subset -- from routes without a match (the percentage splits), or from every
+    # route when testers are shed too.
     names, pickers, cumulative, total = [], [], [], 0.0
     for target in r.to:
         p = subsets.get(target.subset)
         if p is None or len(p) == 0 or target.weight <= 0:
+            continue
+        if target.subset == shed and (r.match is None or shed_testers):
             continue
         total += target.weight
         names.append(target.subset)
@@ -233,9 +257,11 @@ def route(state: ServiceState, request: RequestInfo, ctx: GrayContext) -> Decisi
         selector = ctx.pins.get(service)
         if selector is not None:
             picker = state.pin_picker(selector)
-            if not len(picker):
+            if len(picker):
+                return Decision(service, "pin", f"pin:{selector}", picker, hash_key)
+            if not (state.shed_ids and _pins_shed(state, selector)):
                 raise NoInstanceAvailable(service, f"pin {selector}", _pin_miss(state, selector))
-            return Decision(service, "pin", f"pin:{selector}", picker, hash_key)
+            # A pin to a canary the guard shed from testers too: routed like an unpinned call.
     lane = ctx.lane
     if lane is not None:
         lane_picker = state.lanes.get(lane)
@@ -272,6 +298,18 @@ def _versions_on_offer(state: ServiceState) -> str:
     if not routable:
         return "the service has no routable instance at all"
     return "routable versions: " + versions_summary(routable)
+
+
+def _pins_shed(state: ServiceState, selector: str) -> bool:
+    """Whether ``selector`` matches an instance a tripped guard shed (testers: shed)."""
+    try:
+        sel = VersionSelector(selector)
+    except ValueError:
+        return False
+    snapshot = state.snapshot
+    return snapshot is not None and any(
+        i.id in state.shed_ids and sel.matches(i.version, i.semver) for i in snapshot.instances
+    )
 
 
 def _pin_miss(state: ServiceState, selector: str) -> str:

@@ -351,7 +351,7 @@ class _Attempt:
         if not self.open:
             return
         self.open = False
-        self.call.done(self.instance, ok=code not in _FAILURES)
+        self.call.done(self.instance, code not in _FAILURES, code.name if code is not None else None)
         obs = self.obs
         if obs is not None:
             _ended(self.telemetry, code, error)
@@ -453,7 +453,7 @@ class _UnaryUnary(_UnaryUnaryBase):
                 )
             except grpc.RpcError as exc:
                 code = _code_of(exc)
-                call.done(instance, ok=code not in _FAILURES)
+                call.done(instance, code not in _FAILURES, code.name if code is not None else None)
                 retrying = (
                     code == grpc.StatusCode.UNAVAILABLE
                     and call.can_retry(CONNECT_FAILURE, "POST")
@@ -757,7 +757,7 @@ class _AioUnaryCall:
                 response = await self.call
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                call.done(instance, ok=code not in _FAILURES)
+                call.done(instance, code not in _FAILURES, code.name if code is not None else None)
                 retrying = (
                     code == grpc.StatusCode.UNAVAILABLE
                     and call.can_retry(CONNECT_FAILURE, "POST")

@@ -229,8 +229,8 @@ class GrayTransport(httpx.BaseTransport):
                 try:
                     response = self.transport.handle_request(request)
                 except httpx.TransportError as exc:
-                    call.done(instance, ok=False)
                     kind = _failure_kind(exc)
+                    call.done(instance, False, kind)
                     retrying = kind is not None and call.can_retry(kind, request.method, replayable)
                     _raised(attempt, exc, retrying)
                     if retrying:
@@ -244,7 +244,7 @@ class GrayTransport(httpx.BaseTransport):
                     raise
                 status = response.status_code
                 ok = status < 500
-                call.done(instance, ok)
+                call.done(instance, ok, status)
                 retrying = not ok and call.can_retry(status, request.method, replayable)
                 _answered(attempt, status, retrying)
                 if retrying:
@@ -282,8 +282,8 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
                 try:
                     response = await self.transport.handle_async_request(request)
                 except httpx.TransportError as exc:
-                    call.done(instance, ok=False)
                     kind = _failure_kind(exc)
+                    call.done(instance, False, kind)
                     retrying = kind is not None and call.can_retry(kind, request.method, replayable)
                     _raised(attempt, exc, retrying)
                     if retrying:
@@ -297,7 +297,7 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
                     raise
                 status = response.status_code
                 ok = status < 500
-                call.done(instance, ok)
+                call.done(instance, ok, status)
                 retrying = not ok and call.can_retry(status, request.method, replayable)
                 _answered(attempt, status, retrying)
                 if retrying:

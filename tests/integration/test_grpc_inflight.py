@@ -50,8 +50,8 @@ def done_log(monkeypatch: pytest.MonkeyPatch) -> DoneLog:
     log = DoneLog()
     original = Call.done
 
-    def done(self: Call, instance: graylb.Instance, ok: bool) -> None:
-        original(self, instance, ok)
+    def done(self: Call, instance: graylb.Instance, ok: bool, outcome: str | int | None = None) -> None:
+        original(self, instance, ok, outcome)
         log.add(instance.id, ok)
 
     monkeypatch.setattr(Call, "done", done)
