@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -35,7 +36,9 @@ import yaml
 from .discovery.base import Snapshot
 from .errors import GraylbError, RuleError
 from .instance import Health, Instance
+from .routing.explain import describe_guard
 from .routing.router import ALL_SUBSET, build_state
+from .rules.compile import compile_rules
 from .rules.load import load_document, parse_rules, validate_rules
 from .rules.model import MatchClause, StringMatch
 
@@ -203,18 +206,40 @@ def undo(config: RuleStore | Any, key: str) -> Change:
         return Change(key, index, (f"restored {key} from {prev} ({_version(store, index)}); {tail}",))
 
 
-def rollback(config: RuleStore | Any, key: str, service: str) -> Change:
+def rollback(
+    config: RuleStore | Any,
+    key: str,
+    service: str,
+    *,
+    expect_digest: str | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> Change:
     """Send all of ``service``'s traffic to its default subset: its routes become ``[]``,
     everything else in the document stays. One compare-and-set write; the previous revision is
     kept (``graylb rules undo`` brings the routes back). The document is re-serialised (YAML
-    comments are not kept; the previous revision keeps the original text)."""
+    comments are not kept; the previous revision keeps the original text).
+
+    ``expect_digest``: write only if the service's rules are still the ones judged (their
+    ``CompiledService.digest``) -- a canary guard's rollback, so that many processes tripping at
+    once write once and nobody overwrites a newer change. ``annotations`` are merged into the
+    service's ``annotations`` (who, when, why)."""
     with _opened(config) as store:
         where = store.describe(key)
         current, version = store.get(key)
         if current is None:
             raise GraylbError(f"{where} does not exist: there are no rules to roll back")
         data = load_document(current, key)
-        validate_rules(data, key)
+        model = validate_rules(data, key)
+        if expect_digest is not None:
+            compiled = compile_rules(model, source=key).services.get(service)
+            if compiled is None or compiled.digest != expect_digest:
+                return Change(
+                    key,
+                    version,
+                    (f"service '{service}' in {key} changed since it was judged; nothing written",),
+                    previous_saved=False,
+                    changed=False,
+                )
         services = data.get("services") or {}
         if service not in services:
             known = ", ".join(sorted(map(str, services))) or "none"
@@ -243,6 +268,8 @@ def rollback(config: RuleStore | Any, key: str, service: str) -> Change:
                 changed=False,
             )
         svc["routes"] = []
+        if annotations:
+            svc["annotations"] = {**(svc.get("annotations") or {}), **annotations}
         new_data = {**data, "services": {**services, service: svc}}
         validate_rules(new_data, key)
         new_text = _dump_like(current, new_data)
@@ -256,6 +283,37 @@ def rollback(config: RuleStore | Any, key: str, service: str) -> Change:
                 f"  all its traffic now goes to {target}; lanes and version pins still apply",
                 f"  previous revision kept at {previous_key(key)} (graylb rules "
                 f"undo{getattr(store, 'cli_flags', '')} --key {key} restores it)",
+            ),
+        )
+
+
+def guard_reset(config: RuleStore | Any, key: str, service: str) -> Change:
+    """Clear a tripped canary guard of ``service`` in every process: writes ``guard.reset`` (the
+    time, a change of the service's rules) with one compare-and-set write; each process's guard
+    then judges the canary afresh and it takes its share again."""
+    with _opened(config) as store:
+        where = store.describe(key)
+        current, version = store.get(key)
+        if current is None:
+            raise GraylbError(f"{where} does not exist: there is no guard to reset")
+        data = load_document(current, key)
+        validate_rules(data, key)
+        services = data.get("services") or {}
+        svc = dict(services.get(service) or {})
+        if not isinstance(svc.get("guard"), Mapping):
+            raise GraylbError(f"service '{service}' has no guard in {where}")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        svc["guard"] = {**svc["guard"], "reset": stamp}
+        new_data = {**data, "services": {**services, service: svc}}
+        validate_rules(new_data, key)
+        index = _write_with_previous(store, key, _dump_like(current, new_data), current, version)
+        return Change(
+            key,
+            index,
+            (
+                f"reset the canary guard of service '{service}' in {key} ({_version(store, index)}): guard.reset = "
+                f"{stamp}",
+                f"  every process judges subset '{svc['guard'].get('canary')}' afresh; it takes its share again",
             ),
         )
 
@@ -456,6 +514,14 @@ def _split_report(service: str, instances: list[Instance], text: str, key: str, 
         lines.append(
             f"    {otherwise} -> {default_name}, which is empty: {_fallback_outcome(state, state.default_name)}"
         )
+    if rules.guard is not None:
+        lines.append(f"  {describe_guard(rules.guard)}")
+        lines.append(
+            "    (each process judges on its own: its live view is Balancer.guard_view(), and the graylb_guard_* "
+            "metrics)"
+        )
+    for name, note in sorted(svc_model.annotations.items()):
+        lines.append(f"  annotation {name}: {note}")
     return lines
 
 

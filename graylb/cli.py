@@ -352,6 +352,14 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_guard_reset(args: argparse.Namespace) -> int:
+    from .admin import guard_reset
+
+    with _open_store(args) as store:
+        print(guard_reset(store, args.key, args.service))
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from .admin import status
 
@@ -460,6 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("service")
     st.add_argument("--key", help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
     st.set_defaults(func=_cmd_status)
+
+    guard = sub.add_parser("guard", help="the canary guard: reset a trip in every process")
+    gsub = guard.add_subparsers(dest="guard_command", required=True)
+    gr = gsub.add_parser(
+        "reset",
+        parents=[registry],
+        help="clear a tripped guard everywhere (writes guard.reset: the service's rules change, so every process "
+        "judges the canary afresh)",
+    )
+    gr.add_argument("service")
+    gr.add_argument(
+        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
+    )
+    gr.set_defaults(func=_cmd_guard_reset)
     return p
 
 

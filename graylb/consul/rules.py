@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -48,6 +50,12 @@ class ConsulRuleSource(WatchedRuleSource):
         snapshot_name = f"rules-consul-{self.config.host}-{self.config.port}-{self.key.replace('/', '_')}.yaml"
         super().__init__(name=f"consul kv {self.key}", snapshot_dir=snapshot_dir, snapshot_name=snapshot_name)
         self._start(initial_timeout)
+
+    def writer(self) -> tuple[Callable[[], Any], str] | None:
+        from .store import ConsulKVStore
+
+        config = self.config
+        return (lambda: ConsulKVStore(config)), self.key
 
     async def _poll(self, state: int | None) -> int:
         index = state or 0

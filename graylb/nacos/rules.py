@@ -10,6 +10,8 @@ The content itself is then fetched with ``GET /v1/cs/configs``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
@@ -75,6 +77,12 @@ class NacosRuleSource(WatchedRuleSource):
         if md5 != self.md5:
             self.md5 = md5
             self._apply_remote(content, md5)
+
+    def writer(self) -> tuple[Callable[[], Any], str] | None:
+        from .store import NacosConfigStore
+
+        config, group, tenant = self.config, self.group, self.tenant
+        return (lambda: NacosConfigStore(config, group=group, tenant=tenant)), self.data_id
 
     async def _poll(self, state: object) -> object:
         if self._client is None:

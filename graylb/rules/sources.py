@@ -105,6 +105,11 @@ class RuleSource:
             "; ".join(lines),
         )
 
+    def writer(self) -> tuple[Callable[[], Any], str] | None:
+        """Where this source's rules can be written back -- ``(open a RuleStore, key)`` -- for a
+        canary guard's ``action: rollback``; None when they cannot be (rules given in code)."""
+        return None
+
     def close(self) -> None:
         """Stop watching for changes (nothing to stop here); ``current`` stays readable."""
 
@@ -186,6 +191,11 @@ class FileRuleSource(RuleSource):
             return False  # touched, not changed
         self._content = content
         return self.apply(content, origin=self.name)
+
+    def writer(self) -> tuple[Callable[[], Any], str] | None:
+        from .file_store import FileRuleStore
+
+        return FileRuleStore, str(self.path)
 
     def _run(self) -> None:
         # Event.wait rather than sleep, so close() ends the thread at once.

@@ -173,6 +173,56 @@ def test_compare_and_set(backend: Backend) -> None:
         assert store.get(key)[0] == "v: 2\n"
 
 
+_GUARDED = """\
+version: 1
+services:
+  orders:
+    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}
+    default: stable
+    routes:
+      - name: split
+        to: [{subset: canary, weight: 10}, {subset: stable, weight: 90}]
+    guard: {canary: canary, action: rollback}
+"""
+
+
+def test_a_fleet_of_tripped_guards_writes_one_rollback(backend: Backend) -> None:
+    """Five processes' guards trip on the same rules at once: each tries the rollback by
+    compare-and-set against the rules it judged; exactly one writes, with its annotation; the
+    others find the service changed and write nothing; undo brings the routes back."""
+    from graylb import admin
+    from graylb.rules.load import parse_rules
+
+    key = backend.unique("key")
+    with closing(backend.store()) as store:
+        store.put(key, _GUARDED)
+        digest = parse_rules(_GUARDED).services["orders"].digest
+    barrier = threading.Barrier(5)
+
+    def trip(i: int) -> admin.Change:
+        with closing(backend.store()) as own:  # one store (client) per "process"
+            barrier.wait()
+            for _ in range(5):
+                try:
+                    note = {"graylb.guard/rolled-back": f"by process {i}"}
+                    return admin.rollback(own, key, "orders", expect_digest=digest, annotations=note)
+                except admin.RuleConflict:
+                    continue
+            raise AssertionError("conflicts did not settle")
+
+    with ThreadPoolExecutor(5) as pool:
+        changes = list(pool.map(trip, range(5)))
+    assert sum(c.changed for c in changes) == 1, [str(c) for c in changes]
+    with closing(backend.store()) as store:
+        text, _ = store.get(key)
+        rolled = parse_rules(text).services["orders"]
+        assert rolled.routes == () and rolled.guard is not None
+        winner = next(i for i, c in enumerate(changes) if c.changed)
+        assert f"by process {winner}" in text
+        admin.undo(store, key)
+        assert [r.name for r in parse_rules(store.get(key)[0]).services["orders"].routes] == ["split"]
+
+
 def test_rules_watch_follows_changes_and_survives_deletion(backend: Backend) -> None:
     key = backend.unique("key")
     with closing(backend.store()) as store:

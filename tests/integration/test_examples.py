@@ -67,6 +67,14 @@ EXPECTED: dict[str, list[str]] = {
         "0.0% of 1000 users on v2 (rules say 0%)",
         "OK: the live split followed every push, and the rollback sent everyone to v1",
     ],
+    "canary_guard.py": [
+        "guard quiet",
+        "trip: errors: canary",
+        "after the trip: 0 of 500 calls on 2.0.0",
+        "routes [], annotation: ",
+        "after graylb rules undo: route(s) ['ten-percent']",
+        "OK: the guard tripped on the bad canary, shed it at once, and wrote one rollback for the fleet",
+    ],
     "nacos_end_to_end.py": [
         "pushed canary 10% to graylb-rules",
         "pushed canary 50% to graylb-rules",
