@@ -249,3 +249,65 @@ def test_each_process_shows_its_guard_on_gauges(trips: list[GuardTrip]) -> None:
         )
     finally:
         orders.stop()
+
+
+def test_a_trip_reaches_the_webhook_of_the_rules(trips: list[GuardTrip]) -> None:
+    """The rules' webhook gets the trip as JSON, off the call's thread."""
+    received: list[dict[str, Any]] = []
+    arrived = threading.Event()
+
+    def hook(environ: dict, start_response: Callable) -> list[bytes]:
+        received.append(json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))))
+        arrived.set()
+        start_response("204 No Content", [])
+        return [b""]
+
+    server = serve_wsgi(hook)
+    orders = Orders()
+    try:
+        balancer = _balancer(orders, trips, webhook={"url": f"http://{server.host}:{server.port}/hooks/s3cret"})
+        Sender("sync", balancer).one("http://orders/x")
+        assert balancer.guard_trip("orders", summary="by the test")
+        assert arrived.wait(10), "no webhook call"
+        (body,) = received
+        assert (body["service"], body["canary"], body["reason"], body["summary"]) == (
+            "orders",
+            "canary",
+            "manual",
+            "by the test",
+        )
+    finally:
+        orders.stop()
+        server.stop()
+
+
+def test_a_rules_file_takes_the_fleets_rollback_once(tmp_path: Any, trips: list[GuardTrip]) -> None:
+    """action: rollback with rules from a file: the file is rewritten (routes removed, annotated)
+    by one compare-and-set; a second balancer's trip on the same rules writes nothing more."""
+    import yaml
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(_rules(action="rollback")))
+    orders = Orders()
+    first = graylb.Balancer(orders.registry, graylb.FileRuleSource(path, reload_interval=None))
+    second = graylb.Balancer(orders.registry, graylb.FileRuleSource(path, reload_interval=None))
+    try:
+        for b in (first, second):
+            Sender("sync", b).one("http://orders/x")
+        assert first.guard_trip("orders", summary="first")
+
+        def rolled_back() -> dict[str, Any] | None:
+            svc = yaml.safe_load(path.read_text())["services"]["orders"]
+            return svc if svc["routes"] == [] else None
+
+        svc = wait_until(rolled_back, timeout=10, message="the rollback written to the rules file")
+        assert "first" in svc["annotations"]["graylb.guard/rolled-back"]
+        text = path.read_text()
+        assert second.guard_trip("orders", summary="second")  # judged the same old rules
+        wait_until(lambda: not any(t.name == "graylb-guard-rollback" for t in threading.enumerate()), timeout=10)
+        assert path.read_text() == text  # the service changed since: nothing written
+        assert (tmp_path / "rules.yaml.previous").exists()
+    finally:
+        first.close()
+        second.close()
+        orders.stop()
