@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/consul_scale.py
 	$(PY) benchmarks/nacos_latency.py
 	$(PY) benchmarks/grpc_overhead.py
+	$(PY) benchmarks/guard_stats.py
 
 # Python stubs for proto/ are committed under graylb/_proto, so a fresh clone needs no protoc;
 # tests/integration/test_grpc_echo.py checks they match a fresh generation. protoc names the
