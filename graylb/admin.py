@@ -40,7 +40,7 @@ from .routing.explain import describe_guard
 from .routing.router import ALL_SUBSET, build_state
 from .rules.compile import compile_rules
 from .rules.load import load_document, parse_rules, validate_rules
-from .rules.model import MatchClause, StringMatch
+from .rules.model import MatchClause, RulesDocument, StringMatch
 
 __all__ = [
     "RuleStore",
@@ -225,11 +225,7 @@ def rollback(
     service's ``annotations`` (who, when, why)."""
     with _opened(config) as store:
         where = store.describe(key)
-        current, version = store.get(key)
-        if current is None:
-            raise GraylbError(f"{where} does not exist: there are no rules to roll back")
-        data = load_document(current, key)
-        model = validate_rules(data, key)
+        current, version, data, model = _read_document(store, key, "there are no rules to roll back")
         if expect_digest is not None:
             compiled = compile_rules(model, source=key).services.get(service)
             if compiled is None or compiled.digest != expect_digest:
@@ -293,11 +289,7 @@ def guard_reset(config: RuleStore | Any, key: str, service: str) -> Change:
     then judges the canary afresh and it takes its share again."""
     with _opened(config) as store:
         where = store.describe(key)
-        current, version = store.get(key)
-        if current is None:
-            raise GraylbError(f"{where} does not exist: there is no guard to reset")
-        data = load_document(current, key)
-        validate_rules(data, key)
+        current, version, data, _ = _read_document(store, key, "there is no guard to reset")
         services = data.get("services") or {}
         svc = dict(services.get(service) or {})
         if not isinstance(svc.get("guard"), Mapping):
@@ -318,6 +310,16 @@ def guard_reset(config: RuleStore | Any, key: str, service: str) -> Change:
         )
 
 
+def _read_document(store: RuleStore, key: str, absent: str) -> tuple[str, Any, Any, RulesDocument]:
+    """(text, version, plain document, validated model) of ``key``, for an edit; GraylbError
+    ending in ``absent`` when the key does not exist, RuleError when its rules are invalid."""
+    current, version = store.get(key)
+    if current is None:
+        raise GraylbError(f"{store.describe(key)} does not exist: {absent}")
+    data = load_document(current, key)
+    return current, version, data, validate_rules(data, key)
+
+
 def _dump_like(original: str, data: Any) -> str:
     """Serialise ``data`` in the original document's syntax (JSON stays JSON)."""
     if original.lstrip().startswith(("{", "[")):
@@ -333,10 +335,13 @@ def _dump_like(original: str, data: Any) -> str:
 # ------------------------------------------------------------------------------------- status
 
 
-def status(config: RuleStore | Any, service: str, key: str | None = None) -> str:
+def status(config: RuleStore | Any, service: str, key: str | None = None, balancer: Any = None) -> str:
     """A human report: every instance of ``service`` (version / image / commit / lane / weight /
-    health / address) and, with ``key``, the service's rules and the live traffic split exactly
-    as graylb's router computes it from these instances."""
+    health / address) and, with ``key``, the service's rules -- its canary guard and the notes of
+    the last trip among them -- and the live traffic split exactly as graylb's router computes it
+    from these instances. With ``balancer`` (run inside a process that routes the service), also
+    that process's live view of the guard: counts and ratios per side, the verdict, the trip."""
+    view = balancer.guard_view(service) if balancer is not None else None
     with _opened(config) as store:
         listed, problems = store.instances(service)
         instances = [inst for _, inst in listed]
@@ -352,6 +357,8 @@ def status(config: RuleStore | Any, service: str, key: str | None = None) -> str
                 )
             else:
                 lines.extend(_split_report(service, instances, text, key, _version(store, version)))
+    if view is not None:
+        lines += ["", "in this process:", *(f"  {line}" for line in view.lines())]
     return "\n".join(lines)
 
 

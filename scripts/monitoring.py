@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -36,17 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = REPO / "monitoring" / "prometheus"
 
 
-def _real_registries() -> Any:
-    spec = importlib.util.spec_from_file_location("graylb_real_registries", REPO / "scripts" / "real_registries.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def manifest() -> dict[str, Any]:
-    path = _real_registries().cache_dir() / "manifest.json"
+    sys.path.insert(0, str(REPO / "scripts"))
+    import real_registries  # the one place that knows where the cache is
+
+    path = real_registries.cache_dir() / "manifest.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

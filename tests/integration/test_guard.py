@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -310,4 +311,35 @@ def test_a_rules_file_takes_the_fleets_rollback_once(tmp_path: Any, trips: list[
     finally:
         first.close()
         second.close()
+        orders.stop()
+
+
+def test_status_in_a_process_shows_its_guard_and_a_trip_is_a_span_event(trips: list[GuardTrip]) -> None:
+    """graylb.admin.status(..., balancer=) run inside the process: the rules' guard and this
+    process's live view (counts, ratios, the trip); and the trip is an event on the current span."""
+    import yaml
+    from opentelemetry import trace
+
+    from graylb import admin
+    from graylb.testing.rule_store import MemoryRuleStore
+    from tests.integration import otel_sdk
+
+    otel_sdk.install()
+    store = MemoryRuleStore()
+    store.put("graylb/rules", yaml.safe_dump(_rules()))
+    orders = Orders()
+    try:
+        balancer = graylb.Balancer(orders.registry, store.rule_source("graylb/rules"))
+        Sender("sync", balancer).many([("http://orders/x", {"x-user-id": f"u{i}"}) for i in range(60)])
+        report = admin.status(store, "orders", "graylb/rules", balancer=balancer)
+        assert "canary guard: subset 'canary' judged against 'stable'" in report
+        assert "in this process:" in report and "watching" in report and "canary " in report
+        counts = [int(n) for n in re.findall(r"(?:canary|baseline)\s+(\d+) requests", report)]
+        assert len(counts) == 2 and sum(counts) == 60, report
+        with trace.get_tracer("test").start_as_current_span("operator") as span:
+            assert balancer.guard_trip("orders", summary="by the operator")
+        assert "TRIPPED (manual: by the operator)" in admin.status(store, "orders", "graylb/rules", balancer=balancer)
+        (event,) = [e for e in span.events if e.name == "graylb.guard.trip"]  # type: ignore[attr-defined]
+        assert event.attributes["graylb.service"] == "orders" and event.attributes["graylb.guard.reason"] == "manual"
+    finally:
         orders.stop()
