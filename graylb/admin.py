@@ -246,13 +246,10 @@ def rollback(
             str(r.get("name") or f"routes[{i}]") if isinstance(r, Mapping) else f"routes[{i}]"
             for i, r in enumerate(routes)
         ]
+        back, moved = _where_back_is(svc, service, where)
         default = svc.get("default")
-        target = (
-            f"its default subset '{default}'"
-            if default
-            else "every instance outside a lane (the service has no default subset)"
-        )
-        if not names:
+        target = f"its default subset '{default}'"
+        if not names and not moved:
             return Change(
                 key,
                 version,
@@ -264,6 +261,10 @@ def rollback(
                 changed=False,
             )
         svc["routes"] = []
+        if moved:
+            svc["default"] = back
+            target = f"the baseline '{back}' of its rollout (the default subset again)"
+            svc["rollout"] = _rollout_rolled_back(svc["rollout"])
         if annotations:
             svc["annotations"] = {**(svc.get("annotations") or {}), **annotations}
         new_data = {**data, "services": {**services, service: svc}}
@@ -275,12 +276,48 @@ def rollback(
             index,
             (
                 f"rolled back service '{service}' in {key} ({_version(store, index)})",
-                f"  removed route(s): {', '.join(names)}",
+                f"  removed route(s): {', '.join(names) or 'none'}",
                 f"  all its traffic now goes to {target}; lanes and version pins still apply",
                 f"  previous revision kept at {previous_key(key)} (graylb rules "
                 f"undo{getattr(store, 'cli_flags', '')} --key {key} restores it)",
             ),
         )
+
+
+def _where_back_is(svc: Mapping[str, Any], service: str, where: str) -> tuple[str, bool]:
+    """Where a rollback sends ``service``'s traffic -- ``(subset, whether the default moves)`` --
+    or GraylbError with guidance when that cannot be told. A rollout that completed made its
+    canary the default: back is its baseline, named in the rollout. One still running: back is
+    its baseline too (the default already). Without either, back is the default subset, and a
+    service without one has no "back"."""
+    rollout = svc.get("rollout")
+    default = svc.get("default")
+    if isinstance(rollout, Mapping) and isinstance(rollout.get("state"), Mapping):
+        baseline = str(rollout["baseline"])
+        return baseline, rollout["state"].get("phase") != "aborted" and (
+            default != baseline or rollout["state"].get("phase") in ("progressing", "paused")
+        )
+    if not default:
+        raise GraylbError(
+            f"service '{service}' in {where} has no default subset, so there is no 'back' to roll back to: "
+            "removing its routes would send traffic to every instance, the new version included. Set "
+            "`default:` to the stable subset (graylb rules push), or release with `graylb rollout`, which "
+            "keeps the baseline named"
+        )
+    return str(default), False
+
+
+def _rollout_rolled_back(rollout: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(rollout)
+    state = dict(out.get("state") or {})
+    out["state"] = {**state, "phase": "aborted"}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    step = int(state.get("step", 0))
+    out["history"] = [
+        *(out.get("history") or []),
+        {"at": stamp, "by": "graylb rollback", "action": "rollback", "step": step, "weight": 0},
+    ]
+    return out
 
 
 def guard_reset(config: RuleStore | Any, key: str, service: str) -> Change:

@@ -352,6 +352,69 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from . import rollout
+
+    with _open_store(args) as store:
+        action = args.rollout_command
+        if action == "start":
+            steps = [int(w) for w in args.steps.split(",") if w.strip()]
+            gates: list[dict[str, Any]] = []
+            if args.gate_query:
+                if not args.prometheus:
+                    raise GraylbError("--gate-query needs --prometheus URL")
+                gate: dict[str, Any] = {"url": args.prometheus, "query": args.gate_query, "max": args.gate_max}
+                if args.gate_volume_query:
+                    gate.update(volume_query=args.gate_volume_query, min_volume=args.gate_min_volume)
+                gates.append({"name": "prometheus", "prometheus": gate})
+            if args.guard_gate:
+                gates.append({"name": "guard", "guard": True})
+            change = rollout.start(
+                store,
+                args.key,
+                args.service,
+                args.canary,
+                steps,
+                pause=_duration(args.pause),
+                baseline=args.baseline,
+                gates=gates,
+                sticky_header=args.sticky_header,
+            )
+        elif action == "status":
+            print(rollout.describe(store, args.key, args.service))
+            return 0
+        elif action == "promote":
+            change = rollout.promote(store, args.key, args.service, full=args.full, why=args.why)
+        elif action == "run":
+            phase = rollout.run(store, args.key, args.service, poll=args.poll, on_tick=lambda r: _tick_line(args, r))
+            print(f"rollout of service '{args.service}': {phase}")
+            return 0 if phase == "completed" else 1
+        else:
+            act = {"pause": rollout.pause, "resume": rollout.resume, "abort": rollout.abort, "retry": rollout.retry}
+            change = act[action](store, args.key, args.service, why=args.why)
+    print(change)
+    return 0
+
+
+def _tick_line(args: argparse.Namespace, result: str) -> None:
+    if result != "waiting":
+        print(f"{time.strftime('%H:%M:%S')} {args.service}: {result}", flush=True)
+
+
+def _duration(text: str | None) -> float | None:
+    from .rules.model import parse_duration
+
+    return None if text in (None, "", "manual") else parse_duration(text)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from .rollout import history
+
+    with _open_store(args) as store:
+        print(history(store, args.key, args.service))
+    return 0
+
+
 def _cmd_guard_reset(args: argparse.Namespace) -> int:
     from .admin import guard_reset
 
@@ -450,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
     )
     undo.set_defaults(func=_cmd_undo)
+    hist = rsub.add_parser("history", parents=[registry], help="a service's rollout history: who did what, when, why")
+    hist.add_argument("service")
+    hist.add_argument(
+        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
+    )
+    hist.set_defaults(func=_cmd_history)
 
     rb = sub.add_parser(
         "rollback",
@@ -468,6 +537,47 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("service")
     st.add_argument("--key", help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
     st.set_defaults(func=_cmd_status)
+
+    ro = sub.add_parser(
+        "rollout", help="a progressive rollout: start, status, promote, pause, resume, abort, retry, run"
+    )
+    rosub = ro.add_subparsers(dest="rollout_command", required=True)
+    for name, text in (
+        ("start", "start rolling a canary subset out, step by step"),
+        ("status", "step, weight, time left, gates, who did what"),
+        ("promote", "the next step (--full: to the end; past the last, the canary becomes the default)"),
+        ("pause", "hold the current step"),
+        ("resume", "go on from a pause"),
+        ("abort", "100%% back to the baseline at once; the plan stays for retry"),
+        ("retry", "start an aborted rollout again from its first step"),
+        ("run", "drive the rollout: wait the pauses, evaluate the gates, advance or abort"),
+    ):
+        c = rosub.add_parser(name, parents=[registry], help=text)
+        c.add_argument("service")
+        c.add_argument(
+            "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
+        )
+        if name in ("promote", "pause", "resume", "abort", "retry"):
+            c.add_argument("--why", default="", help="recorded in the history")
+        if name == "promote":
+            c.add_argument("--full", action="store_true", help="straight to the end")
+        if name == "run":
+            c.add_argument("--poll", type=float, default=5.0, help="seconds between two looks at the store (5)")
+        if name == "start":
+            c.add_argument("--canary", required=True, help="the subset to roll out")
+            c.add_argument("--baseline", help="the subset it replaces (default: the service's default subset)")
+            c.add_argument("--steps", default="5,25,50,100", help="canary weights in %%, in order (5,25,50,100)")
+            c.add_argument(
+                "--pause", default="manual", help="how long each step holds, e.g. 5m (manual: until promoted)"
+            )
+            c.add_argument("--sticky-header", help="keep each user on one side, by this header (e.g. x-user-id)")
+            c.add_argument("--prometheus", help="Prometheus URL for the analysis gate")
+            c.add_argument("--gate-query", help="PromQL whose value must stay <= --gate-max ({service} = the service)")
+            c.add_argument("--gate-max", type=float, default=0.02, help="the gate's upper bound (0.02)")
+            c.add_argument("--gate-volume-query", help="PromQL of the traffic the gate needs before judging")
+            c.add_argument("--gate-min-volume", type=float, default=0.0, help="the volume it needs (0)")
+            c.add_argument("--guard-gate", action="store_true", help="abort when a canary guard's rollback is written")
+        c.set_defaults(func=_cmd_rollout)
 
     guard = sub.add_parser("guard", help="the canary guard: reset a trip in every process")
     gsub = guard.add_subparsers(dest="guard_command", required=True)

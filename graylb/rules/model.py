@@ -59,6 +59,12 @@ __all__ = [
     "GuardLatency",
     "GuardWebhook",
     "GRPC_CODES",
+    "Rollout",
+    "RolloutEvent",
+    "RolloutGate",
+    "RolloutState",
+    "RolloutStep",
+    "PrometheusGate",
     "Service",
     "RulesDocument",
     "LB_POLICIES",
@@ -596,6 +602,98 @@ class Guard(_Model):
         return format_duration(value)
 
 
+# --------------------------------------------------------------------------- progressive rollout
+
+
+class RolloutStep(_Model):
+    weight: int = Field(ge=0, le=100)  # percent of the managed route's calls to the canary
+    pause: Duration | None = None  # None: until promoted by hand
+
+    @field_serializer("pause")
+    def _dump_duration(self, value: float | None) -> str | None:
+        return format_duration(value) if value is not None else None
+
+
+class PrometheusGate(_Model):
+    """A PromQL query whose single value must stay within ``max`` / ``min``, once
+    ``volume_query`` (if any) reaches ``min_volume``. ``{service}`` in a query is the service."""
+
+    url: Name
+    query: Name
+    max: float | None = None
+    min: float | None = None
+    volume_query: Text | None = None
+    min_volume: float = 0.0
+    timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value):
+            raise _error("prometheus url must be http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PrometheusGate:
+        if self.max is None and self.min is None:
+            raise _error("set max and/or min: a gate with no bound passes everything")
+        return self
+
+    @field_serializer("timeout")
+    def _dump_timeout(self, value: float) -> str:
+        return format_duration(value)
+
+
+class RolloutGate(_Model):
+    name: Name
+    prometheus: PrometheusGate | None = None
+    guard: bool = False  # a canary-guard rollback written to the store aborts the rollout
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RolloutGate:
+        if (self.prometheus is None) == (not self.guard):
+            raise _error("a gate is either prometheus: {...} or guard: true")
+        return self
+
+
+class RolloutEvent(_Model):
+    at: Text
+    by: Text
+    action: Text
+    step: int
+    weight: int
+    why: Text = ""
+    verdicts: dict[str, Text] = Field(default_factory=dict)
+
+
+class RolloutState(_Model):
+    phase: Literal["progressing", "paused", "aborted", "completed"]
+    step: int = Field(ge=0)
+    step_started: Text  # RFC 3339 UTC: pauses count from here, whoever runs the rollout
+
+
+class Rollout(_Model):
+    """A progressive rollout of ``canary`` against ``baseline``: ``steps`` of canary weight on the
+    managed route ``rollout``, each held for its ``pause`` (or until promoted) and let through by
+    the ``gates``; ``state`` and ``history`` are written by ``graylb rollout``."""
+
+    canary: Name
+    baseline: Name
+    steps: list[RolloutStep] = Field(min_length=1)
+    gates: list[RolloutGate] = Field(default_factory=list)
+    state: RolloutState | None = None
+    history: list[RolloutEvent] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rising(self) -> Rollout:
+        weights = [s.weight for s in self.steps]
+        if weights != sorted(weights):
+            raise _error("step weights must not go down: {got}", got=weights)
+        if self.state is not None and self.state.step >= len(self.steps):
+            raise _error("state.step {got} is past the last step", got=self.state.step)
+        return self
+
+
 class Service(_Model):
     subsets: dict[str, Subset] = Field(default_factory=dict)
     default: Text | None = None
@@ -607,6 +705,7 @@ class Service(_Model):
     guard: Guard | None = None
     # Free-form notes for people (who rolled back, when, why); routing ignores them.
     annotations: dict[str, Text] = Field(default_factory=dict)
+    rollout: Rollout | None = None  # a progressive rollout's plan and state; routing reads only its route
 
 
 class RulesDocument(_Model):
@@ -690,6 +789,16 @@ def check_references(doc: Any) -> list[tuple[str, str]]:
         if isinstance(default, str) and default not in known:
             errors.append((format_loc((*base, "default")), f"unknown subset {default!r} ({_known(known)})"))
         errors.extend(_guard_references(svc.get("guard"), base, known, default))
+        rollout = svc.get("rollout")
+        if isinstance(rollout, Mapping):
+            for field in ("canary", "baseline"):
+                name = rollout.get(field)
+                if isinstance(name, str) and name and name not in known:
+                    loc = format_loc((*base, "rollout", field))
+                    errors.append((loc, f"unknown subset {name!r} ({_known(known)})"))
+            if rollout.get("canary") is not None and rollout.get("canary") == rollout.get("baseline"):
+                loc = format_loc((*base, "rollout", "canary"))
+                errors.append((loc, "canary and baseline are the same subset"))
         routes = svc.get("routes")
         if not isinstance(routes, list):
             continue

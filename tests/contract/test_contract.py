@@ -223,6 +223,44 @@ def test_a_fleet_of_tripped_guards_writes_one_rollback(backend: Backend) -> None
         assert [r.name for r in parse_rules(store.get(key)[0]).services["orders"].routes] == ["split"]
 
 
+def test_a_rollout_by_two_runners_completes_once_and_rolls_back_to_its_baseline(backend: Backend) -> None:
+    """graylb.rollout on the store: 5 -> 25 -> 50 -> 100 with short pauses, driven by two
+    runners at once (one history, each step once), the canary the default at the end and the
+    baseline named, so a rollback goes back to it; a restarted runner does not double-step."""
+    from graylb import admin, rollout
+    from graylb.rules.load import parse_rules
+
+    key = backend.unique("key")
+    with closing(backend.store()) as store:
+        store.put(key, _GUARDED.replace("    guard: {canary: canary, action: rollback}\n", ""))
+        rollout.start(store, key, "orders", "canary", [5, 25, 50, 100], pause=0.2, by="ci")
+    results: list[str] = []
+
+    def runner(name: str) -> None:
+        with closing(backend.store()) as own:
+            results.append(rollout.run(own, key, "orders", by=name, poll=0.02))
+
+    threads = [threading.Thread(target=runner, args=(f"runner-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == ["completed", "completed"]
+    with closing(backend.store()) as store:
+        svc = parse_rules(store.get(key)[0]).services["orders"]
+        assert svc.default == "canary" and svc.routes == ()  # the rollout replaced the old split
+        moves = [e.split(": ", 1)[1].split(" (")[0] for e in rollout.history(store, key, "orders").splitlines()]
+        assert moves == ["start", "promote", "promote", "promote", "complete"], moves  # each step once
+        admin.rollback(store, key, "orders")
+        assert parse_rules(store.get(key)[0]).services["orders"].default == "stable"
+        # A runner killed mid-pause and restarted: the pause counts from the store's step time.
+        t0 = 5_000_000.0
+        rollout.retry(store, key, "orders", now=t0)
+        assert rollout.tick(store, key, "orders", now=t0 + 0.1) == "waiting"
+        assert rollout.tick(store, key, "orders", now=t0 + 0.3) == "promoted"
+        assert rollout.tick(store, key, "orders", now=t0 + 0.31) == "waiting"
+
+
 def test_rules_watch_follows_changes_and_survives_deletion(backend: Backend) -> None:
     key = backend.unique("key")
     with closing(backend.store()) as store:

@@ -94,15 +94,18 @@ def test_status_table(fake: FakeConsul) -> None:
     assert len(rows) == 5
 
 
-def test_rollback_without_default_says_where_traffic_goes(fake: FakeConsul) -> None:
-    fake.kv_put(
-        KEY,
+def test_rollback_without_default_refuses_with_guidance(fake: FakeConsul) -> None:
+    """Removing the routes of a service with no default subset would send traffic to every
+    instance, the new version included: there is no "back", and the CLI says so, writing nothing."""
+    doc = (
         '{"services": {"orders": {"subsets": {"c": {"version": "^2"}}, '
-        '"routes": [{"name": "all-c", "to": [{"subset": "c"}]}]}}}',
+        '"routes": [{"name": "all-c", "to": [{"subset": "c"}]}]}}}'
     )
-    out = ok(run(fake, "rollback", "orders", "--key", KEY))
-    assert "every instance outside a lane (the service has no default subset)" in out
-    assert (kv(fake) or "").lstrip().startswith("{")  # JSON stays JSON
+    fake.kv_put(KEY, doc)
+    out = run(fake, "rollback", "orders", "--key", KEY)
+    assert out.returncode == 1
+    assert "no default subset, so there is no 'back'" in out.stderr and "graylb rollout" in out.stderr
+    assert kv(fake) == doc  # nothing written
 
 
 # ------------------------------------------------------------------------------ ACL, TLS, errors
@@ -161,3 +164,59 @@ def test_consul_errors_reported_without_traceback(fake: FakeConsul, files: dict[
     fake.fail_all(503)
     err = failed(run(fake, "rules", "push", str(files["a.yaml"]), "--key", KEY))
     assert "Consul unavailable" in err and "503" in err
+
+
+def test_a_rollout_from_the_command_line(fake: FakeConsul) -> None:
+    """graylb rollout start / status / promote / pause / resume / abort / retry / run and graylb
+    rules history, as an operator types them, against FakeConsul."""
+    import yaml
+
+    fake.kv_put(
+        KEY,
+        yaml.safe_dump(
+            {
+                "services": {
+                    "orders": {
+                        "subsets": {"stable": {"version": "^1"}, "canary": {"version": "^2"}},
+                        "default": "stable",
+                    }
+                }
+            }
+        ),
+    )
+    out = ok(
+        run(
+            fake,
+            "rollout",
+            "start",
+            "orders",
+            "--key",
+            KEY,
+            "--canary",
+            "canary",
+            "--steps",
+            "5,25,100",
+            "--pause",
+            "manual",
+        )
+    )
+    assert "step 1 of 3, 5% to the canary" in out
+    status = ok(run(fake, "rollout", "status", "orders", "--key", KEY))
+    assert "progressing" in status and "[5%/manual]" in status and "until promoted" in status
+    assert "step 2 of 3: 25%" in ok(run(fake, "rollout", "promote", "orders", "--key", KEY, "--why", "p99 flat"))
+    assert "paused" in ok(run(fake, "rollout", "pause", "orders", "--key", KEY))
+    assert "resumed at step 2" in ok(run(fake, "rollout", "resume", "orders", "--key", KEY))
+    assert "100% of 'orders' back to the baseline 'stable'" in ok(
+        run(fake, "rollout", "abort", "orders", "--key", KEY, "--why", "5xx")
+    )
+    assert "restarted at step 1: 5% to the canary" in ok(run(fake, "rollout", "retry", "orders", "--key", KEY))
+    assert "completed" in ok(run(fake, "rollout", "promote", "orders", "--key", KEY, "--full"))
+    assert "rollout of service 'orders': completed" in ok(
+        run(fake, "rollout", "run", "orders", "--key", KEY, "--poll", "0.1")
+    )
+    history = ok(run(fake, "rules", "history", "orders", "--key", KEY)).splitlines()
+    actions = [line.split(": ", 1)[1].split(" (")[0] for line in history]
+    assert actions == ["start", "promote", "pause", "resume", "abort", "retry", "complete"], history
+    assert "-- p99 flat" in history[1] and "-- 5xx" in history[4]
+    assert yaml.safe_load(fake.kv_get(KEY))["services"]["orders"]["default"] == "canary"
+    assert "the baseline 'stable' of its rollout" in ok(run(fake, "rollback", "orders", "--key", KEY))
