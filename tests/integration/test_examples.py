@@ -75,6 +75,15 @@ EXPECTED: dict[str, list[str]] = {
         "after graylb rules undo: route(s) ['ten-percent']",
         "OK: the guard tripped on the bad canary, shed it at once, and wrote one rollback for the fleet",
     ],
+    "progressive_rollout.py": [
+        "rollout of 'canary' started: step 1 of 4, 5% to the canary",
+        "step   5% to v2: live share",
+        "step 100% to v2: live share 100.0%",
+        "runner: completed; default subset now 'canary'",
+        "runner: complete (step 4, 100%)",
+        "after graylb rollback: 0% on 2.0.0",
+        "OK: 5% -> 25% -> 50% -> 100% by the runner, then one rollback back to the named baseline 1.4.2",
+    ],
     "nacos_end_to_end.py": [
         "pushed canary 10% to graylb-rules",
         "pushed canary 50% to graylb-rules",

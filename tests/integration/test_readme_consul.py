@@ -49,3 +49,39 @@ def test_consul_quickstart_example_runs() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2.0.0", "1.4.2"]
+
+
+def test_the_rollout_walkthrough_runs_as_written() -> None:
+    """README "Releasing v2 step by step": every graylb command of its shell block, in order,
+    against FakeConsul; the rollout ends with the canary the default and the rollback back."""
+    import yaml
+
+    section = (ROOT / "README.md").read_text().split("## Releasing v2 step by step", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("graylb ")]
+    assert len(commands) == 9
+    with FakeConsul() as consul:
+        env = {**os.environ, "CONSUL_HTTP_ADDR": consul.url}
+        env.pop("CONSUL_HTTP_TOKEN", None)
+        defaults = []
+        for cmd in commands:
+            r = subprocess.run(
+                [sys.executable, "-m", "graylb.cli", *shlex.split(cmd)[1:]],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 0, f"{cmd}: {r.stderr}"
+            defaults.append(yaml.safe_load(consul.kv_get("graylb/rules") or b"")["services"]["orders"]["default"])
+        assert defaults[-3:] == ["canary", "canary", "stable"]  # completed; history reads; rolled back
+        history = subprocess.run(
+            [sys.executable, "-m", "graylb.cli", "rules", "history", "orders", "--key", "graylb/rules"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert "abort" in history and "-- 5xx on v2" in history and "rollback" in history
