@@ -190,6 +190,11 @@ def _registry_options() -> argparse.ArgumentParser:
         metavar="URL",
         help="use Nacos at this address, e.g. http://127.0.0.1:8848 (context path /nacos is added)",
     )
+    which.add_argument(
+        "--rules-file",
+        action="store_true",
+        help="no registry: --key is the path of a rules file (written atomically, compare-and-set under a lock)",
+    )
     r.add_argument(
         "--ca-file",
         metavar="PATH",
@@ -311,8 +316,13 @@ def _nacos_config(args: argparse.Namespace) -> NacosConfig:
         raise SystemExit(f"graylb: {exc}") from None
 
 
-def _open_store(args: argparse.Namespace) -> ConsulKVStore | NacosConfigStore:
-    """The RuleStore the registry commands work on: Nacos with ``--nacos``, else Consul."""
+def _open_store(args: argparse.Namespace) -> Any:
+    """The RuleStore the registry commands work on: a rules file with ``--rules-file``, Nacos with
+    ``--nacos``, else Consul."""
+    if getattr(args, "rules_file", False):
+        from .rules.file_store import FileRuleStore
+
+        return FileRuleStore()
     if args.nacos:
         from .nacos.store import NacosConfigStore
 

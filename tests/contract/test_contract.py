@@ -259,6 +259,10 @@ def test_a_rollout_by_two_runners_completes_once_and_rolls_back_to_its_baseline(
         assert rollout.tick(store, key, "orders", now=t0 + 0.1) == "waiting"
         assert rollout.tick(store, key, "orders", now=t0 + 0.3) == "promoted"
         assert rollout.tick(store, key, "orders", now=t0 + 0.31) == "waiting"
+        # An abort mid-way: the managed route goes and the default is the baseline, in one write.
+        rollout.abort(store, key, "orders", why="test")
+        svc = parse_rules(store.get(key)[0]).services["orders"]
+        assert svc.default == "stable" and svc.routes == ()
 
 
 def test_rules_watch_follows_changes_and_survives_deletion(backend: Backend) -> None:

@@ -201,3 +201,21 @@ def test_a_guard_rollback_written_to_the_store_aborts_the_rollout(store: MemoryR
     assert svc["rollout"]["state"]["phase"] == "aborted" and svc["default"] == "stable"  # mid-pause: at once
     assert svc["rollout"]["history"][-1]["action"] == "rollback" and svc["routes"] == []
     assert rollout.tick(store, KEY, "orders", now=t0 + 1) == "done"  # the runner stops there
+
+
+def test_the_cli_works_on_a_rules_file(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """--rules-file: no registry, the --key is the path (compare-and-set under a lock)."""
+    from graylb.cli import main
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(RULES))
+    common = ["--rules-file", "--key", str(path)]
+    assert main(["rollout", "start", "orders", "--canary", "canary", "--steps", "10,50,100", *common]) == 0
+    assert main(["rollout", "promote", "orders", *common]) == 0
+    assert main(["rollout", "abort", "orders", "--why", "latency", *common]) == 0
+    assert main(["rules", "history", "orders", *common]) == 0
+    out = capsys.readouterr().out
+    assert "step 2 of 3: 50% to the canary" in out and "-- latency" in out
+    svc = yaml.safe_load(path.read_text())["services"]["orders"]
+    assert svc["rollout"]["state"]["phase"] == "aborted" and svc["default"] == "stable"
+    assert (tmp_path / "rules.yaml.previous").exists()  # undo takes back one step
