@@ -40,6 +40,7 @@ from .rules.model import format_duration
 __all__ = [
     "ROUTE",
     "GateVerdict",
+    "StepMoved",
     "abort",
     "describe",
     "evaluate_gates",
@@ -74,6 +75,16 @@ def _iso(t: float) -> str:
 
 def _parse_iso(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+class StepMoved(GraylbError):
+    """The rollout is no longer at the step a runner judged: another runner or an operator moved
+    it first. Nothing was written; read again."""
+
+
+def _expect(state: Mapping[str, Any], step: int | None, service: str) -> None:
+    if step is not None and (state.get("phase") not in ACTIVE or int(state.get("step", -1)) != step):
+        raise StepMoved(f"the rollout of service '{service}' moved on from step {step + 1} meanwhile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +266,7 @@ def promote(
     why: str = "",
     verdicts: Sequence[GateVerdict] = (),
     now: float | None = None,
+    expect_step: int | None = None,
 ) -> admin.Change:
     """The next step (``full``: straight to the end); past the last step, complete: the canary
     becomes the default subset, the managed route goes, the baseline stays named."""
@@ -262,6 +274,7 @@ def promote(
 
     def change(svc: dict[str, Any], rollout: dict[str, Any]) -> list[str]:
         state = _state(rollout, key)
+        _expect(state, expect_step, service)
         if state["phase"] not in ACTIVE:
             raise GraylbError(f"the rollout of service '{service}' is {state['phase']}: nothing to promote")
         nxt = len(rollout["steps"]) if full else int(state["step"]) + 1
@@ -283,11 +296,13 @@ def _phase_change(frm: tuple[str, ...], to: str, action: str) -> Callable[..., a
         why: str = "",
         now: float | None = None,
         verdicts: Sequence[GateVerdict] = (),
+        expect_step: int | None = None,
     ) -> admin.Change:
         stamp = time.time() if now is None else now
 
         def change(svc: dict[str, Any], rollout: dict[str, Any]) -> list[str]:
             state = _state(rollout, key)
+            _expect(state, expect_step, service)
             if state["phase"] not in frm:
                 raise GraylbError(f"the rollout of service '{service}' is {state['phase']}: cannot {action}")
             step = 0 if action == "retry" else int(state["step"])
@@ -468,7 +483,9 @@ def tick(
 ) -> str:
     """One runner pass: ``waiting`` (pause not over, paused, or manual step), ``held`` (a gate
     could not be evaluated), ``promoted``, ``aborted`` or ``done`` (nothing active). A failed
-    guard gate aborts even mid-pause; others are judged when the pause is over."""
+    guard gate aborts even mid-pause; others are judged when the pause is over. The write is
+    conditional on the step judged: :class:`StepMoved` (or ``admin.RuleConflict``) when another
+    runner moved first -- nothing written, read again."""
     stamp = time.time() if now is None else now
     svc, rollout = _read(target, key, service)
     state = rollout.get("state") or {}
@@ -485,7 +502,7 @@ def tick(
     due = step.get("pause") is not None and stamp - _parse_iso(state["step_started"]) >= _seconds(step["pause"])
     if guard_failed or (due and failed):
         why = "; ".join(str(v) for v in failed)
-        abort(target, key, service, by=by, why=why, now=stamp, verdicts=verdicts)
+        abort(target, key, service, by=by, why=why, now=stamp, verdicts=verdicts, expect_step=int(state["step"]))
         log.warning("graylb: rollout of service '%s' ABORTED: %s", service, why)
         return "aborted"
     if not due:
@@ -499,7 +516,16 @@ def tick(
             "; ".join(str(v) for v in unknown),
         )
         return "held"
-    promote(target, key, service, by=by, why="pause over, gates passed", verdicts=verdicts, now=stamp)
+    promote(
+        target,
+        key,
+        service,
+        by=by,
+        why="pause over, gates passed",
+        verdicts=verdicts,
+        now=stamp,
+        expect_step=int(state["step"]),
+    )
     return "promoted"
 
 
@@ -529,7 +555,7 @@ def run(
     while not stop.is_set():
         try:
             result = tick(target, key, service, by=me, now=clock(), client=client)
-        except admin.RuleConflict:
+        except (admin.RuleConflict, StepMoved):
             result = "conflict"  # another runner (or an operator) wrote first: read again
         if on_tick is not None:
             on_tick(result)
