@@ -26,10 +26,8 @@ from .errors import GraylbError, RuleError
 
 if TYPE_CHECKING:  # the commands import what they use late: `graylb --help` stays quick
     from .consul.client import ConsulConfig
-    from .consul.store import ConsulKVStore
     from .discovery.base import Discovery, Snapshot
     from .nacos.client import NacosConfig
-    from .nacos.store import NacosConfigStore
     from .rules.compiled import CompiledRules
 
 __all__ = ["main"]

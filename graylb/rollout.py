@@ -403,22 +403,31 @@ def history(target: Any, key: str, service: str) -> str:
 
 
 def evaluate_gates(
-    service: str, svc: Mapping[str, Any], rollout: Mapping[str, Any], client: httpx.Client | None = None
+    service: str,
+    svc: Mapping[str, Any],
+    rollout: Mapping[str, Any],
+    client: httpx.Client | None = None,
+    prometheus: bool = True,
 ) -> list[GateVerdict]:
     """Each gate's verdict for the current step. Prometheus: the query's one value within the
     bounds (``unknown`` when Prometheus does not answer, or the volume is below its minimum --
-    never ``pass`` on missing data); guard: ``fail`` once a canary guard's rollback was written
-    after the step started."""
+    never ``pass`` on missing data); not judged on a 100 % step, where no baseline traffic is
+    left to compare with, and not at all with ``prometheus=False``. Guard: ``fail`` once a
+    canary guard's rollback was written after the step started."""
     out = []
-    started = _parse_iso(rollout["state"]["step_started"])
+    state = rollout["state"]
+    started = _parse_iso(state["step_started"])
+    full = _weight(rollout, int(state.get("step", 0))) >= 100
     for gate in rollout.get("gates") or []:
         name = gate["name"]
         if gate.get("guard"):
             note = (svc.get("annotations") or {}).get("graylb.guard/rolled-back")
             tripped = note is not None and _note_time(note) >= started - 1
             out.append(GateVerdict(name, "fail" if tripped else "pass", str(note) if tripped else "no guard trip"))
-            continue
-        out.append(_prometheus_verdict(name, service, gate["prometheus"], client))
+        elif full:
+            out.append(GateVerdict(name, "pass", "not judged at 100 %: no baseline traffic to compare with"))
+        elif prometheus:
+            out.append(_prometheus_verdict(name, service, gate["prometheus"], client))
     return out
 
 
@@ -493,13 +502,14 @@ def tick(
         return "done"
     if state["phase"] == "paused":
         return "waiting"
-    verdicts = evaluate_gates(service, svc, {**rollout, "state": state}, client)
+    step = rollout["steps"][int(state["step"])]
+    due = step.get("pause") is not None and stamp - _parse_iso(state["step_started"]) >= _seconds(step["pause"])
+    # Guard gates are read every pass (a trip aborts mid-pause); Prometheus only once the pause is over.
+    verdicts = evaluate_gates(service, svc, {**rollout, "state": state}, client, prometheus=due)
     failed = [v for v in verdicts if v.result == "fail"]
     guard_failed = [
         v for v in failed if any(g.get("guard") and g["name"] == v.gate for g in rollout.get("gates") or [])
     ]
-    step = rollout["steps"][int(state["step"])]
-    due = step.get("pause") is not None and stamp - _parse_iso(state["step_started"]) >= _seconds(step["pause"])
     if guard_failed or (due and failed):
         why = "; ".join(str(v) for v in failed)
         abort(target, key, service, by=by, why=why, now=stamp, verdicts=verdicts, expect_step=int(state["step"]))

@@ -219,3 +219,30 @@ def test_the_cli_works_on_a_rules_file(tmp_path: Any, capsys: pytest.CaptureFixt
     svc = yaml.safe_load(path.read_text())["services"]["orders"]
     assert svc["rollout"]["state"]["phase"] == "aborted" and svc["default"] == "stable"
     assert (tmp_path / "rules.yaml.previous").exists()  # undo takes back one step
+
+
+def test_a_comparison_gate_is_not_judged_at_100_percent_nor_before_the_pause_is_over(store: MemoryRuleStore) -> None:
+    """At 100 % no baseline traffic is left to compare with (the canary-vs-baseline series go
+    away): the gate is not judged there, rather than holding the rollout forever; and
+    Prometheus is not asked while a pause runs."""
+    asked: list[str] = []
+
+    def prometheus(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["query"])
+        return httpx.Response(
+            200,
+            json={"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, "0"]}]}},
+        )
+
+    client = httpx.Client(transport=httpx.MockTransport(prometheus))
+    gate = {"name": "errors", "prometheus": {"url": "http://prometheus:9090", "query": "q", "max": 0.02}}
+    t0 = 6_000_000.0
+    rollout.start(store, KEY, "orders", "canary", [50, 100], pause=10, gates=[gate], now=t0)
+    assert rollout.tick(store, KEY, "orders", now=t0 + 5, client=client) == "waiting"
+    assert asked == []  # mid-pause
+    assert rollout.tick(store, KEY, "orders", now=t0 + 11, client=client) == "promoted"
+    assert asked == ["q"]
+    assert rollout.tick(store, KEY, "orders", now=t0 + 22, client=client) == "promoted"  # 100 %: completes
+    assert asked == ["q"] and _service(store)["default"] == "canary"
+    last = _service(store)["rollout"]["history"][-1]
+    assert last["action"] == "complete" and "not judged at 100 %" in last["verdicts"]["errors"]
