@@ -564,6 +564,14 @@ def _split_report(service: str, instances: list[Instance], text: str, key: str, 
             "    (each process judges on its own: its live view is Balancer.guard_view(), and the graylb_guard_* "
             "metrics)"
         )
+    ro = svc_model.rollout
+    if ro is not None and ro.state is not None:
+        step = ro.steps[ro.state.step]
+        lines.append(
+            f"  rollout of '{ro.canary}' against '{ro.baseline}': {ro.state.phase}, step {ro.state.step + 1} of "
+            f"{len(ro.steps)} ({step.weight}% to the canary) since {ro.state.step_started}; "
+            f"graylb rollout status {service} shows the plan and who did what"
+        )
     for name, note in sorted(svc_model.annotations.items()):
         lines.append(f"  annotation {name}: {note}")
     return lines

@@ -48,6 +48,8 @@ def explain_state(state: ServiceState, request: RequestInfo, ctx: GrayContext = 
         reasons.append("no rules for this service: every instance outside a lane is a candidate")
     elif state.rules.guard is not None:
         reasons.append(describe_guard(state.rules.guard))
+    if state.rules is not None and any(r.name == "rollout" for r in state.rules.routes):
+        reasons.append(_ROLLOUT_NOTE.format(service=service))
     if state.shed is not None:
         where = "every route and pin" if state.shed_ids else "the weighted routes (testers and pins keep it)"
         reasons.append(f"the canary guard TRIPPED: subset '{state.shed}' is off {where}")
@@ -76,12 +78,20 @@ def explain_rules(
         return Explanation(service, "default", "*", (), tuple(reasons))
     if rules.guard is not None:
         reasons.append(describe_guard(rules.guard))
+    if any(r.name == "rollout" for r in rules.routes):
+        reasons.append(_ROLLOUT_NOTE.format(service=service))
     if not _context_reasons(service, ctx, ctx.lane is not None, 0, reasons):
         kind = "pin" if service in ctx.pins else "lane"
         return Explanation(service, kind, f"{kind}:{ctx.pins.get(service) or ctx.lane}", (), tuple(reasons))
     routes = [(r, [(t.subset, float(t.weight)) for t in r.to if t.weight > 0]) for r in rules.routes]
     chosen = _route_reasons(routes, request, ctx, rules.default or "*", reasons)
     return Explanation(service, chosen[0], chosen[1], (), tuple(reasons))
+
+
+_ROLLOUT_NOTE = (
+    "route 'rollout' belongs to a progressive rollout: its weights move step by step "
+    "(graylb rollout status {service} shows the plan, the step and who did what)"
+)
 
 
 def describe_guard(g: GuardPolicy) -> str:

@@ -201,6 +201,9 @@ def test_a_rollout_from_the_command_line(fake: FakeConsul) -> None:
         )
     )
     assert "step 1 of 3, 5% to the canary" in out
+    assert "rollout of 'canary' against 'stable': progressing, step 1 of 3 (5% to the canary)" in ok(
+        run(fake, "status", "orders", "--key", KEY)
+    )
     status = ok(run(fake, "rollout", "status", "orders", "--key", KEY))
     assert "progressing" in status and "[5%/manual]" in status and "until promoted" in status
     assert "step 2 of 3: 25%" in ok(run(fake, "rollout", "promote", "orders", "--key", KEY, "--why", "p99 flat"))

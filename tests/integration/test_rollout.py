@@ -218,7 +218,12 @@ def test_the_cli_works_on_a_rules_file(tmp_path: Any, capsys: pytest.CaptureFixt
     assert "step 2 of 3: 50% to the canary" in out and "-- latency" in out
     svc = yaml.safe_load(path.read_text())["services"]["orders"]
     assert svc["rollout"]["state"]["phase"] == "aborted" and svc["default"] == "stable"
-    assert (tmp_path / "rules.yaml.previous").exists()  # undo takes back one step
+    assert main(["status", "orders", *common]) == 1  # a rules file holds no instances: said, not crashed
+    assert main(["rules", "undo", *common]) == 0  # undo takes back one step: the abort
+    svc = yaml.safe_load(path.read_text())["services"]["orders"]
+    assert svc["rollout"]["state"] == {**svc["rollout"]["state"], "phase": "progressing", "step": 1}
+    assert main(["rules", "explain", str(path), "--service", "orders"]) == 0
+    assert "route 'rollout' belongs to a progressive rollout" in capsys.readouterr().out
 
 
 def test_a_comparison_gate_is_not_judged_at_100_percent_nor_before_the_pause_is_over(store: MemoryRuleStore) -> None:
