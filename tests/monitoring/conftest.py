@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.contract.contract_backends import recipe
@@ -66,3 +70,60 @@ def free_port() -> int:
 def promtool(request: pytest.FixtureRequest) -> str:
     """promtool of each Prometheus version the manifest has."""
     return str(program(request.param)["promtool"])
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Terminate ``proc``, kill it if it does not go within 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@contextmanager
+def running_prometheus(binary: str, directory: Path, target: str, rule_files: Sequence[str], job: str) -> Iterator[str]:
+    """A real Prometheus on a free 127.0.0.1 port, scraping ``target`` and evaluating
+    ``rule_files`` (already in ``directory``) every second; yields its URL once ready, stops it
+    after."""
+    from tests.conftest import wait_until
+
+    config = directory / "prometheus.yml"
+    config.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": list(rule_files),
+                "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}],
+            }
+        )
+    )
+    port = free_port()
+    log_path = directory / "prometheus.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"prometheus exited: {log_path.read_text()[-3000:]}"
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, timeout=60, interval=0.2, message=f"prometheus ({binary}) to be ready")
+        yield url
+    finally:
+        stop(proc)

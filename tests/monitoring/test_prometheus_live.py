@@ -13,19 +13,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.monitoring.conftest import MONITORING, PROMETHEUS_VERSIONS, free_port, program
+from tests.monitoring.conftest import MONITORING, PROMETHEUS_VERSIONS, free_port, program, running_prometheus, stop
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,16 +31,6 @@ BASELINE, CANARY = "1.4.2", "2.0.0"
 DASHBOARD = MONITORING / "grafana" / "graylb-dashboard.json"
 # What Grafana would substitute; the test's Prometheus scrapes every second.
 VARIABLES = {"$service": "orders", "$__rate_interval": "1m", "$__range": "1h", "$__interval": "5s"}
-
-
-def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(canary_measured, timeout=30, interval=0.2, message=f"the demo's {url} to show canary series")
         yield f"127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.returncode == 0, log_path.read_text()
 
 
@@ -91,57 +79,19 @@ class Prometheus:
         return [a["labels"] for a in alerts if a["state"] == "firing"]
 
 
-def _config(directory: Path, target: str) -> Path:
-    shutil.copy(MONITORING / "prometheus" / "recording-rules.yml", directory)
-    alerts = (MONITORING / "prometheus" / "alerts.yml").read_text()
-    (directory / "alerts.yml").write_text(re.sub(r"^(\s*)for: \S+$", r"\1for: 5s", alerts, flags=re.MULTILINE))
-    config = directory / "prometheus.yml"
-    config.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": ["recording-rules.yml", "alerts.yml"],
-                "scrape_configs": [{"job_name": "graylb-demo", "static_configs": [{"targets": [target]}]}],
-            }
-        )
-    )
-    return config
-
-
 @pytest.fixture(scope="module", params=PROMETHEUS_VERSIONS)
 def prometheus(
     request: pytest.FixtureRequest, demo: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     entry = program(request.param)
     directory = tmp_path_factory.mktemp(request.param)
-    config = _config(directory, demo)
-    port = free_port()
-    log_path = directory / "prometheus.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                entry["binary"],
-                f"--config.file={config}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"prometheus exited: {log_path.read_text()[-3000:]}"
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, timeout=60, interval=0.2, message=f"{request.param} to be ready")
+    shutil.copy(MONITORING / "prometheus" / "recording-rules.yml", directory)
+    alerts = (MONITORING / "prometheus" / "alerts.yml").read_text()
+    (directory / "alerts.yml").write_text(re.sub(r"^(\s*)for: \S+$", r"\1for: 5s", alerts, flags=re.MULTILINE))
+    with running_prometheus(
+        entry["binary"], directory, demo, ["recording-rules.yml", "alerts.yml"], "graylb-demo"
+    ) as url:
         yield Prometheus(request.param, entry["version"], url)
-    finally:
-        _stop(proc)
 
 
 def _versions(result: list[dict[str, Any]]) -> dict[str, float]:

@@ -35,7 +35,7 @@ from graylb.consul import ConsulConfig
 from graylb.consul.store import ConsulKVStore
 from graylb.testing import FakeConsul
 from tests.conftest import wait_until
-from tests.monitoring.conftest import MONITORING, free_port, program
+from tests.monitoring.conftest import MONITORING, program, running_prometheus, stop
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -69,16 +69,6 @@ def _gate(url: str) -> dict[str, Any]:
             "min_volume": 0.1,
         },
     }
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @dataclass
@@ -120,50 +110,16 @@ def _traffic(consul: str, failure: float, directory: Path) -> Iterator[str]:
         proc.wait(timeout=15)
         assert proc.returncode == 0, log_path.read_text()[-3000:]
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @contextmanager
 def _prometheus(target: str, directory: Path) -> Iterator[str]:
-    entry = program("prometheus")
     shutil.copy(MONITORING / "prometheus" / "recording-rules.yml", directory)
-    config = directory / "prometheus.yml"
-    config.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": ["recording-rules.yml"],
-                "scrape_configs": [{"job_name": "graylb-rollout", "static_configs": [{"targets": [target]}]}],
-            }
-        )
-    )
-    port = free_port()
-    log_path = directory / "prometheus.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                entry["binary"],
-                f"--config.file={config}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"prometheus exited: {log_path.read_text()[-3000:]}"
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, timeout=60, interval=0.2, message="prometheus to be ready")
+    with running_prometheus(
+        program("prometheus")["binary"], directory, target, ["recording-rules.yml"], "graylb-rollout"
+    ) as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @contextmanager
