@@ -439,6 +439,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--key",
+        required=required,
+        help="the KV key (Consul) or config dataId (Nacos) holding the rules document (with --rules-file: its path)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graylb", description="Gray-release load balancing for httpx and grpcio.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -517,15 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.set_defaults(func=_cmd_push)
     undo = rsub.add_parser("undo", parents=[registry], help="swap KEY and KEY.previous (undo twice = redo)")
-    undo.add_argument(
-        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
-    )
+    _key_option(undo)
     undo.set_defaults(func=_cmd_undo)
     hist = rsub.add_parser("history", parents=[registry], help="a service's rollout history: who did what, when, why")
     hist.add_argument("service")
-    hist.add_argument(
-        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
-    )
+    _key_option(hist)
     hist.set_defaults(func=_cmd_history)
 
     rb = sub.add_parser(
@@ -534,16 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send all of a service's traffic to its default subset (removes its routes)",
     )
     rb.add_argument("service")
-    rb.add_argument(
-        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
-    )
+    _key_option(rb)
     rb.set_defaults(func=_cmd_rollback)
 
     st = sub.add_parser(
         "status", parents=[registry], help="a service's instances and, with --key, its live traffic split"
     )
     st.add_argument("service")
-    st.add_argument("--key", help="the KV key (Consul) or config dataId (Nacos) holding the rules document")
+    _key_option(st, required=False)
     st.set_defaults(func=_cmd_status)
 
     ro = sub.add_parser(
@@ -562,9 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         c = rosub.add_parser(name, parents=[registry], help=text)
         c.add_argument("service")
-        c.add_argument(
-            "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
-        )
+        _key_option(c)
         if name in ("promote", "pause", "resume", "abort", "retry"):
             c.add_argument("--why", default="", help="recorded in the history")
         if name == "promote":
@@ -596,9 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
         "judges the canary afresh)",
     )
     gr.add_argument("service")
-    gr.add_argument(
-        "--key", required=True, help="the KV key (Consul) or config dataId (Nacos) holding the rules document"
-    )
+    _key_option(gr)
     gr.set_defaults(func=_cmd_guard_reset)
     return p
 
