@@ -21,10 +21,10 @@ figures of a whole cold CI run).
   tests run on both versions.
 - **Jaeger v1.76.0** (``cmd/jaeger``, the OpenTelemetry-Collector-based all-in-one) for the tracing
   test: built like Consul; about 4 minutes cold.
-- **Nacos**: no 2.x server artifact can be had through the package registries this project may
-  use (Maven Central publishes only the client-side modules for 2.x; the Go module proxy does not
-  serve the repository). The recipe still makes its attempt (``mvn dependency:get`` of a pinned
-  ``nacos-console``; a few seconds) and records why it failed.
+- **Nacos: rnacos 0.8.8**, a Nacos server re-implemented in Rust (Apache-2.0), the one real,
+  independently written implementation of Nacos's Open API obtainable here (Maven Central
+  publishes only Nacos's 2.x client modules; the Go module proxy refuses its source). Built from
+  crates.io with ``cargo install --locked``: 10-17 minutes on 2 cores the first time.
 
 The cache lives outside the repository:
 ``${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}`` with one directory per program and version
@@ -34,7 +34,7 @@ The cache lives outside the repository:
      "prometheus": {"version": "3.16.0", "binary": "/…/prometheus", "promtool": "/…/promtool"},
      "prometheus-debian": {"version": "2.42.0", "binary": "…", "promtool": "…"},
      "jaeger": {"version": "1.76.0", "binary": "/…/jaeger-1.76.0/jaeger"},
-     "nacos": {"unavailable": "…why…"}}
+     "nacos": {"version": "0.8.8", "binary": "/…/rnacos-0.8.8/rnacos", "server": "rnacos"}}
 
 A program that failed to build is recorded as ``{"failed": "…"}``. The tests (``tests/contract``,
 ``tests/monitoring``) read the manifest: in CI a program recorded as ``unavailable`` is skipped
@@ -66,8 +66,6 @@ CONSUL_NOSUMDB = (
     "github.com/hashicorp/consul/troubleshoot",
     "github.com/hashicorp/hcp-sdk-go",
 )
-NACOS_VERSION = "2.5.1"
-NACOS_ARTIFACT = f"com.alibaba.nacos:nacos-console:{NACOS_VERSION}:pom"
 
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
@@ -299,54 +297,57 @@ def debian_prometheus(directory: Path) -> tuple[dict[str, str], str]:
     )
 
 
-def attempt_nacos() -> tuple[dict[str, str], str]:
-    """Try to obtain a Nacos 2.x server through Maven Central; record why it is unavailable."""
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        reason = (
-            f"no Maven (mvn) on PATH to fetch {NACOS_ARTIFACT}; and Maven Central does not publish a Nacos 2.x server"
-        )
-        return {"unavailable": reason}, f"nacos: unavailable: {reason}"
-    cmd = [mvn, "-B", "-q", "-U", "dependency:get", f"-Dartifact={NACOS_ARTIFACT}", "-Dtransitive=false"]
-    try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-        out, rc = proc.stdout, proc.returncode
-    except (OSError, subprocess.SubprocessError) as exc:
-        out, rc = f"{type(exc).__name__}: {exc}", -1
-    if rc == 0:
-        # Never happened so far. If it does, the server still has to be assembled (nacos-console
-        # with its dependencies, run standalone with an embedded database): not implemented yet.
-        reason = (
-            f"{NACOS_ARTIFACT} resolved, but assembling a standalone server from it is not implemented in "
-            "scripts/real_registries.py yet"
-        )
-        return {"unavailable": reason}, f"nacos: unavailable: {reason}"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", out)
-    if re.search(r"not found|could not find|missing:", text, re.IGNORECASE):
-        detail = "artifact not found"
-    else:
-        first = next(
-            (
-                line.replace("[ERROR]", "").strip()
-                for line in text.splitlines()
-                if line.startswith("[ERROR]") and line.strip() != "[ERROR]"
-            ),
-            "",
-        )
-        detail = _clean(first or text.strip() or f"exit {rc}")
-    reason = (
-        f"no Nacos {NACOS_VERSION} server from Maven Central (mvn dependency:get {NACOS_ARTIFACT}: {detail}); "
-        "only the 2.x client modules are published there"
-    )
-    return {"unavailable": reason}, f"nacos: unavailable: {reason}"
+RNACOS_VERSION = "0.8.8"
+
+
+def build_rnacos(directory: Path, verbose: bool) -> tuple[dict[str, str], str]:
+    """rnacos, the Nacos-compatible server written in Rust, from crates.io with the local cargo
+    (``cargo install --locked``: the crate's own Cargo.lock), into ``directory``."""
+    binary = directory / "rnacos"
+
+    def reported(path: Path) -> str | None:
+        try:
+            out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        m = re.search(r"rnacos (\S+)", out)
+        return m.group(1) if m else None
+
+    entry = {"version": RNACOS_VERSION, "binary": str(binary), "server": "rnacos"}
+    if reported(binary) == RNACOS_VERSION:
+        return entry, f"nacos: cached rnacos v{RNACOS_VERSION} at {directory}"
+    if shutil.which("cargo") is None:
+        reason = "no cargo on PATH (needed to build rnacos, the Nacos-compatible server, from crates.io)"
+        return {"failed": reason}, f"nacos: FAILED: {reason}"
+    started = time.monotonic()
+    log: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="graylb-rnacos-build-") as tmp:
+        root = Path(tmp) / "root"
+        cmd = ["cargo", "install", "rnacos", "--version", RNACOS_VERSION, "--locked", "--root", str(root)]
+        try:
+            proc = _run(cmd, Path(tmp), dict(os.environ), log, 5400)
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = _clean(f"{type(exc).__name__}: {exc}")
+            return {"failed": reason}, f"nacos: FAILED to build rnacos v{RNACOS_VERSION}: {reason}"
+        built = root / "bin" / "rnacos"
+        if proc.returncode != 0 or reported(built) != RNACOS_VERSION:
+            if verbose:
+                print("\n".join(log), file=sys.stderr)
+            tail = [line for line in "".join(log[-1:]).splitlines() if line.strip() and "error" in line.lower()]
+            reason = _clean(tail[-1] if tail else f"cargo install exited {proc.returncode}")
+            return {"failed": reason}, f"nacos: FAILED to build rnacos v{RNACOS_VERSION}: {reason}"
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / "rnacos.partial"
+        shutil.copy2(built, partial)
+        os.replace(partial, binary)
+    took = time.monotonic() - started
+    return entry, f"nacos: built rnacos v{RNACOS_VERSION} from crates.io in {took:.0f}s -> {directory}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--verbose", "-v", action="store_true", help="print the build log when a step fails")
-    parser.add_argument(
-        "--skip-nacos", action="store_true", help="do not make the Nacos attempt (keep what the manifest says)"
-    )
+    parser.add_argument("--skip-nacos", action="store_true", help="do not build rnacos (keep what the manifest says)")
     args = parser.parse_args(argv)
 
     cache = cache_dir()
@@ -375,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     print(line, flush=True)
 
     if not args.skip_nacos or "nacos" not in manifest:
-        manifest["nacos"], nacos_line = attempt_nacos()
+        manifest["nacos"], nacos_line = build_rnacos(cache / f"rnacos-{RNACOS_VERSION}", args.verbose)
+        failed = failed or "failed" in manifest["nacos"]
     else:
         nacos_line = f"nacos: {json.dumps(manifest['nacos'])} (attempt skipped)"
     print(nacos_line, flush=True)

@@ -24,7 +24,7 @@ from urllib.parse import unquote_plus
 
 import httpx
 import pytest
-from contract_backends import VALID_RULES, Backend, ConsulBackend, NacosBackend, closing, only, wait_for
+from contract_backends import VALID_RULES, Backend, ConsulBackend, NacosBackend, closing, lacking, only, wait_for
 
 import graylb
 from graylb.consul import ConsulACLError, ConsulConfig
@@ -190,6 +190,7 @@ def test_a_fleet_of_tripped_guards_writes_one_rollback(backend: Backend) -> None
     """Five processes' guards trip on the same rules at once: each tries the rollback by
     compare-and-set against the rules it judged; exactly one writes, with its annotation; the
     others find the service changed and write nothing; undo brings the routes back."""
+    lacking(backend, "cas")
     from graylb import admin
     from graylb.rules.load import parse_rules
 
@@ -651,6 +652,7 @@ def test_nacos_cas_md5(backend: Backend) -> None:
     """Pins a difference FakeNacos had (from the 2.x source; no real Nacos here): a publish with
     a ``casMd5`` header that no longer matches is refused (500 ``Cas publish fail``)."""
     only(backend, "nacos", "casMd5 is Nacos's compare-and-set")
+    lacking(backend, "cas")
     assert isinstance(backend, NacosBackend)
     data_id = backend.unique("key")
     form = {"dataId": data_id, "group": "DEFAULT_GROUP"}
@@ -684,6 +686,7 @@ def test_nacos_protection_threshold_keeps_last_good_snapshot(backend: Backend) -
     """All instances unhealthy with the default threshold 0: Nacos returns them all
     (``reachProtectionThreshold``) and graylb keeps its last good snapshot, marked stale; once
     the dead instance is deleted the list is empty and that is what graylb shows."""
+    lacking(backend, "protect-threshold")
     only(backend, "nacos", "the protection threshold is Nacos's")
     assert isinstance(backend, NacosBackend)
     service = backend.unique("protect")
