@@ -707,3 +707,35 @@ def test_nacos_protection_threshold_keeps_last_good_snapshot(backend: Backend) -
             backend.expiry_budget + 10,
             "deleted after ip.delete.timeout",
         )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK calls Thread.setDaemon, ssl.SSLContext()
+def test_the_official_nacos_python_sdk_is_a_peer(backend: Backend, tmp_path: Any) -> None:
+    """nacos-sdk-python 2.x (v1 HTTP, with auth) against the same server graylb talks to:
+    what it registers graylb discovers, what graylb's store writes it reads, and back."""
+    only(backend, "nacos", "nacos-sdk-python is Nacos's client")
+    import nacos
+
+    assert isinstance(backend, NacosBackend)
+    client = nacos.NacosClient(
+        server_addresses=backend.url.split("://", 1)[1],
+        namespace="",
+        username=backend.username,
+        password=backend.password,
+        logDir=str(tmp_path / "logs"),
+    )
+    client.set_options(snapshot_base=str(tmp_path / "snapshot"), failover_base=str(tmp_path / "failover"))
+    service = backend.unique("sdk")
+    assert client.add_naming_instance(service, "10.0.0.7", 8080, metadata={"version": "1.4.2"}, ephemeral=False)
+    with closing(backend.discovery()) as discovery:
+        watch = discovery.watch(service)
+        wait_for(lambda: watch.snapshot and watch.snapshot.instances, 15, "graylb to see the SDK's instance")
+        (inst,) = watch.snapshot.instances
+        assert (inst.host, inst.port, inst.version) == ("10.0.0.7", 8080, "1.4.2")
+    key = backend.unique("key")
+    with closing(backend.store()) as store:
+        store.put(key, "version: 1\n")
+        assert client.get_config(key, "DEFAULT_GROUP") == "version: 1\n"
+        assert client.publish_config(key, "DEFAULT_GROUP", "version: 2\n")
+        wait_for(lambda: store.get(key)[0] == "version: 2\n", 10, "graylb's store to read the SDK's write")
+    assert client.remove_naming_instance(service, "10.0.0.7", 8080, ephemeral=False)
