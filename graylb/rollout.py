@@ -35,7 +35,7 @@ import httpx
 from . import admin
 from .errors import GraylbError
 from .rules.load import validate_rules
-from .rules.model import format_duration
+from .rules.model import format_duration, parse_duration
 
 __all__ = [
     "ROUTE",
@@ -366,8 +366,6 @@ def describe(target: Any, key: str, service: str, now: float | None = None) -> s
     ]
     pause_text = steps[step].get("pause")
     if state["phase"] == "progressing" and pause_text:
-        from .rules.model import parse_duration
-
         left = parse_duration(pause_text) - (stamp - _parse_iso(state["step_started"]))
         lines.append(
             f"  step {step + 1}: {steps[step]['weight']}% to the canary, "
@@ -443,8 +441,6 @@ def _note_time(note: str) -> float:
 
 
 def _prometheus_verdict(name: str, service: str, gate: Mapping[str, Any], client: httpx.Client | None) -> GateVerdict:
-    from .rules.model import parse_duration
-
     timeout = parse_duration(gate.get("timeout", 5.0))
     own = client is None
     http = client or httpx.Client(timeout=timeout)
@@ -503,7 +499,7 @@ def tick(
     if state["phase"] == "paused":
         return "waiting"
     step = rollout["steps"][int(state["step"])]
-    due = step.get("pause") is not None and stamp - _parse_iso(state["step_started"]) >= _seconds(step["pause"])
+    due = step.get("pause") is not None and stamp - _parse_iso(state["step_started"]) >= parse_duration(step["pause"])
     # Guard gates are read every pass (a trip aborts mid-pause); Prometheus only once the pause is over.
     verdicts = evaluate_gates(service, svc, {**rollout, "state": state}, client, prometheus=due)
     failed = [v for v in verdicts if v.result == "fail"]
@@ -537,12 +533,6 @@ def tick(
         expect_step=int(state["step"]),
     )
     return "promoted"
-
-
-def _seconds(text: Any) -> float:
-    from .rules.model import parse_duration
-
-    return parse_duration(text)
 
 
 def run(

@@ -342,6 +342,23 @@ class StartFailed(Exception):
     """A real server binary is there but did not come up (the message has its log's tail)."""
 
 
+def _stopper(proc: subprocess.Popen[Any], log: Any, data: Path, sig: int) -> Callable[[], None]:
+    """How a started server is stopped: ``sig``, a kill after 10 s, its log closed, its data gone."""
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+    return stop
+
+
 def start_real_consul(binary: Path, workdir: Path) -> ConsulBackend:
     """A one-node Consul server (not -dev: compact JSON, a data dir, like production) on free
     127.0.0.1 ports with ACLs on, default policy deny; the management token is also the agent
@@ -391,16 +408,7 @@ acl {{
         start_new_session=True,
     )
 
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # graceful leave
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
+    stop = _stopper(proc, log, data, signal.SIGINT)  # SIGINT: a graceful leave
 
     url = f"http://127.0.0.1:{http_port}"
     headers = {"X-Consul-Token": management}
@@ -497,16 +505,7 @@ def start_rnacos(binary: Path, workdir: Path) -> NacosBackend:
         start_new_session=True,
     )
 
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
+    stop = _stopper(proc, log, data, signal.SIGTERM)
 
     url = f"http://127.0.0.1:{http_port}"
 
