@@ -173,6 +173,22 @@ def _entry(program: GoProgram, directory: Path) -> dict[str, str]:
     return entry
 
 
+def _built(entry: dict[str, str], seconds: float) -> dict[str, str]:
+    """``entry`` with when and how long its build took: cold-cache CI cost is read from here."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {**entry, "built_at": when, "build_seconds": f"{seconds:.0f}"}
+
+
+def _carry_build_record(old: object, new: dict[str, str]) -> dict[str, str]:
+    """A cached entry keeps the build record of the run that built it (same version, same binary)."""
+    if not isinstance(old, dict) or "built_at" in new or "failed" in new:
+        return new
+    if old.get("version") != new.get("version") or old.get("binary") != new.get("binary"):
+        return new
+    kept = {k: str(old[k]) for k in ("built_at", "build_seconds") if k in old}
+    return {**new, **kept}
+
+
 def build_go_program(program: GoProgram, directory: Path, verbose: bool) -> tuple[dict[str, str], str]:
     """(manifest entry, status line) for ``program`` built into ``directory``."""
     name, version = program.key, program.version
@@ -233,7 +249,8 @@ def build_go_program(program: GoProgram, directory: Path, verbose: bool) -> tupl
             reason = _clean(f"{type(exc).__name__}: {exc}")
             return {"failed": reason}, f"{name}: FAILED to build v{version}: {reason}"
     took = time.monotonic() - started
-    return _entry(program, directory), f"{name}: built v{version} from source in {took:.0f}s -> {directory}"
+    entry = _built(_entry(program, directory), took)
+    return entry, f"{name}: built v{version} from source in {took:.0f}s -> {directory}"
 
 
 def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
@@ -341,6 +358,7 @@ def build_rnacos(directory: Path, verbose: bool) -> tuple[dict[str, str], str]:
         shutil.copy2(built, partial)
         os.replace(partial, binary)
     took = time.monotonic() - started
+    entry = _built(entry, took)
     return entry, f"nacos: built rnacos v{RNACOS_VERSION} from crates.io in {took:.0f}s -> {directory}"
 
 
@@ -366,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if directory.exists() and not directory.is_dir():
             directory.unlink()  # a stray file where the version directory belongs
         entry, line = build_go_program(program, directory, args.verbose)
-        manifest[program.key] = entry
+        manifest[program.key] = entry = _carry_build_record(manifest.get(program.key), entry)
         failed = failed or "failed" in entry
         print(line, flush=True)
         _save(manifest_path, manifest)  # what is built is recorded even if a later build is interrupted
@@ -376,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     print(line, flush=True)
 
     if not args.skip_nacos or "nacos" not in manifest:
-        manifest["nacos"], nacos_line = build_rnacos(cache / f"rnacos-{RNACOS_VERSION}", args.verbose)
+        entry, nacos_line = build_rnacos(cache / f"rnacos-{RNACOS_VERSION}", args.verbose)
+        manifest["nacos"] = _carry_build_record(manifest.get("nacos"), entry)
         failed = failed or "failed" in manifest["nacos"]
     else:
         nacos_line = f"nacos: {json.dumps(manifest['nacos'])} (attempt skipped)"
