@@ -528,9 +528,11 @@ def start_rnacos(binary: Path, workdir: Path) -> NacosBackend:
             wait_for(ready, 20, "rnacos to answer a login", interval=0.1)
         except AssertionError as exc:
             raise StartFailed(str(exc)) from None
-        return NacosBackend(
+        backend = NacosBackend(
             "real-nacos", url, "graylb", password, expiry_budget=20.0, min_hold=10.0, stop=stop, lacks=RNACOS_LACKS
         )
+        _wait_until_rnacos_settles(backend)
+        return backend
     except StartFailed as exc:
         stop()
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-5:])
@@ -538,6 +540,33 @@ def start_rnacos(binary: Path, workdir: Path) -> NacosBackend:
     except BaseException:  # a bug here, Ctrl-C: never leave the server running
         stop()
         raise
+
+
+def _wait_until_rnacos_settles(backend: NacosBackend, timeout: float = 30.0) -> None:
+    """rnacos 0.8.8 answers logins at once, but about 5 s after it starts it settles something
+    internal, and the next registration of a persistent instance then drops the persistent
+    instances its service got before that moment (seen every time; never later). So: register
+    a persistent sentinel, re-register a second one until the sentinel is dropped -- rnacos has
+    settled -- and clean up. A version without the quirk never drops it: ready after ``timeout``."""
+    service, ip = "graylb-startup-sentinel", "127.0.0.1"
+
+    def put(port: int, method: str = "POST") -> None:
+        form = {"serviceName": service, "ip": ip, "port": str(port), "ephemeral": "false"}
+        r = backend.raw(method, "/v1/ns/instance", params=form)
+        if r.status_code != 200:
+            raise StartFailed(f"sentinel {method} /v1/ns/instance: {r.status_code} {r.text[:200]}")
+
+    def sentinel_dropped() -> bool:
+        put(2)
+        hosts = backend.raw("GET", "/v1/ns/instance/list", params={"serviceName": service}).json()["hosts"]
+        return all(h["port"] != 1 for h in hosts)
+
+    put(1)
+    with contextlib.suppress(AssertionError):
+        wait_for(sentinel_dropped, timeout, "rnacos to settle", interval=0.25)
+    for port in (1, 2):
+        with contextlib.suppress(StartFailed):
+            put(port, "DELETE")
 
 
 def real_nacos_from_env() -> NacosBackend | None:

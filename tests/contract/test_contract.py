@@ -709,6 +709,30 @@ def test_nacos_protection_threshold_keeps_last_good_snapshot(backend: Backend) -
         )
 
 
+def test_nacos_persistent_instances_of_a_service_are_independent(backend: Backend) -> None:
+    """Persistent instances (``ephemeral=False``, no heartbeats) registered some time apart are
+    all listed, and deregistering one leaves the other. Nacos 2.x keeps each persistent
+    instance in its own ``ip:port#false`` client (``InstanceOperatorClientImpl``). (rnacos 0.8.8
+    drops persistent instances registered in its first ~5 s at the service's next registration;
+    ``start_rnacos`` waits that out.)"""
+    only(backend, "nacos", "persistent instances are Nacos's")
+    assert isinstance(backend, NacosBackend)
+    from graylb.nacos.registration import NacosRegistration
+
+    service = backend.unique("persistent")
+
+    def persistent(port: int, version: str) -> NacosRegistration:
+        return NacosRegistration(backend.config(), service, ip=IP, port=port, version=version, ephemeral=False)
+
+    with closing(backend.discovery()) as discovery, persistent(7301, "1.0.0"):
+        _watch_until(discovery, service, lambda s: _hosts(s) == {(IP, 7301)}, 10, "the first persistent instance")
+        time.sleep(backend.min_hold)  # the first one is not new any more when the second comes
+        with persistent(7302, "2.0.0"):
+            snap = _watch_until(discovery, service, lambda s: (IP, 7302) in _hosts(s), 10, "the second one")
+            assert {(i.port, i.version) for i in snap.instances} == {(7301, "1.0.0"), (7302, "2.0.0")}
+        _watch_until(discovery, service, lambda s: _hosts(s) == {(IP, 7301)}, 10, "the first left alone")
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK calls Thread.setDaemon, ssl.SSLContext()
 def test_the_official_nacos_python_sdk_is_a_peer(backend: Backend, tmp_path: Any) -> None:
     """nacos-sdk-python 2.x (v1 HTTP, with auth) against the same server graylb talks to:
