@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -284,6 +287,68 @@ def test_rules_watch_follows_changes_and_survives_deletion(backend: Backend) -> 
             store.put(key, VALID_RULES.format(name="svc-c"))
             wait_for(lambda: "svc-c" in source.current.services, 10, "re-created rules")
             assert source.last_fetch_error is None
+
+
+def _graylb_cli(backend: Backend, *args: str) -> str:
+    """``python -m graylb.cli ARGS`` as an operator types it against ``backend``, credentials in
+    the registry's own environment variables; its stdout (exit 0 required)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "NACOS_"))}
+    if isinstance(backend, ConsulBackend):
+        env.update(CONSUL_HTTP_ADDR=backend.url, CONSUL_HTTP_TOKEN=backend.token)
+    else:
+        assert isinstance(backend, NacosBackend)
+        env.update(NACOS_USERNAME=backend.username, NACOS_PASSWORD=backend.password)
+        args = (*args, "--nacos", backend.url)
+    r = subprocess.run(
+        [sys.executable, "-m", "graylb.cli", *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert r.returncode == 0, f"graylb {' '.join(args)}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_the_release_loop_from_the_cli(backend: Backend, tmp_path: Any) -> None:
+    """``graylb rules push / status / undo / rollback`` as typed, against the registry: 10 % to
+    the canary, step up to 50 %, undo back to 10 %, roll the service back to its stable default."""
+    service, key = backend.unique("orders"), backend.unique("key")
+    rules = (
+        f"version: 1\nservices:\n  {service}:\n"
+        '    subsets: {stable: {version: "^1"}, canary: {version: "^2"}}\n'
+        "    default: stable\n"
+        "    routes: [{name: split, to: [{subset: canary, weight: %d}, {subset: stable, weight: %d}]}]\n"
+    )
+    ten, fifty = tmp_path / "ten.yaml", tmp_path / "fifty.yaml"
+    ten.write_text(rules % (10, 90))
+    fifty.write_text(rules % (50, 50))
+    with (
+        backend.registration(service, ip=IP, port=7401, version="1.4.2", lane=None, weight=100),
+        backend.registration(service, ip=IP2, port=7402, version="2.0.0", lane=None, weight=100),
+        closing(backend.store()) as store,
+    ):
+        _graylb_cli(backend, "rules", "push", str(ten), "--key", key)
+        wait_for(
+            lambda: (
+                "canary: 1 routable" in (out := _graylb_cli(backend, "status", service, "--key", key))
+                and "stable: 1 routable" in out
+            ),
+            10,
+            "both instances routable in `graylb status`",
+        )
+        assert "route 'split' when always: canary 10%, stable 90%" in _graylb_cli(
+            backend, "status", service, "--key", key
+        )
+
+        _graylb_cli(backend, "rules", "push", str(fifty), "--key", key)
+        assert "canary 50%, stable 50%" in _graylb_cli(backend, "status", service, "--key", key)
+        assert "restored" in _graylb_cli(backend, "rules", "undo", "--key", key)
+        assert store.get(key)[0] == rules % (10, 90)
+
+        out = _graylb_cli(backend, "rollback", service, "--key", key)
+        assert "all its traffic now goes to its default subset 'stable'" in out
+        status = _graylb_cli(backend, "status", service, "--key", key)
+        assert "no routes: all traffic -> default subset 'stable' 100%" in status
+        assert store.get(key + ".previous")[0] == rules % (10, 90)
+    backend.delete_key(key)
+    backend.delete_key(key + ".previous")
 
 
 def test_bad_credentials_are_a_clear_auth_error(backend: Backend) -> None:
