@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 
 def machine() -> str:
@@ -32,6 +34,52 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def median_ci(xs: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``xs``: the order statistics
+    whose ranks a Binomial(n, 1/2) puts around the middle with at least ``confidence``. No
+    normality assumed -- round timings on a shared machine have long right tails."""
+    xs = sorted(xs)
+    n = len(xs)
+    if n < 6:
+        return xs[0], xs[-1]
+    pmf = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    lo = 0
+    # xs[j] .. xs[n-1-j] covers the median when j < B <= n-1-j, B ~ Binomial(n, 1/2): widen from
+    # the middle until that has `confidence`
+    for j in range((n - 1) // 2, -1, -1):
+        if sum(pmf[j + 1 : n - j]) >= confidence:
+            lo = j
+            break
+    return xs[lo], xs[n - 1 - lo]
+
+
+def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
+    """``median [low, high]``: the median and its 95 % interval, formatted."""
+    lo, hi = median_ci(xs)
+    return f"{fmt.format(median(xs))} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each variant's round function ``rounds`` times, interleaved: round r runs every
+    variant once, in an order that rotates (and reverses on odd rounds), so a machine getting
+    busier or quieter hits all of them alike. Returns each variant's per-round results, in round
+    order, so paired differences (``paired``) can be taken round by round."""
+    names = list(variants)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            out[name].append(variants[name]())
+    return out
+
+
+def paired(a: list[float], b: list[float]) -> list[float]:
+    """Round-by-round ``b - a`` of two ``interleaved`` results: drift shared by the pair cancels."""
+    return [y - x for x, y in zip(a, b)]
 
 
 def _serve_in_child(conn, start) -> None:
