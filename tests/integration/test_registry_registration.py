@@ -182,6 +182,10 @@ def test_signal_deregisters_then_keeps_default_behaviour(registry: ConsulRegistr
         text=True,
         cwd=ROOT,
         env=env,
+        # A process started the usual way: a runner in a background job of a non-interactive
+        # shell ignores SIGINT, and children would inherit that (Python then raises no
+        # KeyboardInterrupt, and graylb rightly keeps an ignored signal ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
