@@ -27,12 +27,13 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# The real servers tests/contract and tests/monitoring run against (besides the fakes): builds
-# Consul 1.16.1 (the last MPL-2.0 release), Prometheus 3.16.0 and Jaeger 1.76.0 from source with
-# the local Go toolchain, unpacks Debian's Prometheus 2.42.0, caches them outside the repo in
-# ${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}, and records in its manifest.json that no
-# Nacos server can be obtained here. Idempotent: once built, a run takes a few seconds (the Nacos
-# attempt). Standard library only: no venv needed (the venv's python is used when there is one).
+# The real servers tests/contract, tests/monitoring and benchmarks/peer_gateway.py run against
+# (besides the fakes): builds Consul 1.16.1 (the last MPL-2.0 release), Prometheus 3.16.0 and
+# Jaeger 1.76.0 from source with the local Go toolchain and rnacos 0.8.8 (the Nacos-compatible
+# server) from crates.io with cargo, unpacks Debian's Prometheus 2.42.0 and nginx 1.22.1, caches
+# them outside the repo in ${GRAYLB_CACHE:-${XDG_CACHE_HOME:-~/.cache}/graylb}, and records each
+# in its manifest.json (version, build time, or why it failed). Idempotent: once built, a run
+# takes seconds. Standard library only: no venv needed (the venv's python is used when there is one).
 real-registries:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/real_registries.py
 
@@ -47,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/consul_latency.py
 	$(PY) benchmarks/consul_scale.py
 	$(PY) benchmarks/nacos_latency.py
+	$(PY) benchmarks/peer_gateway.py
 	$(PY) benchmarks/grpc_overhead.py
 	$(PY) benchmarks/guard_stats.py
 

@@ -19,6 +19,10 @@ figures of a whole cold CI run).
 - **Prometheus 2.42.0 from Debian** (package ``prometheus``, with ``promtool``): ``apt-get download``
   and ``dpkg-deb -x`` into the cache -- no root, no service started; a second or two. The promtool
   tests run on both versions.
+- **nginx 1.22.1 from Debian** (package ``nginx``; its ``usr/sbin/nginx`` only -- ``nginx-common``'s
+  /etc/nginx is not needed, the libraries it links are Debian's base system): fetched and unpacked
+  the same way, for ``benchmarks/peer_gateway.py`` (graylb vs the gray gateway hop it removes), which
+  writes its own config and runs it in a temporary prefix.
 - **Jaeger v1.76.0** (``cmd/jaeger``, the OpenTelemetry-Collector-based all-in-one) for the tracing
   test: built like Consul; about 4 minutes cold.
 - **Nacos: rnacos 0.8.8**, a Nacos server re-implemented in Rust (Apache-2.0), the one real,
@@ -33,12 +37,14 @@ The cache lives outside the repository:
     {"consul": {"version": "1.16.1", "binary": "/…/consul-1.16.1/consul"},
      "prometheus": {"version": "3.16.0", "binary": "/…/prometheus", "promtool": "/…/promtool"},
      "prometheus-debian": {"version": "2.42.0", "binary": "…", "promtool": "…"},
+     "nginx": {"version": "1.22.1", "binary": "/…/nginx-debian/nginx"},
      "jaeger": {"version": "1.76.0", "binary": "/…/jaeger-1.76.0/jaeger"},
      "nacos": {"version": "0.8.8", "binary": "/…/rnacos-0.8.8/rnacos", "server": "rnacos"}}
 
-A program that failed to build is recorded as ``{"failed": "…"}``. The tests (``tests/contract``,
-``tests/monitoring``) read the manifest: in CI a program recorded as ``unavailable`` is skipped
-with that reason, a missing or failed one fails the run.
+A program that failed to build is recorded as ``{"failed": "…"}``, a Debian one apt cannot get
+as ``{"unavailable": "…"}``. The tests (``tests/contract``, ``tests/monitoring``) read the
+manifest: in CI a program recorded as ``unavailable`` is skipped with that reason, a missing or
+failed one fails the run.
 
 Exit status: 0 when everything obtainable was obtained (built or cached), 1 otherwise.
 """
@@ -145,8 +151,9 @@ JAEGER = GoProgram(
 )
 
 
-def version_of(binary: Path, program: GoProgram) -> str | None:
-    """The version ``binary`` reports (``program.version_args``); None when it does not run."""
+def _probe(binary: Path, program: GoProgram | DebianProgram) -> tuple[str | None, str]:
+    """(the version ``binary`` reports with ``program.version_args``, on stdout or stderr, or
+    None; what it printed -- the error when it did not run)."""
     try:
         out = subprocess.run(
             [str(binary), *program.version_args],
@@ -155,10 +162,15 @@ def version_of(binary: Path, program: GoProgram) -> str | None:
             text=True,
             timeout=30,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
     m = re.search(program.version_pattern, out)
-    return m.group(1) if m else None
+    return (m.group(1) if m else None), out
+
+
+def version_of(binary: Path, program: GoProgram | DebianProgram) -> str | None:
+    """The version ``binary`` reports (``program.version_args``); None when it does not run."""
+    return _probe(binary, program)[0]
 
 
 def consul_version_of(binary: Path) -> str | None:
@@ -258,60 +270,117 @@ def build_consul(target: Path, verbose: bool) -> tuple[dict[str, str], str]:
     return build_go_program(CONSUL, target.parent, verbose)
 
 
-DEBIAN_PROMETHEUS = "prometheus"
+@dataclasses.dataclass(frozen=True)
+class DebianProgram:
+    """A program taken from a Debian package (``apt-get download`` + ``dpkg-deb -x``: no root, no
+    maintainer scripts, no service) into a cache directory: whatever version apt offers."""
+
+    key: str  # manifest key and status-line name
+    package: str
+    binaries: dict[str, str]  # file name in the cache directory -> path inside the package
+    version_args: tuple[str, ...]
+    version_pattern: str  # a regex whose group(1) is the version the binary reports (stdout or stderr)
+    purpose: str  # why it is fetched: said when apt is not there
+
+
+DEBIAN_PROMETHEUS = DebianProgram(
+    key="prometheus-debian",
+    package="prometheus",
+    binaries={"prometheus": "usr/bin/prometheus", "promtool": "usr/bin/promtool"},
+    version_args=("--version",),
+    version_pattern=r"version (\d+\.\d+\.\d+)",
+    purpose="Debian's prometheus package is the second Prometheus version tested",
+)
+# Debian 12: nginx 1.22.1. Only the binary is taken: nginx-common (the package it depends on) holds
+# /etc/nginx and the service files, and the benchmark writes its own nginx.conf; the libraries it
+# links (libpcre2-8, libssl3, libcrypt1, zlib) are in Debian's base system.
+DEBIAN_NGINX = DebianProgram(
+    key="nginx",
+    package="nginx",
+    binaries={"nginx": "usr/sbin/nginx"},
+    version_args=("-v",),  # prints "nginx version: nginx/1.22.1" on stderr
+    version_pattern=r"nginx/(\d+\.\d+\.\d+)",
+    purpose="Debian's nginx is the gateway benchmarks/peer_gateway.py compares graylb with",
+)
+
+
+def debian_package(package: str, work: Path) -> tuple[Path | None, str]:
+    """Debian's ``package`` fetched with ``apt-get download`` into ``work`` and unpacked there with
+    ``dpkg-deb -x`` (nothing installed, no maintainer script run): (the unpacked tree, the .deb's
+    file name), or (None, why not)."""
+    os.chmod(work, 0o755)  # apt downloads as its own user where it can
+    attempts = [["apt-get", "download", "-q", package]]
+    if os.geteuid() == 0:
+        attempts.append(["apt-get", "update", "-q"])  # package lists missing or stale: refresh once
+        attempts.append(attempts[0])
+    proc = None
+    try:
+        for cmd in attempts:
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+            if cmd[1] == "download" and proc.returncode == 0:
+                break
+        debs = sorted(work.glob(f"{package}_*.deb"))
+        if not debs:
+            lines = (proc.stderr or proc.stdout or "").strip().splitlines() if proc else []
+            detail = _clean(lines[-1]) if lines else ""
+            return None, f"apt-get download {package} failed: {detail or 'no package file'}"
+        unpacked = work / "x"
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], check=True, capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, _clean(f"{type(exc).__name__}: {exc}")
+    return unpacked, debs[0].name
+
+
+def debian_program(program: DebianProgram, directory: Path) -> tuple[dict[str, str], str]:
+    """(manifest entry, status line) for ``program`` unpacked from its Debian package into
+    ``directory``; recorded as unavailable, with why, where apt cannot get it."""
+    name = program.key
+
+    def entry(version: str) -> dict[str, str]:
+        out = {"version": version}
+        for i, binary in enumerate(program.binaries):
+            out["binary" if i == 0 else binary] = str(directory / binary)
+        return out
+
+    versions = [version_of(directory / binary, program) for binary in program.binaries]
+    if versions[0] and versions.count(versions[0]) == len(versions):
+        return entry(versions[0]), f"{name}: cached v{versions[0]} at {directory}"
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        reason = f"no apt-get / dpkg-deb here ({program.purpose})"
+        return {"unavailable": reason}, f"{name}: unavailable: {reason}"
+    with tempfile.TemporaryDirectory(prefix=f"graylb-{name}-deb-") as tmp:
+        unpacked, got = debian_package(program.package, Path(tmp))
+        if unpacked is None:
+            return {"unavailable": got}, f"{name}: unavailable: {got}"
+        missing = [path for path in program.binaries.values() if not (unpacked / path).is_file()]
+        if missing:
+            reason = f"{got} holds no {', '.join(missing)}"
+            return {"failed": reason}, f"{name}: FAILED: {reason}"
+        directory.mkdir(parents=True, exist_ok=True)
+        for binary, path in program.binaries.items():
+            partial = directory / (binary + ".partial")
+            shutil.copy2(unpacked / path, partial)
+            os.replace(partial, directory / binary)  # atomic: a half-copied binary never looks cached
+    first = next(iter(program.binaries))
+    version, out = _probe(directory / first, program)
+    if not version:
+        tail = [line for line in out.splitlines() if line.strip()]
+        reason = f"the unpacked {first} does not report its version" + (f": {_clean(tail[-1])}" if tail else "")
+        return {"failed": reason}, f"{name}: FAILED: {reason}"
+    return entry(version), f"{name}: unpacked v{version} from {got} -> {directory}"
 
 
 def debian_prometheus(directory: Path) -> tuple[dict[str, str], str]:
     """Debian's ``prometheus`` package (with promtool), unpacked into ``directory``: no root, no
     service. Recorded as unavailable, with why, where apt cannot get it."""
-    binary, promtool = directory / "prometheus", directory / "promtool"
+    return debian_program(DEBIAN_PROMETHEUS, directory)
 
-    def reported(path: Path) -> str | None:
-        try:
-            out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        m = re.search(r"version (\d+\.\d+\.\d+)", out)
-        return m.group(1) if m else None
 
-    version = reported(binary)
-    if version and reported(promtool) == version:
-        return {"version": version, "binary": str(binary), "promtool": str(promtool)}, (
-            f"prometheus-debian: cached v{version} at {directory}"
-        )
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        reason = "no apt-get / dpkg-deb here (Debian's prometheus package is the second Prometheus version tested)"
-        return {"unavailable": reason}, f"prometheus-debian: unavailable: {reason}"
-    with tempfile.TemporaryDirectory(prefix="graylb-prometheus-deb-") as tmp:
-        work = Path(tmp)
-        os.chmod(work, 0o755)  # apt downloads as its own user where it can
-        attempts = [["apt-get", "download", "-q", DEBIAN_PROMETHEUS]]
-        if os.geteuid() == 0:
-            attempts.append(["apt-get", "update", "-q"])  # package lists missing or stale: refresh once
-            attempts.append(attempts[0])
-        proc = None
-        for cmd in attempts:
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
-            if cmd[1] == "download" and proc.returncode == 0:
-                break
-        debs = sorted(work.glob("prometheus_*.deb"))
-        if not debs:
-            detail = _clean((proc.stderr or proc.stdout or "").strip().splitlines()[-1] if proc else "")
-            reason = f"apt-get download {DEBIAN_PROMETHEUS} failed: {detail or 'no package file'}"
-            return {"unavailable": reason}, f"prometheus-debian: unavailable: {reason}"
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True, timeout=120)
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in ("prometheus", "promtool"):
-            partial = directory / (name + ".partial")
-            shutil.copy2(work / "x" / "usr" / "bin" / name, partial)
-            os.replace(partial, directory / name)
-    version = reported(binary)
-    if not version:
-        reason = "the unpacked prometheus does not report its version"
-        return {"failed": reason}, f"prometheus-debian: FAILED: {reason}"
-    return {"version": version, "binary": str(binary), "promtool": str(promtool)}, (
-        f"prometheus-debian: unpacked v{version} from {debs[0].name} -> {directory}"
-    )
+def debian_nginx(directory: Path) -> tuple[dict[str, str], str]:
+    """Debian's ``nginx`` package (its binary, ``usr/sbin/nginx``), unpacked into ``directory``:
+    no root, no service, no /etc/nginx (benchmarks/peer_gateway.py writes its own config).
+    Recorded as unavailable, with why, where apt cannot get it."""
+    return debian_program(DEBIAN_NGINX, directory)
 
 
 RNACOS_VERSION = "0.8.8"
@@ -389,9 +458,14 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         _save(manifest_path, manifest)  # what is built is recorded even if a later build is interrupted
 
-    manifest["prometheus-debian"], line = debian_prometheus(cache / "prometheus-debian")
-    failed = failed or "failed" in manifest["prometheus-debian"]
-    print(line, flush=True)
+    for key, fetch, directory in (
+        ("prometheus-debian", debian_prometheus, cache / "prometheus-debian"),
+        ("nginx", debian_nginx, cache / "nginx-debian"),
+    ):
+        manifest[key], line = fetch(directory)
+        failed = failed or "failed" in manifest[key]
+        print(line, flush=True)
+        _save(manifest_path, manifest)
 
     if not args.skip_nacos or "nacos" not in manifest:
         entry, nacos_line = build_rnacos(cache / f"rnacos-{RNACOS_VERSION}", args.verbose)
