@@ -109,14 +109,15 @@ class Call:
 
     def served(self, instance: Instance) -> Served:
         d = self.decision
+        # positional: one is built per call, and keywords cost a third more
         return Served(
-            service=d.service,
-            route=d.route,
-            subset=d.subset,
-            instance=instance.id,
-            address=instance.address,
-            version=instance.version,
-            lane=instance.lane,
-            attempts=self.attempts,
-            fallback_from=d.fallback_from,
+            d.service,
+            d.route,
+            d.subset,
+            instance.id,
+            instance.address,
+            instance.version,
+            instance.lane,
+            self.attempts,
+            d.fallback_from,
         )

@@ -38,10 +38,22 @@ def stable_hash64(key: str) -> int:
     return _from_bytes(h.digest(), "big")
 
 
+_UNIT_CACHE: dict[str, float] = {}
+_UNIT_CACHE_MAX = 8192
+
+
 def unit_interval(key: str) -> float:
     """A stable float in [0, 1) for ``key``, uniform over keys.
 
     Uses the top 53 bits of :func:`stable_hash64` so the result is exact and can never round up
-    to 1.0 (``h / 2**64`` would, for the largest hashes).
+    to 1.0 (``h / 2**64`` would, for the largest hashes). Sticky keys (user ids) repeat, so the
+    last few thousand are remembered: a dict hit costs a tenth of the hash. The cache is emptied
+    when full rather than kept in LRU order -- no lock, and each operation is one dict call.
     """
-    return (stable_hash64(key) >> 11) * _TWO_POW_MINUS_53
+    point = _UNIT_CACHE.get(key)
+    if point is None:
+        point = (stable_hash64(key) >> 11) * _TWO_POW_MINUS_53
+        if len(_UNIT_CACHE) >= _UNIT_CACHE_MAX:
+            _UNIT_CACHE.clear()
+        _UNIT_CACHE[key] = point
+    return point

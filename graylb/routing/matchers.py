@@ -91,7 +91,7 @@ def _named(fn: Matcher, description: str, parts: Sequence[Matcher] = ()) -> Matc
 
 def _header(name: str) -> Getter:
     def get(request: RequestInfo, ctx: GrayContext) -> str | None:
-        return request.header(name)
+        return request._get_header(name)  # RequestInfo.header without its own call: per condition, per call
 
     return get
 

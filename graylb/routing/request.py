@@ -65,6 +65,8 @@ class RequestInfo:
         return [] if value is None else [value]
 
     def query(self, name: str) -> str | None:
+        if not self._query_string:  # most calls: no query at all, nothing to parse
+            return None
         if self._query is None:
             q: dict[str, str] = {}
             for k, v in parse_qsl(self._query_string, keep_blank_values=True):

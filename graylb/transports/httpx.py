@@ -29,7 +29,7 @@ from ..balancer import Balancer
 from ..call import CONNECT_FAILURE, RESET, TIMEOUT, Call
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
-from ..propagation.codec import HeaderCodec
+from ..propagation.codec import BAGGAGE_HEADER, HeaderCodec
 from ..propagation.context import GrayContext, current
 from ..propagation.outbound import inject_gray
 from ..routing.request import RequestInfo
@@ -39,34 +39,90 @@ __all__ = ["GrayTransport", "AsyncGrayTransport"]
 
 
 def _start(balancer: Balancer, request: httpx.Request) -> Call:
-    service, info, ctx = _routing_input(balancer, request)
+    service, info, ctx, lookup = _routing_input(balancer, request)
     try:
         call = balancer.start(service, info, ctx)
     except NoInstanceAvailable as exc:
         telemetry.record_no_instance(exc.service, exc.subset)
         raise
-    inject_gray(balancer.codec, ctx, request.headers, HEADERS, HEADERS)
+    _inject(balancer, ctx, lookup, request)
     return call
 
 
 async def _astart(balancer: Balancer, request: httpx.Request) -> Call:
     # The twin of _start: the first call to a service awaits its first snapshot.
-    service, info, ctx = _routing_input(balancer, request)
+    service, info, ctx, lookup = _routing_input(balancer, request)
     try:
         call = await balancer.astart(service, info, ctx)
     except NoInstanceAvailable as exc:
         telemetry.record_no_instance(exc.service, exc.subset)
         raise
-    inject_gray(balancer.codec, ctx, request.headers, HEADERS, HEADERS)
+    _inject(balancer, ctx, lookup, request)
     return call
 
 
-def _routing_input(balancer: Balancer, request: httpx.Request) -> tuple[str, RequestInfo, GrayContext]:
+def _routing_input(balancer: Balancer, request: httpx.Request) -> tuple[str, RequestInfo, GrayContext, _HeaderLookup]:
     url = request.url
     headers = request.headers
-    # Bound methods only: get_list builds its list only if a rule asks for every line.
-    info = RequestInfo(request.method, url.path, headers.get, url.query.decode("ascii", "replace"), headers.get_list)
-    return balancer.service_name(url.host), info, current()
+    lookup = _HeaderLookup(headers)
+    # get_list (a bound method) builds its list only if a rule asks for every line.
+    query = url.query
+    info = lookup.info = RequestInfo(
+        request.method, url.path, lookup.get, query.decode("ascii", "replace") if query else "", headers.get_list
+    )
+    return balancer.service_name(url.host), info, current(), lookup
+
+
+def _inject(balancer: Balancer, ctx: GrayContext, lookup: _HeaderLookup, request: httpx.Request) -> None:
+    # With an empty context and no baggage there is nothing to write or strip (inject_gray's
+    # contract): the routing lookup answers that without another scan of the headers.
+    found = lookup.found
+    if ctx.is_empty and BAGGAGE_HEADER not in (found if found is not None else lookup.build()):
+        return
+    inject_gray(balancer.codec, ctx, request.headers, HEADERS, HEADERS)
+
+
+class _HeaderLookup:
+    """``httpx.Headers.get`` for routing, as one dict built on the first lookup. httpx's own
+    ``get`` scans and decodes every header line per call (~0.8 us), and a call through five
+    routes looks up several names, most of them absent. The first lookup builds the dict and
+    hands the request view the dict's own ``get``, so every later lookup is one C call. Lines of
+    one name are joined with ", ", as ``Headers.get`` joins them. Reads httpx's parsed lines
+    (``Headers._list``) where they have the known shape, else ``multi_items()``;
+    ``tests/unit/test_httpx_header_lookup.py`` pins the equivalence."""
+
+    __slots__ = ("_headers", "info", "found")
+
+    def __init__(self, headers: httpx.Headers) -> None:
+        self._headers = headers
+        self.info: RequestInfo | None = None
+        self.found: dict[str, str] | None = None
+
+    def build(self) -> dict[str, str]:
+        headers = self._headers
+        found: dict[str, str] = {}
+        try:
+            encoding = headers.encoding
+            for _, key, value in headers._list:  # (raw name, lower-case name, value), all bytes
+                name = key.decode(encoding)
+                earlier = found.get(name)
+                text = value.decode(encoding)
+                found[name] = text if earlier is None else f"{earlier}, {text}"
+        except (AttributeError, TypeError, ValueError):  # not the shape this was written for
+            found.clear()
+            for name, text in headers.multi_items():
+                earlier = found.get(name)
+                found[name] = text if earlier is None else f"{earlier}, {text}"
+        self.found = found
+        if self.info is not None:
+            self.info._get_header = found.get  # later lookups skip this method altogether
+        return found
+
+    def get(self, name: str) -> str | None:
+        found = self.found
+        if found is None:
+            found = self.build()
+        return found.get(name)
 
 
 class _Headers:
@@ -106,14 +162,19 @@ def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
     internals ever change shape; ``tests/unit/test_httpx_target.py`` pins the equivalence.
     """
     ref = getattr(url, "_uri_reference", None)
-    if ref is not None and hasattr(ref, "_replace"):
+    if ref is not None and getattr(ref, "_fields", None) == _PARSED_FIELDS:
         new = _URL_NEW(httpx.URL)
-        new._uri_reference = ref._replace(host=instance.host.lower(), port=instance.port)
+        # the namedtuple's own constructor, positionally: a third of ``_replace``'s cost
+        new._uri_reference = _TUPLE_NEW(
+            type(ref), (ref[0], ref[1], instance.host.lower(), instance.port, ref[4], ref[5], ref[6])
+        )
         return new
     return url.copy_with(host=instance.host, port=instance.port)
 
 
 _URL_NEW = httpx.URL.__new__
+_TUPLE_NEW = tuple.__new__
+_PARSED_FIELDS = ("scheme", "userinfo", "host", "port", "path", "query", "fragment")
 
 
 # -- telemetry (README "Telemetry"): nothing of this runs without an OpenTelemetry SDK -----------

@@ -351,7 +351,7 @@ def test_httpx_transport_hands_every_line_to_rules() -> None:
         "http://orders/api/v2/x",
         headers=[("accept", "text/html;q=0.1"), ("Accept", "application/vnd.myapp.v2+json")],
     )
-    _, info, _ = _routing_input(balancer, request)
+    _, info, _, _ = _routing_input(balancer, request)
     assert info.header_values("accept") == ["text/html;q=0.1", "application/vnd.myapp.v2+json"]
     assert info.path == "/api/v2/x"
 

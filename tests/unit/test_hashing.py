@@ -63,10 +63,19 @@ def test_unit_interval_follows_the_hash() -> None:
 
 def test_unit_interval_never_reaches_one(monkeypatch: pytest.MonkeyPatch) -> None:
     # float(2**64 - 1) / 2**64 == 1.0; the largest hash must still map below 1.
+    monkeypatch.setattr(hashing, "_UNIT_CACHE", {})
     monkeypatch.setattr(hashing, "stable_hash64", lambda key: 2**64 - 1)
     assert hashing.unit_interval("x") < 1.0
     monkeypatch.setattr(hashing, "stable_hash64", lambda key: 0)
-    assert hashing.unit_interval("x") == 0.0
+    assert hashing.unit_interval("y") == 0.0
+
+
+def test_unit_interval_remembers_a_bounded_number_of_keys() -> None:
+    keys = [f"user-{i}" for i in range(3 * hashing._UNIT_CACHE_MAX)]
+    first = [hashing.unit_interval(k) for k in keys]
+    assert len(hashing._UNIT_CACHE) <= hashing._UNIT_CACHE_MAX
+    assert [hashing.unit_interval(k) for k in keys] == first  # from the cache or not: the same point
+    assert first == [(stable_hash64(k) >> 11) * 2.0**-53 for k in keys]
 
 
 def test_low_and_high_bits_are_balanced() -> None:
