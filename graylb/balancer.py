@@ -70,6 +70,7 @@ class _Service:
         "state",
         "revision",
         "rules",
+        "digest",
         "lock",
         "guard",
     )
@@ -87,8 +88,15 @@ class _Service:
         self.state: ServiceState | None = None
         self.revision = -1  # the watch revision ``state`` was built from
         self.rules: CompiledRules | None = None  # the rules document ``state`` was built from
-        self.lock = threading.Lock()  # serialises rebuilds only; calls never take it
+        self.digest: str | None = None  # the digest of this service's part of it (None: no rules)
+        self.lock = threading.Lock()  # serialises rebuilds; a call only tries it (never waits) once it has a state
         self.guard: CanaryGuard | None = None  # the service's canary guard, when its rules have one
+
+
+def _same_rules(entry: _Service, document: CompiledRules) -> bool:
+    """Whether ``document`` gives ``entry``'s service the rules its state was built from."""
+    rules = document.service(entry.name)
+    return entry.rules is not None and (rules.digest if rules is not None else None) == entry.digest
 
 
 class Balancer:
@@ -181,16 +189,8 @@ class Balancer:
         watch = entry.watch
         watch.used = True
         state = entry.state
-        # Listeners rebuild the state on every change; these checks (an int compare, an identity
-        # test) close the gap between a watch or rule source publishing and its listener
-        # finishing, so a call never routes on a state older than the registry and rules show.
-        if (
-            state is None
-            or entry.revision != watch.revision
-            or entry.rules is not self.rule_source.current
-            or (state.release_at is not None and self._clock() >= state.release_at)
-        ):
-            state = self._rebuild(entry)
+        if state is None or self._behind(entry, state):
+            state = self._catch_up(entry, state)
         if ctx is None:
             ctx = current()
         try:
@@ -457,45 +457,85 @@ class Balancer:
     def _on_rules(self, rules: CompiledRules) -> None:
         self._known = self._extra_services | frozenset(rules.services)
         for entry in list(self._services.values()):
-            self._rebuild(entry)
+            with entry.lock:
+                if entry.state is not None and entry.revision == entry.watch.revision and _same_rules(entry, rules):
+                    # This service's part of the document did not change: its state stands (a
+                    # one-service change to a 200-service document rebuilds one service).
+                    entry.rules = rules
+                    if entry.guard is not None:
+                        entry.guard.revision = rules.revision
+                    continue
+                self._build(entry)
+
+    def _behind(self, entry: _Service, state: ServiceState) -> bool:
+        """Whether ``state`` is older than what the registry watch, the rules or an ejection's
+        release time say: an int compare, an identity test, a clock read only with ejections."""
+        current = self.rule_source.current
+        return (
+            entry.revision != entry.watch.revision
+            or (entry.rules is not current and not _same_rules(entry, current))
+            or (state.release_at is not None and self._clock() >= state.release_at)
+        )
+
+    def _catch_up(self, entry: _Service, state: ServiceState | None) -> ServiceState:
+        """A call found its service's state behind (listeners rebuild on every change; this
+        closes the gap between a watch or rule source publishing and its listener finishing).
+        Rebuild here -- unless another thread is rebuilding this service right now: then route on
+        the state in force, which that rebuild replaces within milliseconds, rather than wait for
+        it. Only a service's very first state is waited for."""
+        lock = entry.lock
+        if not lock.acquire(blocking=state is None):
+            return state  # type: ignore[return-value]  # blocking when None: acquired, not here
+        try:
+            current = entry.state
+            if current is not None and not self._behind(entry, current):
+                return current  # rebuilt by another thread while this call waited for the lock
+            return self._build(entry)
+        finally:
+            lock.release()
 
     def _rebuild(self, entry: _Service) -> ServiceState:
         with entry.lock:
-            document = self.rule_source.current
-            rules = document.service(entry.name)
-            policy = (rules.outlier if rules else None) or DEFAULT_OUTLIER
-            if entry.detector is None:
-                entry.detector = OutlierDetector(policy, clock=self._clock)
-            elif entry.detector.policy != policy:
-                entry.detector.policy = policy  # keeps current ejections and streaks
-            detector = entry.detector
-            guard = self._guard_for(entry, rules, document)
-            # Revision first: the watch sets it after the snapshot, so this snapshot is at least as new.
-            revision = entry.watch.revision
-            snapshot: Snapshot | None = entry.watch.snapshot
-            ejected = detector.ejected()
-            tripped = guard is not None and guard.trip is not None
-            state = build_state(
-                entry.name,
-                snapshot,
-                rules,
-                ejected=ejected,
-                release_at=detector.next_release,
-                stats=self.stats,
-                shed=guard.policy.canary if guard is not None and tripped else None,
-                shed_testers=guard is not None and guard.policy.testers == "shed",
-            )
-            detector.set_groups(state.groups)
-            if guard is not None:
-                canary = state.subset_ids.get(guard.policy.canary, frozenset())
-                versions = tuple(sorted(state.subset_versions.get(guard.policy.canary, {})))
-                guard.set_members(canary, state.subset_ids.get(guard.policy.baseline, frozenset()), versions)
-            entry.rules = document
-            entry.revision = revision
-            entry.state = state
-            if state.unmatched:
-                self._report_unmatched(entry, state, revision)
-            return state
+            return self._build(entry)
+
+    def _build(self, entry: _Service) -> ServiceState:
+        """The service's state from its snapshot, rules, ejections and guard. Under ``entry.lock``."""
+        document = self.rule_source.current
+        rules = document.service(entry.name)
+        policy = (rules.outlier if rules else None) or DEFAULT_OUTLIER
+        if entry.detector is None:
+            entry.detector = OutlierDetector(policy, clock=self._clock)
+        elif entry.detector.policy != policy:
+            entry.detector.policy = policy  # keeps current ejections and streaks
+        detector = entry.detector
+        guard = self._guard_for(entry, rules, document)
+        # Revision first: the watch sets it after the snapshot, so this snapshot is at least as new.
+        revision = entry.watch.revision
+        snapshot: Snapshot | None = entry.watch.snapshot
+        ejected = detector.ejected()
+        tripped = guard is not None and guard.trip is not None
+        state = build_state(
+            entry.name,
+            snapshot,
+            rules,
+            ejected=ejected,
+            release_at=detector.next_release,
+            stats=self.stats,
+            shed=guard.policy.canary if guard is not None and tripped else None,
+            shed_testers=guard is not None and guard.policy.testers == "shed",
+        )
+        detector.set_groups(state.groups)
+        if guard is not None:
+            canary = state.subset_ids.get(guard.policy.canary, frozenset())
+            versions = tuple(sorted(state.subset_versions.get(guard.policy.canary, {})))
+            guard.set_members(canary, state.subset_ids.get(guard.policy.baseline, frozenset()), versions)
+        entry.rules = document
+        entry.digest = rules.digest if rules is not None else None
+        entry.revision = revision
+        entry.state = state
+        if state.unmatched:
+            self._report_unmatched(entry, state, revision)
+        return state
 
     def _guard_for(self, entry: _Service, rules: CompiledService | None, document: CompiledRules) -> CanaryGuard | None:
         """The entry's guard for these rules: kept (with its trip) while the service's rules

@@ -1,5 +1,7 @@
 """A call never routes on a state older than what the registry watch or the rule source already
-shows, even while their listeners (the balancer's rebuild among them) are still running."""
+shows, even while their listeners are still running -- except while the balancer is rebuilding
+that very state: then the call routes on the state in force and does not wait for the rebuild.
+A rules change rebuilds only the services whose rules it changed."""
 
 from __future__ import annotations
 
@@ -80,3 +82,61 @@ def test_applied_rules_are_routed_on_before_their_listeners_finish() -> None:
     finally:
         slow.released.set()
         applier.join()
+
+
+def test_a_call_routes_on_the_state_in_force_while_its_rebuild_is_under_way() -> None:
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [
+                {"host": "10.0.0.1", "port": 80, "version": "1.0.0", "id": "a"},
+                {"host": "10.0.0.2", "port": 80, "version": "1.0.0", "id": "b"},
+            ]
+        }
+    )
+    balancer = graylb.Balancer(registry, RULES)
+    assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a", "b"}
+    entry = balancer._services["orders"]
+    entry.lock.acquire()  # a rebuild of this service is under way (held here, as a listener would)
+    remover = threading.Thread(target=registry.remove, args=("b", "orders"))
+    try:
+        remover.start()  # publishes, then its listener waits for the lock
+        while registry.watch("orders").revision == entry.revision:
+            time.sleep(0.001)
+        # Behind the registry, and its rebuild cannot finish while the lock is held: the call
+        # neither waits for it nor rebuilds, it routes on the state in force.
+        seen: list[set[str]] = []
+        caller = threading.Thread(
+            target=lambda: seen.append({i.id for i in balancer.decide("orders", REQUEST).picker.instances})
+        )
+        caller.start()
+        caller.join(5)
+        assert not caller.is_alive(), "the call waited for the rebuild under way"
+        assert seen == [{"a", "b"}]
+    finally:
+        entry.lock.release()
+        remover.join(5)
+    assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a"}
+
+
+def test_a_rules_change_rebuilds_only_the_services_it_changes() -> None:
+    two = {
+        "services": {
+            **RULES["services"],
+            "payments": {"subsets": {"v1": {"version": "^1"}}, "default": "v1"},
+        }
+    }
+    registry = graylb.StaticDiscovery(
+        {
+            "orders": [{"host": "10.0.0.1", "port": 80, "version": "1.0.0"}],
+            "payments": [{"host": "10.0.0.3", "port": 80, "version": "1.0.0"}],
+        }
+    )
+    rules = graylb.StaticRules(two)
+    balancer = graylb.Balancer(registry, rules)
+    orders, payments = balancer.state("orders"), balancer.state("payments")
+    changed = {"services": {**two["services"], "payments": {**two["services"]["payments"], "fallback": "any"}}}
+    rules.apply(changed)
+    assert balancer.state("orders") is orders, "orders' rules did not change: its state stands"
+    assert balancer.state("payments") is not payments
+    assert balancer.state("payments").fallback == "any"
+    assert balancer.decide("orders", REQUEST).subset == "stable"
