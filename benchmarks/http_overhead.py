@@ -6,8 +6,10 @@
 One server on 127.0.0.1 (graylb.testing's keep-alive HTTP/1.1 server) in a child process, so
 the client's own cost is what differs between the columns. "plain" sends to
 http://127.0.0.1:PORT/, "graylb" to http://orders/ routed by a rules document with a sticky
-95/5 split (both subsets on the same server, so the network part is identical). Rounds
-alternate plain/graylb so drift hits both equally; the figure is the median round.
+95/5 split (both subsets on the same server, so the network part is identical). Short rounds
+run interleaved, their order alternating (``_util.interleaved``), so drift hits both alike; each
+figure is the median round with its distribution-free 95 % interval, and the ratio is also taken
+round by round. graylb's own cost with the network taken out is ``own_cost.py``'s.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
-from _util import InChildProcess, machine, median, table
+from _util import InChildProcess, interleaved, machine, median, spread, table
 
 import graylb
 from graylb.testing.http_server import serve_wsgi
@@ -67,9 +69,20 @@ async def async_round(client: httpx.AsyncClient, url: str, n: int, concurrency: 
     return (n // concurrency * concurrency) / (time.perf_counter() - t0)
 
 
+def row(mode: str, results: dict[str, list[float]]) -> list[str]:
+    ratios = [g / p for p, g in zip(results["plain"], results["graylb"])]  # round by round
+    return [
+        mode,
+        spread(results["plain"], "{:.0f}"),
+        spread(results["graylb"], "{:.0f}"),
+        f"{median(results['graylb']) / median(results['plain']):.1%}",
+        spread([100 * x for x in ratios], "{:.1f}%"),
+    ]
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
-    n, rounds = (300, 3) if quick else (2000, 7)
+    n, rounds = (300, 4) if quick else (1000, 21)
     with InChildProcess(start_server) as server:
         registry = graylb.StaticDiscovery(
             {
@@ -84,59 +97,33 @@ def main() -> None:
         rows = []
 
         with httpx.Client() as plain, httpx.Client(transport=graylb.GrayTransport(balancer)) as gray:
-            sync_round(plain, plain_url, 100), sync_round(gray, gray_url, 100)
-            p, g = [], []
-            for r in range(rounds):  # alternate which goes first, so drift favours neither
-                if r % 2:
-                    g.append(sync_round(gray, gray_url, n))
-                    p.append(sync_round(plain, plain_url, n))
-                else:
-                    p.append(sync_round(plain, plain_url, n))
-                    g.append(sync_round(gray, gray_url, n))
-            rows.append(["sync", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"])
+            variants = {
+                "plain": lambda: sync_round(plain, plain_url, n),
+                "graylb": lambda: sync_round(gray, gray_url, n),
+            }
+            interleaved(variants, 2)  # warm-up
+            rows.append(row("sync", interleaved(variants, rounds)))
 
         async def run_async() -> None:
             async with (
                 httpx.AsyncClient() as plain,
                 httpx.AsyncClient(transport=graylb.AsyncGrayTransport(balancer)) as gray,
             ):
-                await async_round(plain, plain_url, 96), await async_round(gray, gray_url, 96)
-                p, g = [], []
-                for r in range(rounds):
-                    if r % 2:
-                        g.append(await async_round(gray, gray_url, n))
-                        p.append(await async_round(plain, plain_url, n))
-                    else:
-                        p.append(await async_round(plain, plain_url, n))
-                        g.append(await async_round(gray, gray_url, n))
-                rows.append(
-                    ["async (8 concurrent)", f"{median(p):.0f}", f"{median(g):.0f}", f"{median(g) / median(p):.1%}"]
-                )
+                variants = {"plain": (plain, plain_url), "graylb": (gray, gray_url)}
+                results: dict[str, list[float]] = {name: [] for name in variants}
+                for r in range(rounds + 2):  # interleaved by hand: the rounds are coroutines
+                    order = list(variants) if r % 2 == 0 else list(reversed(variants))
+                    for name in order:
+                        rate = await async_round(*variants[name], n)
+                        if r >= 2:  # the first two rounds warm up
+                            results[name].append(rate)
+                rows.append(row("async (8 concurrent)", results))
 
         asyncio.run(run_async())
-
-        # The same comparison without a network: a transport that answers at once. Not a
-        # target, but it shows graylb's own per-request cost with nothing to hide it.
-        canned = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
-        with (
-            httpx.Client(transport=canned) as plain,
-            httpx.Client(transport=graylb.GrayTransport(balancer, canned)) as gray,
-        ):
-            p = [sync_round(plain, plain_url, n) for _ in range(rounds)]
-            g = [sync_round(gray, gray_url, n) for _ in range(rounds)]
-            per_call = (1 / median(g) - 1 / median(p)) * 1e6
-            rows.append(
-                [
-                    f"sync, no network (graylb adds {per_call:.0f} us/request)",
-                    f"{median(p):.0f}",
-                    f"{median(g):.0f}",
-                    f"{median(g) / median(p):.1%}",
-                ]
-            )
     print(
         table(
-            f"httpx throughput, requests/s, {n} requests x {rounds} rounds ({machine()})",
-            ["mode", "plain httpx", "GrayTransport", "graylb / plain"],
+            f"httpx throughput over loopback, requests/s, {rounds} interleaved rounds x {n} requests ({machine()})",
+            ["mode", "plain httpx [95 %]", "GrayTransport [95 %]", "graylb / plain", "paired ratio [95 %]"],
             rows,
         )
     )

@@ -141,7 +141,11 @@ def measure(rounds: int, n: int) -> list[list[str]]:
     with InChildProcess(_start_echo) as server:
         host, port = server.url.rsplit(":", 1)
         static = graylb.StaticDiscovery(
-            {"orders": [{"host": host, "port": int(port), "version": v, "id": v} for v in ("1.4.2", "2.0.0")]}
+            {
+                "orders": [
+                    {"host": host, "port": int(port), "version": v, "id": v, "zone": "a"} for v in ("1.4.2", "2.0.0")
+                ]
+            }
         )
         with (
             grpc.insecure_channel(server.url) as plain_ch,
