@@ -44,11 +44,13 @@ monitoring: $(STAMP) real-registries
 
 bench: $(STAMP)
 	$(PY) benchmarks/hot_path.py
+	$(PY) benchmarks/own_cost.py
 	$(PY) benchmarks/http_overhead.py
 	$(PY) benchmarks/consul_latency.py
 	$(PY) benchmarks/consul_scale.py
 	$(PY) benchmarks/nacos_latency.py
 	$(PY) benchmarks/peer_gateway.py
+	$(PY) benchmarks/scale_of_change.py
 	$(PY) benchmarks/grpc_overhead.py
 	$(PY) benchmarks/guard_stats.py
 
