@@ -163,12 +163,30 @@ def measure(rounds: int, n: int) -> list[list[str]]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+    from graylb import telemetry
+
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    # The per-call measurements are deferred (README "Telemetry"): here they are handed to the
+    # SDK between rounds rather than by the background thread, so the call path and the SDK's
+    # deferred work are measured apart -- the second is CPU the process still spends.
+    telemetry._FLUSH_EVERY = 3600.0
+    sdk_us: list[float] = []
     gray_transport = graylb.GrayTransport(balancer(), inner)
     with httpx.Client(transport=inner) as plain, httpx.Client(transport=gray_transport) as gray:
-        variants = {"plain": sync_round(plain, n), "graylb": sync_round(gray, n)}
+        gray_requests = sync_round(gray, n)
+
+        def gray_then_flush() -> float:
+            us = gray_requests()
+            t0 = time.perf_counter()
+            telemetry.flush()
+            sdk_us.append((time.perf_counter() - t0) / n * 1e6)
+            return us
+
+        variants = {"plain": sync_round(plain, n), "graylb": gray_then_flush}
         interleaved(variants, 2)
-        rows.append(row("httpx sync, OpenTelemetry SDK metrics on", interleaved(variants, rounds), 15))
+        sdk_us.clear()
+        rows.append(row("httpx sync, OpenTelemetry SDK metrics on: the call path", interleaved(variants, rounds), 15))
+    rows.append(["  the SDK's deferred work per request", "", "", spread(sdk_us), "(off the path)", ""])
     return rows
 
 
@@ -189,11 +207,42 @@ for i in range({n}):
 """
 
 
-def instructions(n: int = 2000) -> tuple[float, float]:
-    """(graylb's instructions per request, plain httpx's) by callgrind: N vs 2N requests."""
+_COUNT_GRPC = """
+import subprocess, sys
+sys.path.insert(0, {here!r})
+server = subprocess.Popen(  # a child valgrind does not trace: only the client is counted
+    [sys.executable, "-c", "import sys, time; from graylb.testing.grpc_server import serve_echo; "
+     "s = serve_echo('orders', '1.0.0'); print(s.address, flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+address = server.stdout.readline().strip()
+import grpc, graylb
+from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+from graylb.transports.grpc import GrayChannel
+from own_cost import RULES
+host, port = address.rsplit(":", 1)
+static = graylb.StaticDiscovery(
+    {{"orders": [{{"host": host, "port": int(port), "version": v, "id": v, "zone": "a"}} for v in ("1.4.2", "2.0.0")]}}
+)
+channel = GrayChannel(graylb.Balancer(static, RULES), "orders") if {gray} else grpc.insecure_channel(address)
+stub = echo_pb2_grpc.EchoStub(channel)
+req = echo_pb2.SayRequest(text="x")
+metadata = [(("x-user-id", f"user-{{i}}"),) for i in range(1000)]
+for i in range(100):
+    stub.Say(req, metadata=metadata[i % 1000])
+for i in range({n}):
+    stub.Say(req, metadata=metadata[i % 1000])
+channel.close()
+server.stdin.close()
+server.wait()
+"""
+
+
+def instructions(n: int = 2000, template: str = _COUNT) -> tuple[float, float]:
+    """(graylb's instructions per request, plain's) by callgrind: N vs 2N requests; ``template``
+    is the httpx client (``_COUNT``) or the gRPC one (``_COUNT_GRPC``)."""
 
     def count(gray: bool, requests: int) -> int:
-        code = _COUNT.format(here=str(Path(__file__).resolve().parent), gray=gray, n=requests)
+        code = template.format(here=str(Path(__file__).resolve().parent), gray=gray, n=requests)
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.run(
                 [
@@ -231,6 +280,8 @@ def main() -> None:
     if "--instructions" in sys.argv:
         own, plain = instructions()
         print(f"\ncallgrind, httpx sync: graylb adds {own:,.0f} instructions per request (plain httpx: {plain:,.0f})")
+        own, plain = instructions(500, _COUNT_GRPC)
+        print(f"callgrind, grpc unary: graylb adds {own:,.0f} instructions per call (plain channel: {plain:,.0f})")
 
 
 if __name__ == "__main__":

@@ -26,13 +26,23 @@ those go on spans only.
 **Cost without an SDK.** :func:`observer` answers ``None`` while neither a tracer provider nor a
 meter provider is installed; the transports then build no attribute dict, start no span and
 inject nothing.
+
+**Cost with an SDK.** The SDK's ``record`` / ``add`` costs 6-9 us each (a frozenset of the
+attributes, a lock, the aggregation, an exemplar check), and a call makes three or more. So the
+per-call measurements are deferred: the call appends them to a queue (with the context they were
+made in, for exemplars) and they reach the SDK off the call path -- at every collection (the
+first thing graylb's observable instruments do when read), from a background thread every
+0.25 s, and at exit. :func:`flush` hands them over at once.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import importlib.metadata
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -182,6 +192,7 @@ class Observer:
 _tracer: Tracer | None = None  # graylb's tracer, once a real provider is installed (it stays)
 _metering = False  # ditto for the meter provider
 _both: Observer | None = None  # both installed: the answer never changes again
+_metrics_only: Observer | None = None  # a meter provider and no tracer provider, so far
 
 # The API's own getters cost ~0.6 us each while nothing is set (an os.environ lookup for the
 # OTEL_PYTHON_*_PROVIDER variables): too much for every call of a process without an SDK. So the
@@ -207,14 +218,16 @@ def observer() -> Observer | None:
         and _METRICS_API is not None
         and not (_TRACE_ENV or _METRICS_ENV)
         and (_TRACE_API._TRACER_PROVIDER is None or _TRACE_API._TRACER_PROVIDER in _noop_seen)
-        and (_METRICS_API._METER_PROVIDER is None or _METRICS_API._METER_PROVIDER in _noop_seen)
     ):
-        return None
+        if _METRICS_API._METER_PROVIDER is None or _METRICS_API._METER_PROVIDER in _noop_seen:
+            return None
+        if _metrics_only is not None:  # metrics only, and still no tracer provider: as last time
+            return _metrics_only
     return _look()
 
 
 def _look() -> Observer | None:
-    global _tracer, _metering, _both
+    global _tracer, _metering, _both, _metrics_only
     tracer = _tracer
     if tracer is None:
         provider = trace.get_tracer_provider()
@@ -234,7 +247,75 @@ def _look() -> Observer | None:
     found = Observer(tracer, metering)
     if tracer is not None and metering:
         _both = found
+    elif tracer is None:
+        _metrics_only = found
     return found
+
+
+# -- deferred measurements --------------------------------------------------------------------
+
+# (bound record/add of an instrument, value, attributes, the context it was made in). A deque's
+# append and popleft are atomic: calls append without a lock, any number of flushers drain.
+_pending: collections.deque[tuple[Callable[..., None], float, dict[str, Any], Context]] = collections.deque()
+_flusher: threading.Thread | None = None
+_FLUSH_EVERY = 0.25  # s: how stale a measurement can get when nothing collects in between
+_with_context = True  # the installed API's instruments take ``context=`` (opentelemetry-api 1.28+)
+
+
+def _defer(record: Callable[..., None], value: float, attrs: dict[str, Any]) -> None:
+    _pending.append((record, value, attrs, otel_context.get_current()))
+    if _flusher is None:
+        _start_flusher()
+
+
+def flush() -> None:
+    """Hand every deferred measurement to the SDK now (collection and a background thread do it
+    anyway; tests and short scripts may want it sooner)."""
+    global _with_context
+    pop = _pending.popleft
+    while True:
+        try:
+            record, value, attrs, ctx = pop()
+        except IndexError:
+            return
+        try:
+            if _with_context:
+                try:
+                    record(value, attrs, context=ctx)
+                    continue
+                except TypeError:  # an API before 1.28: no context for synchronous instruments
+                    _with_context = False
+            record(value, attrs)
+        except Exception:  # never lose the others, never raise into a collection
+            log.debug("graylb: a deferred measurement was refused by the SDK", exc_info=True)
+
+
+def _start_flusher() -> None:
+    global _flusher
+    with _flusher_lock:
+        if _flusher is not None:
+            return
+        thread = threading.Thread(target=_flush_forever, name="graylb-telemetry", daemon=True)
+        _flusher = thread
+        thread.start()
+    atexit.register(flush)  # after the SDK's own exit hook was registered: so it runs first
+
+
+def _flush_forever() -> None:
+    wake = threading.Event()
+    while not wake.wait(_FLUSH_EVERY):
+        flush()
+
+
+def _forget_after_fork() -> None:
+    global _flusher, _flusher_lock
+    _flusher, _flusher_lock = None, threading.Lock()  # the thread did not survive the fork
+    _pending.clear()  # the parent reports its own calls
+
+
+_flusher_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # -- attempts -------------------------------------------------------------------------------
@@ -346,11 +427,12 @@ class Attempt:
                 attrs["error.type"] = error_type
             if extra:
                 attrs.update(extra)
-            self.histogram.record(seconds, attrs)
+            _defer(self.histogram.record, seconds, attrs)
             self.attrs = None
             if retrying:
                 base = self.retry_attrs
-                _retries.add(
+                _defer(
+                    _retries.add,
                     1,
                     {
                         "graylb.service": base["graylb.service"],
@@ -412,10 +494,11 @@ def record_call(
         attrs["graylb.status"] = status
     if error_type is not None:
         attrs["error.type"] = error_type
-    _calls.add(1, attrs)
-    _call_duration.record(seconds, attrs)
+    _defer(_calls.add, 1, attrs)
+    _defer(_call_duration.record, seconds, attrs)
     if served.fallback_from is not None:
-        _fallbacks.add(
+        _defer(
+            _fallbacks.add,
             1,
             {
                 "graylb.service": served.service,
@@ -517,6 +600,7 @@ def watch(source: Observed) -> None:
 
 
 def _gather(read: Callable[[Observed], Iterable[tuple[Any, ...]]]) -> Iterable[tuple[Any, ...]]:
+    flush()  # a collection reads graylb's gauges first: every deferred measurement is in before it
     for source in list(_sources):
         try:
             yield from read(source)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import gc
 import random
+import threading
 import time
 import weakref
 
@@ -386,3 +387,30 @@ def test_subset_instances_are_observed_by_version_and_an_empty_subset_is_a_zero(
         ("stable", "v1.1"): 1,
         ("canary", ""): 0,
     }
+
+
+def test_deferred_measurements_from_many_threads_all_reach_the_sdk() -> None:
+    """Calls queue their measurements and the SDK gets them off the call path: every one of
+    them, whichever thread made it, by the next collection."""
+
+    class Instant(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=b"ok")
+
+    registry = graylb.StaticDiscovery({"deferred": [{"host": "10.9.9.9", "port": 80, "version": "1.0.0"}]})
+    balancer = graylb.Balancer(registry, services=["deferred"])
+    transport = graylb.GrayTransport(balancer, Instant())
+
+    def caller() -> None:
+        with httpx.Client(transport=transport) as client:
+            for _ in range(250):
+                client.get("http://deferred/")
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _count(CALLS, service="deferred", outcome="ok") == 2000  # a collection hands the queue over first
+    assert _count(ATTEMPTS, service="deferred", outcome="ok") == 2000
+    assert not telemetry._pending
