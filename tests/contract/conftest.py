@@ -133,15 +133,10 @@ def real_nacos_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bac
         if not entry.get("binary") or not binary.is_file():
             why = f"recipe failed: {entry['failed']}" if "failed" in entry else "run `make real-registries`"
             _unavailable("real-nacos", f"{why} (no rnacos in {cache})")
-        # rnacos 0.8.8 sometimes panics in its raft state machine while it starts (an unset
-        # manager, raftapply.rs:421) and never creates the admin user; a fresh start does not.
-        for attempt in range(3):
-            try:
-                backend = start_rnacos(binary, tmp_path_factory.mktemp("real-nacos"))
-                break
-            except StartFailed as exc:
-                if attempt == 2:
-                    _unavailable("real-nacos", f"rnacos v{entry.get('version')} did not start (3 tries): {exc}")
+        try:
+            backend = start_rnacos(binary, tmp_path_factory.mktemp("real-nacos"))  # retries a failed start
+        except StartFailed as exc:
+            _unavailable("real-nacos", f"rnacos v{entry.get('version')}: {exc}")
     yield backend
     backend.close()
 

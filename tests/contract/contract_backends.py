@@ -464,11 +464,23 @@ acl {{
     return ConsulBackend("real-consul", url, management, secrets[0], secrets[1], stop=stop)
 
 
-def start_rnacos(binary: Path, workdir: Path) -> NacosBackend:
+def start_rnacos(binary: Path, workdir: Path, tries: int = 3) -> NacosBackend:
     """rnacos (the Nacos-compatible server written in Rust) on free 127.0.0.1 ports -- its SDK
     (HTTP + gRPC) and console servers bound to loopback through RNACOS_SDK_HOST /
     RNACOS_CONSOLE_HOST -- with Open API auth on, a fresh data directory, configured by an env
-    file (``rnacos -e FILE``) like a deployment."""
+    file (``rnacos -e FILE``) like a deployment. rnacos 0.8.8 sometimes panics in its raft state
+    machine while it starts (an unset manager, raftapply.rs:421) and never creates the admin
+    user; a fresh start does not: up to ``tries`` starts, each in its own directory."""
+    for attempt in range(1, tries + 1):
+        try:
+            return _start_rnacos_once(binary, workdir / f"start-{attempt}")
+        except StartFailed as exc:
+            if attempt == tries:
+                raise StartFailed(f"rnacos did not start ({tries} tries): {exc}") from None
+    raise AssertionError("unreachable")
+
+
+def _start_rnacos_once(binary: Path, workdir: Path) -> NacosBackend:
     http_port, grpc_port, console_port = (free_port() for _ in range(3))
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,18 @@ from urllib.parse import unquote_plus
 
 import httpx
 import pytest
-from contract_backends import VALID_RULES, Backend, ConsulBackend, NacosBackend, closing, lacking, only, wait_for
+from contract_backends import (
+    VALID_RULES,
+    Backend,
+    ConsulBackend,
+    NacosBackend,
+    StartFailed,
+    closing,
+    lacking,
+    only,
+    start_rnacos,
+    wait_for,
+)
 
 import graylb
 from graylb.consul import ConsulACLError, ConsulConfig
@@ -828,3 +839,17 @@ def test_the_official_nacos_python_sdk_is_a_peer(backend: Backend, tmp_path: Any
         assert client.publish_config(key, "DEFAULT_GROUP", "version: 2\n")
         wait_for(lambda: store.get(key)[0] == "version: 2\n", 10, "graylb's store to read the SDK's write")
     assert client.remove_naming_instance(service, "10.0.0.7", 8080, ephemeral=False)
+
+
+def test_a_failed_rnacos_start_is_retried_in_a_fresh_directory(tmp_path: Any) -> None:
+    """rnacos 0.8.8 sometimes dies while starting: each of the three starts gets its own
+    directory, and the error says how many were tried and why the last one failed."""
+    binary = tmp_path / "rnacos"
+    binary.write_text(
+        '#!/bin/sh\necho started >> "$(dirname "$0")/starts"\necho \'panicked at raftapply.rs:421\'\nexit 101\n'
+    )
+    binary.chmod(0o755)
+    with pytest.raises(StartFailed, match=r"did not start \(3 tries\).*exited with 101.*panicked"):
+        start_rnacos(binary, tmp_path / "work")
+    assert (tmp_path / "starts").read_text().count("started") == 3
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["start-1", "start-2", "start-3"]
