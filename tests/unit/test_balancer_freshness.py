@@ -30,7 +30,7 @@ class SlowListener:
             self.released.wait(5)
 
 
-def test_a_published_snapshot_is_routed_on_before_its_listeners_finish() -> None:
+def _a_and_b() -> tuple[graylb.StaticDiscovery, graylb.Balancer]:
     registry = graylb.StaticDiscovery(
         {
             "orders": [
@@ -39,8 +39,16 @@ def test_a_published_snapshot_is_routed_on_before_its_listeners_finish() -> None
             ]
         }
     )
-    balancer = graylb.Balancer(registry, RULES)
-    assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a", "b"}
+    return registry, graylb.Balancer(registry, RULES)
+
+
+def _routed(balancer: graylb.Balancer) -> set[str]:
+    return {i.id for i in balancer.decide("orders", REQUEST).picker.instances}
+
+
+def test_a_published_snapshot_is_routed_on_before_its_listeners_finish() -> None:
+    registry, balancer = _a_and_b()
+    assert _routed(balancer) == {"a", "b"}
     watch = registry.watch("orders")
     slow = SlowListener()
     watch._listeners = [slow, *watch._listeners]  # ahead of the balancer's rebuild
@@ -50,7 +58,7 @@ def test_a_published_snapshot_is_routed_on_before_its_listeners_finish() -> None
     assert slow.started.wait(5)
     try:
         assert len(registry.snapshot("orders").instances) == 1
-        assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a"}
+        assert _routed(balancer) == {"a"}
     finally:
         slow.released.set()
         remover.join()
@@ -85,16 +93,8 @@ def test_applied_rules_are_routed_on_before_their_listeners_finish() -> None:
 
 
 def test_a_call_routes_on_the_state_in_force_while_its_rebuild_is_under_way() -> None:
-    registry = graylb.StaticDiscovery(
-        {
-            "orders": [
-                {"host": "10.0.0.1", "port": 80, "version": "1.0.0", "id": "a"},
-                {"host": "10.0.0.2", "port": 80, "version": "1.0.0", "id": "b"},
-            ]
-        }
-    )
-    balancer = graylb.Balancer(registry, RULES)
-    assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a", "b"}
+    registry, balancer = _a_and_b()
+    assert _routed(balancer) == {"a", "b"}
     entry = balancer._services["orders"]
     entry.lock.acquire()  # a rebuild of this service is under way (held here, as a listener would)
     remover = threading.Thread(target=registry.remove, args=("b", "orders"))
@@ -105,9 +105,7 @@ def test_a_call_routes_on_the_state_in_force_while_its_rebuild_is_under_way() ->
         # Behind the registry, and its rebuild cannot finish while the lock is held: the call
         # neither waits for it nor rebuilds, it routes on the state in force.
         seen: list[set[str]] = []
-        caller = threading.Thread(
-            target=lambda: seen.append({i.id for i in balancer.decide("orders", REQUEST).picker.instances})
-        )
+        caller = threading.Thread(target=lambda: seen.append(_routed(balancer)))
         caller.start()
         caller.join(5)
         assert not caller.is_alive(), "the call waited for the rebuild under way"
@@ -115,7 +113,7 @@ def test_a_call_routes_on_the_state_in_force_while_its_rebuild_is_under_way() ->
     finally:
         entry.lock.release()
         remover.join(5)
-    assert {i.id for i in balancer.decide("orders", REQUEST).picker.instances} == {"a"}
+    assert _routed(balancer) == {"a"}
 
 
 def test_a_rules_change_rebuilds_only_the_services_it_changes() -> None:
