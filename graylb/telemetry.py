@@ -262,7 +262,13 @@ _FLUSH_EVERY = 0.25  # s: how stale a measurement can get when nothing collects 
 _with_context = True  # the installed API's instruments take ``context=`` (opentelemetry-api 1.28+)
 
 
+_MAX_PENDING = 50_000  # measurements queued at most (~10 MB): beyond, a call records its own
+
+
 def _defer(record: Callable[..., None], value: float, attrs: dict[str, Any]) -> None:
+    if len(_pending) >= _MAX_PENDING:  # the flusher is behind (a process short of CPU): no deferral
+        _hand_over(record, value, attrs, otel_context.get_current())
+        return
     _pending.append((record, value, attrs, otel_context.get_current()))
     if _flusher is None:
         _start_flusher()
@@ -271,23 +277,27 @@ def _defer(record: Callable[..., None], value: float, attrs: dict[str, Any]) -> 
 def flush() -> None:
     """Hand every deferred measurement to the SDK now (collection and a background thread do it
     anyway; tests and short scripts may want it sooner)."""
-    global _with_context
     pop = _pending.popleft
     while True:
         try:
-            record, value, attrs, ctx = pop()
+            item = pop()
         except IndexError:
             return
-        try:
-            if _with_context:
-                try:
-                    record(value, attrs, context=ctx)
-                    continue
-                except TypeError:  # an API before 1.28: no context for synchronous instruments
-                    _with_context = False
-            record(value, attrs)
-        except Exception:  # never lose the others, never raise into a collection
-            log.debug("graylb: a deferred measurement was refused by the SDK", exc_info=True)
+        _hand_over(*item)
+
+
+def _hand_over(record: Callable[..., None], value: float, attrs: dict[str, Any], ctx: Context) -> None:
+    global _with_context
+    try:
+        if _with_context:
+            try:
+                record(value, attrs, context=ctx)
+                return
+            except TypeError:  # an API before 1.28: no context for synchronous instruments
+                _with_context = False
+        record(value, attrs)
+    except Exception:  # never lose the others, never raise into a call or a collection
+        log.debug("graylb: a measurement was refused by the SDK", exc_info=True)
 
 
 def _start_flusher() -> None:

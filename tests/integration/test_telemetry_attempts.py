@@ -414,3 +414,20 @@ def test_deferred_measurements_from_many_threads_all_reach_the_sdk() -> None:
     assert _count(CALLS, service="deferred", outcome="ok") == 2000  # a collection hands the queue over first
     assert _count(ATTEMPTS, service="deferred", outcome="ok") == 2000
     assert not telemetry._pending
+
+
+def test_with_the_queue_full_a_call_records_its_own_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferral is bounded: a process whose flusher falls behind goes back to recording on the
+    call path rather than queue without end."""
+
+    class Instant(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=b"ok")
+
+    monkeypatch.setattr(telemetry, "_MAX_PENDING", 0)
+    registry = graylb.StaticDiscovery({"bounded": [{"host": "10.9.9.8", "port": 80, "version": "1.0.0"}]})
+    balancer = graylb.Balancer(registry, services=["bounded"])
+    with httpx.Client(transport=graylb.GrayTransport(balancer, Instant())) as client:
+        client.get("http://bounded/")
+    assert not telemetry._pending, "nothing queued"
+    assert _count(CALLS, service="bounded", outcome="ok") == 1
