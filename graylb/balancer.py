@@ -189,7 +189,14 @@ class Balancer:
         watch = entry.watch
         watch.used = True
         state = entry.state
-        if state is None or self._behind(entry, state):
+        # Inline, no call: an int compare and an identity test (a clock read only with ejections).
+        # Any of them true sends the call to _catch_up, which looks closer.
+        if (
+            state is None
+            or entry.revision != watch.revision
+            or entry.rules is not self.rule_source.current
+            or (state.release_at is not None and self._clock() >= state.release_at)
+        ):
             state = self._catch_up(entry, state)
         if ctx is None:
             ctx = current()
@@ -483,6 +490,8 @@ class Balancer:
         Rebuild here -- unless another thread is rebuilding this service right now: then route on
         the state in force, which that rebuild replaces within milliseconds, rather than wait for
         it. Only a service's very first state is waited for."""
+        if state is not None and not self._behind(entry, state):
+            return state  # only a new document that leaves this service's rules as they were
         lock = entry.lock
         if not lock.acquire(blocking=state is None):
             return state  # type: ignore[return-value]  # blocking when None: acquired, not here
