@@ -143,6 +143,16 @@ class Balancer:
         suffix = self._host_suffix
         return suffix is not None and host.endswith(suffix)
 
+    def routed_service(self, host: str) -> str | None:
+        """The registry name calls to ``host`` route to, or None when ``host`` is not ours:
+        :meth:`is_service` and :meth:`service_name` in one step, for transports (per call)."""
+        if host in self._known:
+            return host
+        suffix = self._host_suffix
+        if suffix is not None and host.endswith(suffix):
+            return host[: -len(suffix)] if suffix else host
+        return None
+
     def service_name(self, host: str) -> str:
         """The registry name for a URL host (``orders.svc`` -> ``orders`` with suffix ``.svc``)."""
         suffix = self._host_suffix

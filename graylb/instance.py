@@ -43,8 +43,14 @@ class Instance:
     health: Health = Health.PASSING
     id: str = ""
     semver: semantic_version.Version | None = dataclasses.field(default=None, repr=False)
+    #: ``host:port``, bracketing IPv6 hosts. Worked out once here: every call's served record
+    #: carries it.
+    address: str = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "address", f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        )
         if not self.id:
             object.__setattr__(self, "id", f"{self.service}@{self.host}:{self.port}")
         if not isinstance(self.labels, types.MappingProxyType):
@@ -55,12 +61,6 @@ class Instance:
             raise ValueError(f"instance {self.id}: weight {self.weight} outside 0..{MAX_WEIGHT}")
         if not 0 < self.port < 65536:
             raise ValueError(f"instance {self.id}: port {self.port} outside 1..65535")
-
-    @property
-    def address(self) -> str:
-        """``host:port``, bracketing IPv6 hosts."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
     def label(self, name: str) -> str | None:
         """A metadata value; ``version`` and ``lane`` are answered too."""

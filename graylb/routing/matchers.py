@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..propagation.context import GrayContext
 from ..versioning import VersionSelector
+from . import header_names
 from .api_version import accept_preference, normalise_prefix, path_version
 from .request import RequestInfo
 
@@ -90,6 +91,8 @@ def _named(fn: Matcher, description: str, parts: Sequence[Matcher] = ()) -> Matc
 
 
 def _header(name: str) -> Getter:
+    header_names.declare(name)
+
     def get(request: RequestInfo, ctx: GrayContext) -> str | None:
         return request._get_header(name)  # RequestInfo.header without its own call: per condition, per call
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..instance import Instance
 from ..propagation.context import GrayContext
+from ..routing import header_names
 from ..routing.request import RequestInfo
 from ..versioning import VersionSelector
 
@@ -79,9 +80,13 @@ class HashKey:
     query: str | None = None
     context: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.header is not None:
+            header_names.declare(self.header)
+
     def extract(self, request: RequestInfo, ctx: GrayContext) -> str | None:
         if self.header is not None:
-            return request.header(self.header)
+            return request._get_header(self.header)  # RequestInfo.header without its own call
         if self.query is not None:
             return request.query(self.query)
         if self.context is not None:

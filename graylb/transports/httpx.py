@@ -21,6 +21,8 @@ call as a whole is ``graylb.client.calls`` / ``graylb.client.call.duration``.
 from __future__ import annotations
 
 import time
+from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -32,14 +34,16 @@ from ..instance import Instance
 from ..propagation.codec import BAGGAGE_HEADER, HeaderCodec
 from ..propagation.context import GrayContext, current
 from ..propagation.outbound import inject_gray
+from ..routing import header_names
 from ..routing.request import RequestInfo
 from ..telemetry import Attempt
 
 __all__ = ["GrayTransport", "AsyncGrayTransport"]
 
 
-def _start(balancer: Balancer, request: httpx.Request) -> Call:
-    service, info, ctx, lookup = _routing_input(balancer, request)
+def _start(balancer: Balancer, service: str, request: httpx.Request) -> Call:
+    info, lookup = _routing_input(request)
+    ctx = current()
     try:
         call = balancer.start(service, info, ctx)
     except NoInstanceAvailable as exc:
@@ -49,9 +53,10 @@ def _start(balancer: Balancer, request: httpx.Request) -> Call:
     return call
 
 
-async def _astart(balancer: Balancer, request: httpx.Request) -> Call:
+async def _astart(balancer: Balancer, service: str, request: httpx.Request) -> Call:
     # The twin of _start: the first call to a service awaits its first snapshot.
-    service, info, ctx, lookup = _routing_input(balancer, request)
+    info, lookup = _routing_input(request)
+    ctx = current()
     try:
         call = await balancer.astart(service, info, ctx)
     except NoInstanceAvailable as exc:
@@ -61,34 +66,44 @@ async def _astart(balancer: Balancer, request: httpx.Request) -> Call:
     return call
 
 
-def _routing_input(balancer: Balancer, request: httpx.Request) -> tuple[str, RequestInfo, GrayContext, _HeaderLookup]:
+def _routing_input(request: httpx.Request) -> tuple[RequestInfo, _HeaderLookup]:
     url = request.url
+    ref: Any = getattr(url, "_uri_reference", None)
+    if type(ref) is _PARSE_RESULT:
+        # httpx's parsed fields as they are: ``URL.path`` unquotes (a call even with no "%" in
+        # the path) and ``URL.query`` encodes the str that routing would decode again.
+        path = ref.path or "/"
+        if "%" in path:
+            path = unquote(path)
+        query = ref.query or ""
+    else:  # not the shape this was written for: httpx's public properties
+        path = url.path
+        query = url.query.decode("ascii", "replace")
     headers = request.headers
     lookup = _HeaderLookup(headers)
     # get_list (a bound method) builds its list only if a rule asks for every line.
-    query = url.query
-    info = lookup.info = RequestInfo(
-        request.method, url.path, lookup.get, query.decode("ascii", "replace") if query else "", headers.get_list
-    )
-    return balancer.service_name(url.host), info, current(), lookup
+    info = lookup.info = RequestInfo(request.method, path, lookup.get, query, headers.get_list)
+    return info, lookup
 
 
 def _inject(balancer: Balancer, ctx: GrayContext, lookup: _HeaderLookup, request: httpx.Request) -> None:
     # With an empty context and no baggage there is nothing to write or strip (inject_gray's
     # contract): the routing lookup answers that without another scan of the headers.
     found = lookup.found
-    if ctx.is_empty and BAGGAGE_HEADER not in (found if found is not None else lookup.build()):
+    if ctx.is_empty and (found if found is not None else lookup.build())[BAGGAGE_HEADER] is None:
         return
     inject_gray(balancer.codec, ctx, request.headers, HEADERS, HEADERS)
 
 
 class _HeaderLookup:
-    """``httpx.Headers.get`` for routing, as one dict built on the first lookup. httpx's own
-    ``get`` scans and decodes every header line per call (~0.8 us), and a call through five
-    routes looks up several names, most of them absent. The first lookup builds the dict and
-    hands the request view the dict's own ``get``, so every later lookup is one C call. Lines of
-    one name are joined with ", ", as ``Headers.get`` joins them. Reads httpx's parsed lines
-    (``Headers._list``) where they have the known shape, else ``multi_items()``;
+    """``httpx.Headers.get`` for routing, built on the first lookup. httpx's own ``get`` scans
+    and decodes every header line per call (~0.8 us), and a call through five routes looks up
+    several names, most of them absent. The first lookup makes one pass over httpx's parsed
+    lines (``Headers._list``), decodes only the names compiled rules read
+    (:mod:`~graylb.routing.header_names`), and hands the request view the resulting dict's own
+    ``__getitem__``: every later lookup is one C call, and a name no rule declared is asked of
+    ``httpx.Headers.get`` (``_Found.__missing__``). Lines of one name are joined with ", ", as
+    ``Headers.get`` joins them. Headers of another shape go through ``multi_items()``;
     ``tests/unit/test_httpx_header_lookup.py`` pins the equivalence."""
 
     __slots__ = ("_headers", "info", "found")
@@ -96,33 +111,54 @@ class _HeaderLookup:
     def __init__(self, headers: httpx.Headers) -> None:
         self._headers = headers
         self.info: RequestInfo | None = None
-        self.found: dict[str, str] | None = None
+        self.found: _Found | None = None
 
-    def build(self) -> dict[str, str]:
+    def build(self) -> _Found:
         headers = self._headers
-        found: dict[str, str] = {}
+        wanted, blank = header_names.current
+        found = _Found(blank)
+        found.headers = headers
         try:
-            encoding = headers.encoding
+            # Headers.encoding, unless set, is "ascii" when every line decodes as ASCII; a
+            # wanted line that does not raises here and takes the slow path. Asking
+            # Headers.encoding instead would decode every line.
+            encoding = headers._encoding or "ascii"
             for _, key, value in headers._list:  # (raw name, lower-case name, value), all bytes
-                name = key.decode(encoding)
-                earlier = found.get(name)
-                text = value.decode(encoding)
-                found[name] = text if earlier is None else f"{earlier}, {text}"
+                name = wanted.get(key)
+                if name is not None:
+                    earlier = found[name]
+                    text = value.decode(encoding)
+                    found[name] = text if earlier is None else f"{earlier}, {text}"
         except (AttributeError, TypeError, ValueError):  # not the shape this was written for
-            found.clear()
+            found = _Found(blank)
+            found.headers = None  # every line is in: a name not found was not sent
             for name, text in headers.multi_items():
                 earlier = found.get(name)
                 found[name] = text if earlier is None else f"{earlier}, {text}"
         self.found = found
         if self.info is not None:
-            self.info._get_header = found.get  # later lookups skip this method altogether
+            self.info._get_header = found.__getitem__  # later lookups skip this method altogether
         return found
 
     def get(self, name: str) -> str | None:
         found = self.found
         if found is None:
             found = self.build()
-        return found.get(name)
+        return found[name]
+
+
+class _Found(dict[str, "str | None"]):
+    """Decoded header values by lower-case name (None: not sent); a name it was not built with
+    is looked up in ``headers`` on first use (None: every line was decoded already)."""
+
+    __slots__ = ("headers",)
+    headers: httpx.Headers | None
+
+    def __missing__(self, name: str) -> str | None:
+        headers = self.headers
+        value = None if headers is None else headers.get(name)
+        self[name] = value
+        return value
 
 
 class _Headers:
@@ -143,6 +179,10 @@ class _Headers:
 HEADERS = _Headers()
 
 
+def _replayable(request: httpx.Request) -> bool:
+    return isinstance(request.stream, httpx.ByteStream)
+
+
 def _failure_kind(exc: Exception) -> str | None:
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return CONNECT_FAILURE
@@ -161,8 +201,8 @@ def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
     fields of httpx's parsed form is enough (~1.5 us). Falls back to ``copy_with`` if httpx's
     internals ever change shape; ``tests/unit/test_httpx_target.py`` pins the equivalence.
     """
-    ref = getattr(url, "_uri_reference", None)
-    if ref is not None and getattr(ref, "_fields", None) == _PARSED_FIELDS:
+    ref: Any = getattr(url, "_uri_reference", None)
+    if type(ref) is _PARSE_RESULT:
         new = _URL_NEW(httpx.URL)
         # the namedtuple's own constructor, positionally: a third of ``_replace``'s cost
         new._uri_reference = _TUPLE_NEW(
@@ -175,6 +215,16 @@ def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
 _URL_NEW = httpx.URL.__new__
 _TUPLE_NEW = tuple.__new__
 _PARSED_FIELDS = ("scheme", "userinfo", "host", "port", "path", "query", "fragment")
+
+
+def _parse_result_type() -> type | None:
+    """The type of httpx's parsed URL, when it has the fields the fast paths above read;
+    None (every request takes httpx's public properties) if a release changes it."""
+    ref = getattr(httpx.URL("http://checked/"), "_uri_reference", None)
+    return type(ref) if getattr(ref, "_fields", None) == _PARSED_FIELDS else None
+
+
+_PARSE_RESULT: Any = _parse_result_type()
 
 
 # -- telemetry (README "Telemetry"): nothing of this runs without an OpenTelemetry SDK -----------
@@ -275,13 +325,13 @@ class GrayTransport(httpx.BaseTransport):
         self.transport = transport if transport is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.balancer.is_service(request.url.host):
-            return self.transport.handle_request(request)
-        started = time.perf_counter()
-        call = _start(self.balancer, request)
-        obs = telemetry.observer()
         url = request.url
-        replayable = isinstance(request.stream, httpx.ByteStream)
+        service = self.balancer.routed_service(url.host)
+        if service is None:
+            return self.transport.handle_request(request)
+        obs = telemetry.observer()
+        started = time.perf_counter() if obs is not None else 0.0  # the call's duration is telemetry
+        call = _start(self.balancer, service, request)
         try:
             while True:
                 instance = call.next_instance()
@@ -292,7 +342,7 @@ class GrayTransport(httpx.BaseTransport):
                 except httpx.TransportError as exc:
                     kind = _failure_kind(exc)
                     call.done(instance, False, kind)
-                    retrying = kind is not None and call.can_retry(kind, request.method, replayable)
+                    retrying = kind is not None and call.can_retry(kind, request.method, _replayable(request))
                     _raised(attempt, exc, retrying)
                     if retrying:
                         continue
@@ -306,7 +356,7 @@ class GrayTransport(httpx.BaseTransport):
                 status = response.status_code
                 ok = status < 500
                 call.done(instance, ok, status)
-                retrying = not ok and call.can_retry(status, request.method, replayable)
+                retrying = not ok and call.can_retry(status, request.method, _replayable(request))
                 _answered(attempt, status, retrying)
                 if retrying:
                     response.close()
@@ -328,13 +378,13 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.balancer.is_service(request.url.host):
-            return await self.transport.handle_async_request(request)
-        started = time.perf_counter()
-        call = await _astart(self.balancer, request)
-        obs = telemetry.observer()
         url = request.url
-        replayable = isinstance(request.stream, httpx.ByteStream)
+        service = self.balancer.routed_service(url.host)
+        if service is None:
+            return await self.transport.handle_async_request(request)
+        obs = telemetry.observer()
+        started = time.perf_counter() if obs is not None else 0.0  # the call's duration is telemetry
+        call = await _astart(self.balancer, service, request)
         try:
             while True:
                 instance = call.next_instance()
@@ -345,7 +395,7 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
                 except httpx.TransportError as exc:
                     kind = _failure_kind(exc)
                     call.done(instance, False, kind)
-                    retrying = kind is not None and call.can_retry(kind, request.method, replayable)
+                    retrying = kind is not None and call.can_retry(kind, request.method, _replayable(request))
                     _raised(attempt, exc, retrying)
                     if retrying:
                         continue
@@ -359,7 +409,7 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
                 status = response.status_code
                 ok = status < 500
                 call.done(instance, ok, status)
-                retrying = not ok and call.can_retry(status, request.method, replayable)
+                retrying = not ok and call.can_retry(status, request.method, _replayable(request))
                 _answered(attempt, status, retrying)
                 if retrying:
                     await response.aclose()

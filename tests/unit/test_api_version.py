@@ -345,15 +345,15 @@ def test_httpx_transport_hands_every_line_to_rules() -> None:
 
     from graylb.transports.httpx import _routing_input
 
-    balancer = graylb.Balancer(graylb.StaticDiscovery({"orders": []}))
     request = httpx.Request(
         "GET",
-        "http://orders/api/v2/x",
+        "http://orders/api/v2/x%20y?debug=1",
         headers=[("accept", "text/html;q=0.1"), ("Accept", "application/vnd.myapp.v2+json")],
     )
-    _, info, _, _ = _routing_input(balancer, request)
+    info, _ = _routing_input(request)
     assert info.header_values("accept") == ["text/html;q=0.1", "application/vnd.myapp.v2+json"]
-    assert info.path == "/api/v2/x"
+    assert info.header("accept") == "text/html;q=0.1, application/vnd.myapp.v2+json"
+    assert (info.path, info.query("debug")) == ("/api/v2/x y", "1")  # as httpx's URL.path and .params
 
 
 API_RULES = {
