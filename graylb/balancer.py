@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import telemetry
-from .call import Call, Report
+from .call import DRAINING, LEAVING, Call, Report
 from .discovery.base import Discovery, ServiceWatch, Snapshot
 from .errors import NoInstanceAvailable, NoSnapshot
 from .guard.notify import default_notifier
@@ -278,7 +278,7 @@ class Balancer:
         self, entry: _Service, instance_id: str, ok: bool, outcome: str | int | None = None, seconds: float = 0.0
     ) -> None:
         guard = entry.guard
-        if guard is not None:
+        if guard is not None and outcome != DRAINING:  # a release step, not the version's fault
             trip = guard.record(instance_id, ok, outcome, seconds)
             if trip is not None:
                 self._tripped(entry, guard, trip)
@@ -287,6 +287,15 @@ class Balancer:
             return
         if ok:
             detector.record_success(instance_id)
+        elif outcome in LEAVING:
+            if detector.record_leaving(instance_id):
+                log.info(
+                    "graylb: instance %s of service '%s' is leaving (%s): out of this caller's picks",
+                    instance_id,
+                    entry.name,
+                    outcome,
+                )
+                self._rebuild(entry)
         elif detector.record_failure(instance_id):
             log.warning("graylb: ejected instance %s of service '%s' after consecutive errors", instance_id, entry.name)
             telemetry.record_ejection(entry.name, _version_of(entry, instance_id))

@@ -17,11 +17,32 @@ from .routing.request import RequestInfo
 from .routing.router import Decision, ServiceState
 from .served import Served
 
-__all__ = ["Call", "Report", "Served", "CONNECT_FAILURE", "RESET", "TIMEOUT", "IDEMPOTENT_METHODS"]
+__all__ = [
+    "Call",
+    "Report",
+    "Served",
+    "CONNECT_FAILURE",
+    "CONNECT_REFUSED",
+    "DRAINING",
+    "LEAVING",
+    "RESET",
+    "TIMEOUT",
+    "IDEMPOTENT_METHODS",
+]
 
 CONNECT_FAILURE = "connect-failure"  # nothing was sent: safe to retry for any method
 RESET = "reset"  # the connection broke after (part of) the request was sent
 TIMEOUT = "timeout"
+#: Connection refused: nothing listens there any more (a stopped or stopping instance). Nothing
+#: was sent, so it is retried like a connect failure, and the instance is taken out of this
+#: caller's picks at once.
+CONNECT_REFUSED = "connect-refused"
+#: The instance is draining and refused the request without processing it (a 503 carrying
+#: :data:`graylb.drain.DRAIN_HEADER`, a gRPC UNAVAILABLE with that trailing metadata): safe to
+#: resend elsewhere whatever the method; the instance is taken out of picks at once.
+DRAINING = "draining"
+#: Outcomes that say the instance is leaving (see :meth:`OutlierDetector.record_leaving`).
+LEAVING = frozenset({CONNECT_REFUSED, DRAINING})
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -91,8 +112,10 @@ class Call:
         policy = self.state.retries
         if self.attempts > policy.attempts:
             return False
-        if kind == CONNECT_FAILURE:
+        if kind in (CONNECT_FAILURE, CONNECT_REFUSED):
             return policy.on_connect_failure
+        if kind == DRAINING:  # refused unprocessed: any method, if the body can be sent again
+            return replayable
         if not replayable or (policy.idempotent_only and method not in IDEMPOTENT_METHODS):
             return False
         if kind == RESET:

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from .build_info import MISSING_VERSION_HINT, BuildInfo, resolve_build_info
+from .drain import DRAINED, SERVING, Drain, DrainResult
 from .errors import MissingVersion
 
 __all__ = ["Registration"]
@@ -61,6 +62,8 @@ class Registration:
         self._outage = False
         self._atexit_installed = False
         self._prev_handlers: dict[int, Any] = {}
+        self._drain: Drain | None = None
+        self._drain_on_signal = False
 
     def _resolve_build(
         self,
@@ -116,6 +119,11 @@ class Registration:
         """Seconds until the next heartbeat (also the retry interval during an outage)."""
         raise NotImplementedError
 
+    def propagation_time(self) -> float:
+        """Seconds until callers have seen this instance leave the registry: the default grace
+        of :meth:`drain`."""
+        raise NotImplementedError
+
     def _beat(self) -> None:
         """One heartbeat, under the lock; re-registers when the registry no longer knows the
         instance. Raises the registry's errors on failure."""
@@ -163,6 +171,21 @@ class Registration:
             self._thread = None
         self._log.info("graylb: deregistered %s from %s at %s", self._log_id, self._registry, self.config.address)
 
+    @property
+    def drainer(self) -> Drain:
+        """The :class:`~graylb.drain.Drain` of this instance: hand it to the drain middleware
+        (``DrainASGIMiddleware(app, registration.drainer)``) so requests see the drain."""
+        with self._lock:
+            if self._drain is None:
+                self._drain = Drain(self)
+            return self._drain
+
+    def drain(self, grace: float | None = None, timeout: float | None = None) -> DrainResult:
+        """Leave without losing a request (:mod:`graylb.drain`): deregister, keep serving for
+        ``grace`` seconds (default :meth:`propagation_time`) while callers notice, then refuse
+        new requests with the drain marker and wait up to ``timeout`` for those in flight."""
+        return self.drainer.drain(grace, timeout)
+
     def close(self) -> None:
         """:meth:`deregister`, but never raises (a failure is logged): for ``finally`` blocks,
         signal handlers and interpreter exit. Safe to call any number of times."""
@@ -191,11 +214,16 @@ class Registration:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def install_signal_handlers(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def install_signal_handlers(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), *, drain: bool = False
+    ) -> None:
         """On each signal: :meth:`close`, then what the signal did before — the previous Python
         handler is called (for SIGINT that is normally the one raising KeyboardInterrupt); a
         default disposition is restored and the signal re-sent, so the process dies of it as it
-        would have; an ignored signal stays ignored after deregistering. Main thread only."""
+        would have; an ignored signal stays ignored after deregistering. Main thread only.
+
+        ``drain=True``: :meth:`drain` first, on a thread of its own (the main thread keeps
+        serving), and only then the above, signal re-sent to this process once drained."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "install_signal_handlers() must be called from the main thread (Python delivers signals there)"
@@ -205,8 +233,18 @@ class Registration:
             if previous != self._on_signal:  # installing twice must not chain to ourselves
                 self._prev_handlers[int(sig)] = previous
             signal.signal(sig, self._on_signal)
+        self._drain_on_signal = drain
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._drain_on_signal:
+            drainer = self.drainer
+            if drainer.state == SERVING:
+                threading.Thread(
+                    target=self._drain_then_resend, args=(signum,), name="graylb-drain", daemon=True
+                ).start()
+                return
+            if drainer.state != DRAINED:
+                return  # a drain is under way: the signal is re-sent when it ends
         self.close()
         previous = self._prev_handlers.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
@@ -217,6 +255,12 @@ class Registration:
         else:  # SIG_DFL (or unknown: a handler installed from C): die of the signal as before
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+    def _drain_then_resend(self, signum: int) -> None:
+        try:
+            self.drain()
+        finally:
+            os.kill(os.getpid(), signum)  # now drained: the handler closes and does what it did before
 
     # ------------------------------------------------------------------ heartbeat
 

@@ -247,6 +247,12 @@ class ConsulRegistration(Registration):
     def _needs_heartbeat(self) -> bool:
         return self.ttl is not None
 
+    def propagation_time(self) -> float:
+        """2 s: graylb's Consul discovery (and Consul's own clients) hold blocking queries that
+        answer within milliseconds of a deregistration; the rest is margin for a caller whose
+        query was between two requests, or backing off after an error."""
+        return 2.0
+
     def _beat_interval(self) -> float:
         assert self.ttl is not None
         return self.ttl / 3.0

@@ -273,6 +273,11 @@ class NacosRegistration(Registration):
     def _needs_heartbeat(self) -> bool:
         return self.ephemeral
 
+    def propagation_time(self) -> float:
+        """3 s: graylb's Nacos discovery polls every ``refresh_interval`` (1 s by default), so
+        two polls plus a second for the server to apply the deregistration."""
+        return 3.0
+
     def _beat_interval(self) -> float:
         return self.current_interval
 

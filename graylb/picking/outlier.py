@@ -21,7 +21,12 @@ from collections.abc import Callable, Collection, Iterable
 
 from ..rules.compiled import OutlierPolicy
 
-__all__ = ["OutlierDetector", "MAX_EJECTION_TIME"]
+__all__ = ["OutlierDetector", "MAX_EJECTION_TIME", "LEAVING_EJECTION_TIME"]
+
+#: How long an instance that said it is leaving stays out of picks: longer than the registries'
+#: change-propagation time (the registry then drops it), short enough that an instance restarted
+#: in place at the same address is back soon even if the registry never showed it gone.
+LEAVING_EJECTION_TIME = 10.0
 
 #: Ejection times grow with repeated ejections up to ``max(MAX_EJECTION_TIME, base)`` seconds.
 MAX_EJECTION_TIME = 300.0
@@ -119,6 +124,26 @@ class OutlierDetector:
         if host.failures < threshold:
             return False
         return self._try_eject(instance_id, host)
+
+    def record_leaving(self, instance_id: str) -> bool:
+        """``instance_id`` said it is leaving (refused the connection, or answered with the drain
+        marker): eject it now, for :data:`LEAVING_EJECTION_TIME`, whatever the streak, the
+        ``max_ejection_percent`` cap or a disabled ``consecutive_errors`` -- traffic sent there
+        is refused anyway. True iff this call ejected it."""
+        host = self._hosts.get(instance_id)
+        if host is None:
+            host = self._hosts.setdefault(instance_id, _Host())
+        with self._lock:
+            if self._hosts.get(instance_id) is not host:
+                return False
+            now = self._clock()
+            self._release_expired(now)
+            if host.ejected_until is not None:
+                return False
+            host.ejected_until = now + LEAVING_EJECTION_TIME
+            host.failures = 0
+            self._publish()
+            return True
 
     # -- reads ---------------------------------------------------------------------------------
 

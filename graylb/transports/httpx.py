@@ -28,7 +28,8 @@ import httpx
 
 from .. import telemetry
 from ..balancer import Balancer
-from ..call import CONNECT_FAILURE, RESET, TIMEOUT, Call
+from ..call import CONNECT_FAILURE, CONNECT_REFUSED, DRAINING, RESET, TIMEOUT, Call
+from ..drain import DRAIN_HEADER
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.codec import BAGGAGE_HEADER, HeaderCodec
@@ -184,6 +185,8 @@ def _replayable(request: httpx.Request) -> bool:
 
 
 def _failure_kind(exc: Exception) -> str | None:
+    if isinstance(exc, httpx.ConnectError) and _refused(exc):
+        return CONNECT_REFUSED
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return CONNECT_FAILURE
     if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
@@ -191,6 +194,25 @@ def _failure_kind(exc: Exception) -> str | None:
     if isinstance(exc, httpx.TimeoutException):
         return TIMEOUT
     return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect error was a refused connection (httpx chains httpcore's error, which
+    chains the socket's ``ConnectionRefusedError``)."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+def _outcome(response: httpx.Response) -> str | int:
+    """The attempt's outcome: its status, or :data:`DRAINING` for a draining instance's refusal."""
+    status = response.status_code
+    return DRAINING if status == 503 and DRAIN_HEADER in response.headers else status
 
 
 def _target(url: httpx.URL, instance: Instance) -> httpx.URL:
@@ -355,8 +377,9 @@ class GrayTransport(httpx.BaseTransport):
                     raise
                 status = response.status_code
                 ok = status < 500
-                call.done(instance, ok, status)
-                retrying = not ok and call.can_retry(status, request.method, _replayable(request))
+                outcome = status if ok else _outcome(response)
+                call.done(instance, ok, outcome)
+                retrying = not ok and call.can_retry(outcome, request.method, _replayable(request))
                 _answered(attempt, status, retrying)
                 if retrying:
                     response.close()
@@ -408,8 +431,9 @@ class AsyncGrayTransport(httpx.AsyncBaseTransport):
                     raise
                 status = response.status_code
                 ok = status < 500
-                call.done(instance, ok, status)
-                retrying = not ok and call.can_retry(status, request.method, _replayable(request))
+                outcome = status if ok else _outcome(response)
+                call.done(instance, ok, outcome)
+                retrying = not ok and call.can_retry(outcome, request.method, _replayable(request))
                 _answered(attempt, status, retrying)
                 if retrying:
                     await response.aclose()

@@ -1,0 +1,185 @@
+"""Leaving without losing a request: the drain (serving side) and what a graylb caller does with
+a leaving instance, over real loopback HTTP servers."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import graylb
+from graylb.consul import ConsulConfig, ConsulRegistration
+from graylb.drain import DRAIN_HEADER, DRAINED, DRAINING, REFUSING, Drain
+from graylb.drain_middleware import DrainWSGIMiddleware
+from graylb.testing import serve_wsgi
+from graylb.testing.fake_consul import FakeConsul
+from graylb.testing.http_server import WSGIServer
+from tests.conftest import wait_until
+
+
+class Backend:
+    """One instance: a WSGI app behind the drain middleware that counts what it processed."""
+
+    def __init__(self, name: str, drain: Drain | None = None, status: str = "200 OK") -> None:
+        self.name = name
+        self.drain = drain if drain is not None else Drain(grace=0)
+        self.status = status
+        self.processed: Counter[str] = Counter()
+        self.hold: threading.Event | None = None  # set: requests wait for it (in flight)
+        self.server: WSGIServer = serve_wsgi(DrainWSGIMiddleware(self.app, self.drain))
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if self.hold is not None:
+            self.hold.wait(10)
+        self.processed[environ.get("HTTP_X_REQUEST_ID", "?")] += 1
+        start_response(self.status, [("content-type", "text/plain")])
+        return [self.name.encode()]
+
+    def instance(self) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": self.server.port, "version": "1.0.0", "id": self.name}
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    made: list[Backend] = []
+    yield made
+    for b in made:
+        b.server.stop()
+
+
+def client_for(instances: list[dict[str, Any]], rules: dict | None = None) -> httpx.Client:
+    balancer = graylb.Balancer(graylb.StaticDiscovery({"orders": instances}), rules, services=["orders"])
+    return httpx.Client(transport=graylb.GrayTransport(balancer), timeout=10)
+
+
+def test_a_post_refused_by_a_draining_instance_is_processed_once_elsewhere(backends: list[Backend]) -> None:
+    a, b = Backend("a"), Backend("b")
+    backends += [a, b]
+    assert a.drain.drain(grace=0).clean  # nothing in flight: drained at once, refusing from now on
+    with client_for([a.instance(), b.instance()]) as client:
+        responses = [client.post("http://orders/pay", headers={"x-request-id": f"r{i}"}) for i in range(30)]
+    assert [r.status_code for r in responses] == [200] * 30
+    assert {r.text for r in responses} == {"b"}
+    # every POST processed exactly once, all by b; a processed none
+    assert b.processed == Counter({f"r{i}": 1 for i in range(30)}) and not a.processed
+    # the first refusal took a out of this caller's picks: it saw at most one request
+    assert a.drain._refused <= 1
+    served = [r.extensions["graylb"] for r in responses]
+    assert sum(s.attempts for s in served) <= 31
+
+
+def test_a_plain_503_is_not_resent_for_a_post(backends: list[Backend]) -> None:
+    a = Backend("a", status="503 Service Unavailable")
+    backends.append(a)
+    with client_for([a.instance()]) as client:
+        response = client.post("http://orders/pay", headers={"x-request-id": "only"})
+    assert response.status_code == 503 and DRAIN_HEADER not in response.headers
+    assert a.processed == Counter({"only": 1})  # processed, maybe: never sent twice
+
+
+def test_a_connection_refused_instance_is_out_of_picks_at_once(backends: list[Backend]) -> None:
+    a, gone = Backend("a"), Backend("gone")
+    backends += [a, gone]
+    gone.server.stop()  # nothing listens at its port any more: connection refused
+    with client_for([a.instance(), gone.instance()]) as client:
+        served = [client.post("http://orders/pay").extensions["graylb"] for _ in range(30)]
+    assert {s.instance for s in served} == {"a"}
+    assert sum(s.attempts for s in served) <= 31  # refused once, then never picked again
+
+
+def test_the_drain_serves_through_the_grace_period_then_refuses_and_waits_for_requests_in_flight(
+    backends: list[Backend],
+) -> None:
+    a = Backend("a", Drain(grace=60))
+    backends.append(a)
+    results: list[Any] = []
+    drainer = threading.Thread(target=lambda: results.append(a.drain.drain()))
+    drainer.start()
+    wait_until(lambda: a.drain.state == DRAINING)
+    assert httpx.get(a.server.url + "/").status_code == 200  # callers have not noticed yet: served
+
+    a.hold = threading.Event()
+    slow: list[httpx.Response] = []
+    in_flight = threading.Thread(target=lambda: slow.append(httpx.get(a.server.url + "/", timeout=10)))
+    in_flight.start()
+    wait_until(lambda: a.drain.in_flight == 1)
+    a.drain.end_grace()
+    wait_until(lambda: a.drain.state == REFUSING)
+    refused = httpx.get(a.server.url + "/")
+    assert (refused.status_code, refused.headers[DRAIN_HEADER], refused.headers["retry-after"]) == (503, "1", "0")
+    assert drainer.is_alive()  # still waiting for the request in flight
+
+    a.hold.set()
+    in_flight.join(10)
+    drainer.join(10)
+    assert slow[0].status_code == 200  # the request in flight finished normally
+    [result] = results
+    assert a.drain.state == DRAINED and result.clean and result.refused == 1
+    assert a.drain.drain() is result  # idempotent: a second caller gets the same result
+
+
+def test_the_drain_gives_up_on_requests_in_flight_after_its_timeout(backends: list[Backend]) -> None:
+    a = Backend("a", Drain(grace=0, timeout=0.2))
+    backends.append(a)
+    a.hold = threading.Event()
+    stuck = threading.Thread(target=lambda: httpx.get(a.server.url + "/", timeout=10))
+    stuck.start()
+    wait_until(lambda: a.drain.in_flight == 1)
+    result = a.drain.drain()
+    assert (result.clean, result.in_flight_left) == (False, 1)
+    a.hold.set()
+    stuck.join(10)
+
+
+def test_the_pre_stop_hook_drains_and_answers_when_done(backends: list[Backend]) -> None:
+    a = Backend("a", Drain(grace=0))
+    backends.append(a)
+    assert httpx.get(a.server.url + "/graylb/drain").status_code == 405
+    assert a.drain.state == "serving"
+    answer = httpx.post(a.server.url + "/graylb/drain", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json() | {"seconds": 0} == {
+        "drained": True,
+        "in_flight_left": 0,
+        "refused": 0,
+        "grace": 0.0,
+        "seconds": 0,
+        "deregistered": False,
+    }
+    assert a.drain.state == DRAINED
+    assert httpx.get(a.server.url + "/").status_code == 503
+
+
+def test_the_pre_stop_hook_is_for_loopback_callers_only(backends: list[Backend]) -> None:
+    drain = Drain(grace=0)
+    app = DrainWSGIMiddleware(Backend("x", drain).app, drain, hook_trust=graylb.trust_networks("10.0.0.0/8"))
+    server = serve_wsgi(app)
+    try:
+        assert httpx.post(server.url + "/graylb/drain").status_code == 403
+        assert drain.state == "serving"
+    finally:
+        server.stop()
+        backends.append(Backend("unused"))  # the fixture stops the Backend's own server
+
+
+def test_registration_drain_deregisters_first_and_waits_the_grace_period() -> None:
+    with FakeConsul() as fake:
+        reg = ConsulRegistration(
+            ConsulConfig(fake.url), "orders", address="127.0.0.1", port=9001, version="2.0.0", ttl=0.6, env={}
+        )
+        reg.register()
+        drain = reg.drainer
+        assert drain is reg.drainer and reg.propagation_time() == 2.0
+        seen: list[Any] = []
+        thread = threading.Thread(target=lambda: seen.append(reg.drain(grace=30)))
+        thread.start()
+        wait_until(lambda: drain.state == DRAINING)
+        wait_until(lambda: httpx.get(f"{fake.url}/v1/health/service/orders").json() == [])
+        assert not reg.registered and thread.is_alive()  # gone from the registry, still serving
+        drain.end_grace()
+        thread.join(10)
+        assert seen[0].deregistered and seen[0].clean and drain.state == DRAINED
