@@ -202,3 +202,51 @@ def test_signal_deregisters_then_keeps_default_behaviour(registry: ConsulRegistr
         assert proc.returncode == -signal.SIGTERM, err  # died of SIGTERM, as without the handler
     else:
         assert proc.returncode == 3 and "interrupted" in out, err  # KeyboardInterrupt raised as before
+
+
+DRAINING_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys, threading
+    from graylb.drain_middleware import DrainWSGIMiddleware
+    logging.basicConfig(level=logging.INFO)
+    from graylb.testing import serve_wsgi
+    {setup}
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b"still serving"]
+    server = serve_wsgi(DrainWSGIMiddleware(app, reg.drainer))
+    reg.drainer.grace = 3.0
+    reg.register()
+    reg.install_signal_handlers(drain=True)
+    print(server.url, flush=True)
+    threading.Event().wait(60)
+    """
+)
+
+
+def test_sigterm_with_drain_deregisters_keeps_serving_through_the_grace_then_dies_of_it(
+    registry: ConsulRegistry | NacosRegistry,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "NACOS_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRAINING_SERVER_SCRIPT.format(setup=registry.setup), registry.fake.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert len(registry.listed()) == 1
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: registry.listed() == [])  # callers learn it is leaving ...
+        assert httpx.get(url, timeout=5).text == "still serving"  # ... while it still serves them
+        assert proc.poll() is None
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM, err  # drained, then died of the signal as without graylb
+    assert "drained in" in err and len(registry.deregistrations()) == 1, err
