@@ -63,3 +63,14 @@ class MissingVersion(GraylbError, ValueError):
     def __init__(self, owner: str, looked_at: str) -> None:
         self.owner = owner
         super().__init__(f"{owner}: no version: {looked_at}")
+
+
+class NotReady(GraylbError):
+    """A registration's readiness probe did not pass in time: the instance was not registered."""
+
+    def __init__(self, instance: str, probe: str, waited: float, last: str | None = None) -> None:
+        self.instance, self.probe, self.waited, self.last = instance, probe, waited, last
+        super().__init__(
+            f"{instance}: not registered, readiness probe {probe} did not pass within {waited:.3g}s"
+            + (f" (last answer: {last})" if last else "")
+        )

@@ -21,16 +21,23 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
+
+import httpx
 
 from .build_info import MISSING_VERSION_HINT, BuildInfo, resolve_build_info
 from .drain import DRAINED, SERVING, Drain, DrainResult
-from .errors import MissingVersion
+from .errors import MissingVersion, NotReady
 
 __all__ = ["Registration"]
 
 R = TypeVar("R", bound="Registration")
+
+#: A readiness probe: a callable (ready when it returns true) or an HTTP path on the instance
+#: (ready on 2xx), or None (always ready).
+Readiness = Callable[[], object] | str | None
 
 
 class Registration:
@@ -54,7 +61,12 @@ class Registration:
     #: what this instance announces and where each value came from (set by :meth:`_resolve_build`)
     build: BuildInfo = BuildInfo()
 
-    def __init__(self) -> None:
+    def __init__(self, *, ready: Readiness = None, ready_timeout: float = 30.0) -> None:
+        if ready_timeout <= 0:
+            raise ValueError(f"ready_timeout must be positive, got {ready_timeout!r}")
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self._not_ready_since: float | None = None
         self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
         self._registered = False
         self._stop = threading.Event()
@@ -124,6 +136,14 @@ class Registration:
         of :meth:`drain`."""
         raise NotImplementedError
 
+    def _probe_origin(self) -> str:
+        """``http://host:port`` of the instance, where a readiness path is probed."""
+        raise NotImplementedError
+
+    def _mark_not_ready(self, why: str) -> None:
+        """The instance stopped being ready: tell the registry (default: send no heartbeat, so it
+        lapses to unhealthy as it would for a hung process)."""
+
     def _beat(self) -> None:
         """One heartbeat, under the lock; re-registers when the registry no longer knows the
         instance. Raises the registry's errors on failure."""
@@ -131,8 +151,50 @@ class Registration:
 
     # ------------------------------------------------------------------ public API
 
+    def probe(self) -> tuple[bool, str | None]:
+        """Run the readiness probe once: (ready, what it answered when not). Always ready
+        without one. A callable is ready when it returns true (raising: not ready); a path is
+        ready when ``GET http://host:port<path>`` answers 2xx."""
+        ready = self.ready
+        if ready is None:
+            return True, None
+        try:
+            if callable(ready):
+                return (True, None) if ready() else (False, "returned false")
+            response = httpx.get(self._probe_origin() + ready, timeout=2.0)
+            if response.is_success:
+                return True, None
+            return False, f"HTTP {response.status_code}"
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not ready"
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def _describe_probe(self) -> str:
+        ready = self.ready
+        if isinstance(ready, str):
+            return f"GET {self._probe_origin()}{ready}"
+        return getattr(ready, "__qualname__", repr(ready))
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the readiness probe passes; raise :class:`~graylb.errors.NotReady` after
+        ``timeout`` (default ``ready_timeout``). :meth:`register` calls it first."""
+        if self.ready is None:
+            return
+        waited = self.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + waited
+        pause = 0.02
+        while True:
+            ok, last = self.probe()
+            if ok:
+                return
+            if time.monotonic() + pause > deadline:
+                raise NotReady(self._log_id, self._describe_probe(), waited, last)
+            self._stop.wait(pause)
+            pause = min(pause * 2, 0.5)
+
     def register(self) -> None:
-        """Register (or re-register) and start the heartbeat when the instance needs one."""
+        """Wait for the readiness probe (if any), register (or re-register) and start the
+        heartbeat when the instance needs one."""
+        self.wait_ready()
         with self._lock:
             self._put_registration()
             self._registered = True
@@ -264,9 +326,39 @@ class Registration:
 
     # ------------------------------------------------------------------ heartbeat
 
+    def _still_ready(self) -> bool:
+        """Probe before each heartbeat: the registry reflects readiness after registering too.
+        Says it once when the instance stops being ready and once when it is ready again."""
+        if self.ready is None:
+            return True
+        ok, last = self.probe()
+        if ok:
+            if self._not_ready_since is not None:
+                self._not_ready_since = None
+                self._log.info("graylb: %s ready again: heartbeat resumed", self._log_id)
+            return True
+        if self._not_ready_since is None:
+            self._not_ready_since = time.monotonic()
+            self._log.warning(
+                "graylb: %s not ready (%s: %s): %s no longer sees it healthy",
+                self._log_id,
+                self._describe_probe(),
+                last,
+                self._registry,
+            )
+        try:
+            with self._lock:
+                if self._registered and not self._stop.is_set():
+                    self._mark_not_ready(f"readiness probe: {last}")
+        except Exception as exc:  # noqa: BLE001 - the heartbeat keeps going
+            self._log.warning("graylb: could not mark %s not ready: %s", self._log_id, exc)
+        return False
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self._beat_interval()):
             try:
+                if not self._still_ready():
+                    continue
                 with self._lock:
                     if self._stop.is_set() or not self._registered:
                         return

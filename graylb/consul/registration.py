@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..instance import MAX_WEIGHT
-from ..registration import Registration
+from ..registration import Readiness, Registration
 from .client import ConsulConfig, ConsulError, py_consul_call
 
 __all__ = ["ConsulRegistration", "go_duration"]
@@ -109,6 +109,8 @@ class ConsulRegistration(Registration):
         commit: str | None = None,
         require_version: bool = True,
         env: Mapping[str, str] | None = None,
+        ready: Readiness = None,
+        ready_timeout: float = 30.0,
     ) -> None:
         if not service:
             raise ValueError("service name must not be empty")
@@ -160,7 +162,7 @@ class ConsulRegistration(Registration):
         self.check_id: str | None = f"service:{self.service_id}" if (self.ttl is not None or http_check) else None
 
         self._client: Any = None  # py-consul client, created on first use
-        super().__init__()
+        super().__init__(ready=ready, ready_timeout=ready_timeout)
 
     def __repr__(self) -> str:
         return (
@@ -247,11 +249,22 @@ class ConsulRegistration(Registration):
     def _needs_heartbeat(self) -> bool:
         return self.ttl is not None
 
+    def _probe_origin(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
     def propagation_time(self) -> float:
         """2 s: graylb's Consul discovery (and Consul's own clients) hold blocking queries that
         answer within milliseconds of a deregistration; the rest is margin for a caller whose
         query was between two requests, or backing off after an error."""
         return 2.0
+
+    def _mark_not_ready(self, why: str) -> None:
+        # The TTL check goes critical now, not a TTL later: passing-only callers drop it at once.
+        check_id = self.check_id or ""
+        self._call(
+            f"failing check '{check_id}'",
+            lambda c: c.agent.check.ttl_fail(check_id, notes=why, token=self.config.token),
+        )
 
     def _beat_interval(self) -> float:
         assert self.ttl is not None

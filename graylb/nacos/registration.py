@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from ..registration import Registration
+from ..registration import Readiness, Registration
 from .auth import NacosAuth
 from .client import NacosConfig, NacosError, _v2_envelope, check_response
 
@@ -99,6 +99,8 @@ class NacosRegistration(Registration):
         commit: str | None = None,
         require_version: bool = True,
         env: Mapping[str, str] | None = None,
+        ready: Readiness = None,
+        ready_timeout: float = 30.0,
     ) -> None:
         if not service or "@@" in service:
             raise ValueError(
@@ -165,7 +167,7 @@ class NacosRegistration(Registration):
         self.auth = NacosAuth(config)
 
         self._http: httpx.Client | None = None
-        super().__init__()
+        super().__init__(ready=ready, ready_timeout=ready_timeout)
 
     def __repr__(self) -> str:
         return (
@@ -272,6 +274,9 @@ class NacosRegistration(Registration):
 
     def _needs_heartbeat(self) -> bool:
         return self.ephemeral
+
+    def _probe_origin(self) -> str:
+        return f"http://{self.ip}:{self.port}"
 
     def propagation_time(self) -> float:
         """3 s: graylb's Nacos discovery polls every ``refresh_interval`` (1 s by default), so

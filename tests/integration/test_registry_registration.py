@@ -244,9 +244,74 @@ def test_sigterm_with_drain_deregisters_keeps_serving_through_the_grace_then_die
         wait_until(lambda: registry.listed() == [])  # callers learn it is leaving ...
         assert httpx.get(url, timeout=5).text == "still serving"  # ... while it still serves them
         assert proc.poll() is None
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGTERM, err  # drained, then died of the signal as without graylb
     assert "drained in" in err and len(registry.deregistrations()) == 1, err
+
+
+def test_register_waits_for_the_readiness_probe(registry: ConsulRegistry | NacosRegistry) -> None:
+    ready = threading.Event()
+    probes: list[bool] = []
+
+    def probe() -> bool:
+        probes.append(ready.is_set())
+        return probes[-1]
+
+    reg = registry.make(ready=probe)
+    registering = threading.Thread(target=reg.register)
+    registering.start()
+    try:
+        wait_until(lambda: len(probes) >= 2)
+        assert registering.is_alive() and registry.listed() == []  # not ready: not registered
+        ready.set()
+        registering.join(10)
+        assert len(registry.listed()) == 1 and reg.registered
+    finally:
+        ready.set()
+        registering.join(10)
+        reg.close()
+
+
+def test_an_http_readiness_path_is_probed_on_the_instance(registry: ConsulRegistry | NacosRegistry) -> None:
+    from graylb.testing import serve_wsgi
+
+    answers = ["503 Service Unavailable", "503 Service Unavailable", "200 OK"]
+    probed: list[str] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        probed.append(environ["PATH_INFO"])
+        start_response(answers.pop(0) if len(answers) > 1 else answers[0], [])
+        return [b""]
+
+    with serve_wsgi(app) as server:
+        reg = registry.make(port=server.port, ready="/healthz/ready")
+        with reg:
+            assert len(registry.listed()) == 1
+        assert probed[:3] == ["/healthz/ready"] * 3  # two 503s waited out, registered on the 200
+
+
+def test_a_probe_that_never_passes_registers_nothing_and_says_why(registry: ConsulRegistry | NacosRegistry) -> None:
+    from graylb.errors import NotReady
+
+    def warming_up() -> bool:
+        return False
+
+    reg = registry.make(ready=warming_up, ready_timeout=0.2)
+    with pytest.raises(NotReady, match=r"orders.*warming_up.*0\.2s.*returned false"):
+        reg.register()
+    assert registry.listed() == [] and not reg.registered
+
+
+def test_the_registry_reflects_readiness_after_registering(registry: ConsulRegistry | NacosRegistry) -> None:
+    ready = threading.Event()
+    ready.set()
+    reg = registry.make(ready=ready.is_set)
+    with reg:
+        assert registry.passing(reg)
+        ready.clear()  # e.g. lost its database: callers must stop seeing it healthy
+        wait_until(lambda: not registry.passing(reg))
+        ready.set()
+        wait_until(lambda: registry.passing(reg))
