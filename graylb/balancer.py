@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,13 +28,16 @@ from .propagation.codec import HeaderCodec
 from .propagation.context import GrayContext, current
 from .routing.request import RequestInfo
 from .routing.router import ALL_SUBSET, Decision, ServiceState, build_state, route
-from .rules.compiled import CompiledRules, CompiledService, OutlierPolicy
+from .rules.compiled import CompiledRules, CompiledService, OutlierPolicy, WarmUpPolicy
 from .rules.sources import FileRuleSource, RuleSource, StaticRules
 
 __all__ = ["Balancer", "add_no_instance_hook", "remove_no_instance_hook"]
 
 if TYPE_CHECKING:
     from .guard.runtime import CanaryGuard, GuardView
+
+#: Steps of a warm-up ramp: each is one rebuild of the service's pickers.
+WARMUP_STEPS = 10
 
 log = logging.getLogger("graylb")
 DEFAULT_OUTLIER = OutlierPolicy()
@@ -73,6 +77,8 @@ class _Service:
         "digest",
         "lock",
         "guard",
+        "first_seen",
+        "seen_snapshot",
     )
 
     def __init__(self, name: str, watch: ServiceWatch, record: Callable[..., None]) -> None:
@@ -90,6 +96,9 @@ class _Service:
         self.rules: CompiledRules | None = None  # the rules document ``state`` was built from
         self.digest: str | None = None  # the digest of this service's part of it (None: no rules)
         self.lock = threading.Lock()  # serialises rebuilds; a call only tries it (never waits) once it has a state
+        # instance id -> clock time this caller first saw it (-inf: in the first snapshot); warm-up
+        self.first_seen: dict[str, float] = {}
+        self.seen_snapshot = False
         self.guard: CanaryGuard | None = None  # the service's canary guard, when its rules have one
 
 
@@ -542,12 +551,17 @@ class Balancer:
         snapshot: Snapshot | None = entry.watch.snapshot
         ejected = detector.ejected()
         tripped = guard is not None and guard.trip is not None
+        warm, warm_step = self._warming(entry, snapshot, rules.warmup if rules else None)
+        release_at = detector.next_release
+        if warm_step is not None and (release_at is None or warm_step < release_at):
+            release_at = warm_step  # the next step of a warm-up: a call then rebuilds
         state = build_state(
             entry.name,
             snapshot,
             rules,
             ejected=ejected,
-            release_at=detector.next_release,
+            warm=warm,
+            release_at=release_at,
             stats=self.stats,
             shed=guard.policy.canary if guard is not None and tripped else None,
             shed_testers=guard is not None and guard.policy.testers == "shed",
@@ -564,6 +578,38 @@ class Balancer:
         if state.unmatched:
             self._report_unmatched(entry, state, revision)
         return state
+
+    def _warming(
+        self, entry: _Service, snapshot: Snapshot | None, policy: WarmUpPolicy | None
+    ) -> tuple[dict[str, float] | None, float | None]:
+        """(instance id -> share of its weight, for instances still warming up; when the next
+        step of the ramp is due). The ramp climbs in :data:`WARMUP_STEPS` steps, each one a
+        rebuild that the first call after it triggers. Instances of this caller's first snapshot
+        are warm; an instance that leaves and comes back is new again. Under ``entry.lock``."""
+        if snapshot is None:
+            return None, None
+        now = self._clock()
+        seen = entry.first_seen
+        ids = {i.id for i in snapshot.instances}
+        born = -math.inf if not entry.seen_snapshot else now
+        entry.seen_snapshot = True
+        for instance_id in ids - seen.keys():
+            seen[instance_id] = born
+        for instance_id in seen.keys() - ids:
+            del seen[instance_id]
+        if policy is None:
+            return None, None
+        window = policy.window
+        warm: dict[str, float] = {}
+        next_step: float | None = None
+        for instance_id, since in seen.items():
+            age = now - since
+            if age >= window:
+                continue
+            warm[instance_id] = policy.share(age)
+            step = since + window * (math.floor(max(0.0, age) / window * WARMUP_STEPS) + 1) / WARMUP_STEPS
+            next_step = step if next_step is None else min(next_step, step)
+        return warm or None, next_step
 
     def _guard_for(self, entry: _Service, rules: CompiledService | None, document: CompiledRules) -> CanaryGuard | None:
         """The entry's guard for these rules: kept (with its trip) while the service's rules

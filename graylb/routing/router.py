@@ -153,13 +153,17 @@ def build_state(
     rules: CompiledService | None,
     *,
     ejected: Collection[str] = frozenset(),
+    warm: Mapping[str, float] | None = None,
     release_at: float | None = None,
     stats: LoadStats | None = None,
     shed: str | None = None,
     shed_testers: bool = False,
 ) -> ServiceState:
     """Compile the per-service view the router reads on every call. ``shed``: a subset a tripped
-    canary guard took off the weighted routes (``shed_testers``: off every route and pin)."""
+    canary guard took off the weighted routes (``shed_testers``: off every route and pin).
+    ``warm``: instance id -> the share of its weight it gets while warming up; applied in every
+    picker of two or more instances except ``ring_hash`` (whose ring would move under the keys
+    at every step of the ramp)."""
     instances = [] if snapshot is None else [i for i in snapshot.instances if i.health is not Health.CRITICAL]
     policy = rules.load_balancer if rules else "weighted_random"
     # Membership is decided on every healthy instance (outlier detection caps ejections per
@@ -175,8 +179,14 @@ def build_state(
         if inst.lane is not None:
             lane_members.setdefault(inst.lane, []).append(inst)
 
+    warming = warm if warm and policy != "ring_hash" else None
+
     def picker(pool: list[Instance]) -> Picker:
-        return make_picker(policy, [i for i in pool if i.id not in ejected] if ejected else pool, stats)
+        if ejected:
+            pool = [i for i in pool if i.id not in ejected]
+        if warming is not None and len(pool) > 1:
+            pool = [_warming(i, warming[i.id]) if i.id in warming else i for i in pool]
+        return make_picker(policy, pool, stats)
 
     unmatched = tuple(
         (
@@ -223,6 +233,13 @@ def build_state(
             (r.route.match, r.name, r.names, r.pickers, r.cumulative, r.total, r.route.sticky) for r in routes
         ),
     )
+
+
+def _warming(inst: Instance, share: float) -> Instance:
+    """``inst`` with ``share`` of its weight (at least 1: warming up never means no traffic)."""
+    if inst.weight <= 0 or share >= 1.0:
+        return inst
+    return dataclasses.replace(inst, weight=max(1, round(inst.weight * share)))
 
 
 def _route_state(

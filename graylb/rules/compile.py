@@ -32,6 +32,7 @@ from .compiled import (
     OutlierPolicy,
     RetryPolicy,
     SubsetSpec,
+    WarmUpPolicy,
     WeightedTarget,
 )
 from .model import Guard, HashOn, Retries, RulesDocument, Service, check_references
@@ -172,6 +173,7 @@ def compile_service(name: str, svc: Service) -> CompiledService:
             max_ejection_percent=od.max_ejection_percent,
         ),
         guard=_guard_policy(svc.guard, svc.default),
+        warmup=None if svc.warmup is None else WarmUpPolicy(svc.warmup.window, svc.warmup.min_share),
     )
 
 

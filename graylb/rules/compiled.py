@@ -195,6 +195,18 @@ class GuardPolicy:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class WarmUpPolicy:
+    window: float = 30.0  # seconds from first sight to full weight
+    min_share: float = 0.1  # the share of its weight an instance starts with
+
+    def share(self, age: float) -> float:
+        """The share of its weight an instance seen ``age`` seconds ago gets (1.0: warm)."""
+        if age >= self.window:
+            return 1.0
+        return max(self.min_share, max(0.0, age) / self.window)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CompiledService:
     name: str
     subsets: Mapping[str, SubsetSpec] = dataclasses.field(default_factory=lambda: _EMPTY)
@@ -206,6 +218,7 @@ class CompiledService:
     retries: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     outlier: OutlierPolicy | None = None
     guard: GuardPolicy | None = None
+    warmup: WarmUpPolicy | None = None
     digest: str = ""  # a hash of this service's part of the document: a tripped guard resets when it changes
 
 

@@ -475,6 +475,25 @@ class OutlierDetection(_Model):
         return format_duration(value)
 
 
+class WarmUp(_Model):
+    """Slow start: an instance new to a caller gets ``min_share`` of its weight at first, rising
+    in a straight line to its full weight over ``window``."""
+
+    window: Duration = 30.0
+    min_share: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("window")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise _error("warm-up window must be positive, got {got}", got=format_duration(value))
+        return value
+
+    @field_serializer("window")
+    def _dump_window(self, value: float) -> str:
+        return format_duration(value)
+
+
 # --------------------------------------------------------------------------- canary guard
 
 #: gRPC status code names (grpc.StatusCode), as a guard's `errors.on` may list them.
@@ -702,6 +721,7 @@ class Service(_Model):
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
     retries: Retries | None = None
     outlier_detection: OutlierDetection | None = None
+    warmup: WarmUp | None = None  # slow start of new instances in the caller; None: off
     guard: Guard | None = None
     # Free-form notes for people (who rolled back, when, why); routing ignores them.
     annotations: dict[str, Text] = Field(default_factory=dict)
