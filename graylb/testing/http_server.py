@@ -119,6 +119,13 @@ class TrackingHTTPServer(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
         super().__init__(addr, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A connection the client (or kill_connections) dropped mid-response is what these
+        # servers are for, not an error to print a traceback for.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def track(self, conn: socket.socket) -> None:
         with self._conns_lock:
             self._conns.add(conn)

@@ -85,6 +85,12 @@ EXPECTED: dict[str, list[str]] = {
         "after graylb rollback: 0% on 2.0.0",
         "OK: 5% -> 25% -> 50% -> 100% by the runner, then one rollback back to the named baseline 1.4.2",
     ],
+    "rolling_release.py": [
+        "rolling 3 x v1 -> 3 x v2 over consul, with drain",
+        "  step 3: v2 on",
+        "0 failed, 0 POSTs processed twice",
+        "OK: nothing lost, nothing duplicated",
+    ],
     "nacos_end_to_end.py": [
         "pushed canary 10% to graylb-rules",
         "pushed canary 50% to graylb-rules",
