@@ -1,4 +1,5 @@
-"""The request side of :mod:`graylb.drain`, for ASGI and WSGI apps, plus the pre-stop hook.
+"""The request side of :mod:`graylb.drain`, for ASGI and WSGI apps and gRPC servers, plus the
+pre-stop hook.
 
 Wrap the app once with the instance's :class:`~graylb.drain.Drain`::
 
@@ -9,6 +10,10 @@ Each request is counted while it runs, so a drain knows when nothing is in fligh
 refuses (its grace period over), a request is answered ``503`` with the drain marker header
 (:data:`~graylb.drain.DRAIN_HEADER`), ``Retry-After: 0`` and ``Connection: close``, without
 reaching the app: a graylb caller resends it to another instance, whatever its method.
+
+**gRPC** (a ``grpc.server``): ``grpc.server(pool, interceptors=[DrainServerInterceptor(drain)])``.
+A refused RPC ends ``UNAVAILABLE`` with the marker in its trailing metadata, which a graylb
+channel resends elsewhere (it resends UNAVAILABLE anyway) and takes as "this instance is leaving".
 
 **Pre-stop hook.** ``POST /graylb/drain`` (``hook_path``) runs the drain and answers once it is
 done, ``200`` with the result as JSON -- what a Kubernetes ``preStop`` ``httpGet``/``exec curl``
@@ -23,10 +28,12 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+import grpc
+
 from .drain import DRAIN_HEADER, Drain, DrainResult
 from .propagation.trust import Trust, trust_check, trust_networks
 
-__all__ = ["DrainASGIMiddleware", "DrainWSGIMiddleware", "HOOK_PATH"]
+__all__ = ["DrainASGIMiddleware", "DrainWSGIMiddleware", "DrainServerInterceptor", "HOOK_PATH"]
 
 HOOK_PATH = "/graylb/drain"
 _LOOPBACK = trust_networks("127.0.0.0/8", "::1/128")
@@ -176,3 +183,50 @@ class _Counted:
             done, self._done = self._done, None
             if done is not None:
                 done()
+
+
+class DrainServerInterceptor(grpc.ServerInterceptor):
+    """``grpc.server`` interceptor: counts RPCs for the drain (a streamed response until its last
+    message), and once the drain refuses, ends new RPCs ``UNAVAILABLE`` with the drain marker in
+    the trailing metadata, without running the handler."""
+
+    def __init__(self, drain: Drain) -> None:
+        self.drain = drain
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        drain = self.drain
+        streaming_out = handler.response_streaming
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+        def counted(request: Any, context: grpc.ServicerContext) -> Any:
+            if not drain.admit():
+                context.set_trailing_metadata(((DRAIN_HEADER, "1"),))
+                context.abort(grpc.StatusCode.UNAVAILABLE, "draining: not processed, send it to another instance")
+            if not streaming_out:
+                try:
+                    return behavior(request, context)
+                finally:
+                    drain.release()
+            return _released_when_done(behavior, request, context, drain)
+
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(bool(handler.request_streaming), bool(streaming_out))]
+        return make(
+            counted,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _released_when_done(behavior: Any, request: Any, context: Any, drain: Drain) -> Iterator[Any]:
+    try:
+        yield from behavior(request, context)
+    finally:
+        drain.release()

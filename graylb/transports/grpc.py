@@ -40,8 +40,9 @@ import grpc.aio
 
 from .. import telemetry
 from ..balancer import Balancer
-from ..call import CONNECT_FAILURE, Call, Served
+from ..call import CONNECT_FAILURE, CONNECT_REFUSED, DRAINING, Call, Served
 from ..discovery.base import Snapshot
+from ..drain import DRAIN_HEADER
 from ..errors import NoInstanceAvailable
 from ..instance import Instance
 from ..propagation.codec import HeaderCodec
@@ -256,6 +257,24 @@ def _code_of(exc: BaseException) -> grpc.StatusCode | None:
         return None
 
 
+def _reported(code: grpc.StatusCode | None, error: BaseException | None) -> str | None:
+    """What an attempt reports to outlier detection and the guard: the status code's name, or
+    :data:`~graylb.call.DRAINING` / :data:`~graylb.call.CONNECT_REFUSED` for an instance that is
+    leaving (an UNAVAILABLE carrying the drain marker, or a refused connection)."""
+    if code is None:
+        return None
+    if code == grpc.StatusCode.UNAVAILABLE and error is not None:
+        try:
+            trailing = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+            if any(key == DRAIN_HEADER for key, _ in trailing):
+                return DRAINING
+            if "connection refused" in (error.details() or "").lower():  # type: ignore[attr-defined]
+                return CONNECT_REFUSED
+        except Exception:  # noqa: BLE001 - an error without them: just its code
+            pass
+    return code.name
+
+
 def _outcome(
     code: grpc.StatusCode | None, error: BaseException | None
 ) -> tuple[str, str | None, str | None, dict[str, str] | None]:
@@ -351,7 +370,7 @@ class _Attempt:
         if not self.open:
             return
         self.open = False
-        self.call.done(self.instance, code not in _FAILURES, code.name if code is not None else None)
+        self.call.done(self.instance, code not in _FAILURES, _reported(code, error))
         obs = self.obs
         if obs is not None:
             _ended(self.telemetry, code, error)
@@ -453,7 +472,7 @@ class _UnaryUnary(_UnaryUnaryBase):
                 )
             except grpc.RpcError as exc:
                 code = _code_of(exc)
-                call.done(instance, code not in _FAILURES, code.name if code is not None else None)
+                call.done(instance, code not in _FAILURES, _reported(code, exc))
                 retrying = (
                     code == grpc.StatusCode.UNAVAILABLE
                     and call.can_retry(CONNECT_FAILURE, "POST")
@@ -757,7 +776,7 @@ class _AioUnaryCall:
                 response = await self.call
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                call.done(instance, code not in _FAILURES, code.name if code is not None else None)
+                call.done(instance, code not in _FAILURES, _reported(code, exc))
                 retrying = (
                     code == grpc.StatusCode.UNAVAILABLE
                     and call.can_retry(CONNECT_FAILURE, "POST")

@@ -183,3 +183,86 @@ def test_registration_drain_deregisters_first_and_waits_the_grace_period() -> No
         drain.end_grace()
         thread.join(10)
         assert seen[0].deregistered and seen[0].clean and drain.state == DRAINED
+
+
+# -- gRPC ------------------------------------------------------------------------------------------
+
+
+def test_a_grpc_call_refused_by_a_draining_server_runs_once_elsewhere_and_the_server_is_out_of_picks() -> None:
+    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb.drain_middleware import DrainServerInterceptor
+    from graylb.testing.grpc_server import serve_echo
+    from graylb.transports.grpc import GrayChannel
+
+    leaving_drain = Drain(grace=0)
+    leaving = serve_echo("orders", "1.0.0", interceptors=[DrainServerInterceptor(leaving_drain)])
+    staying = serve_echo("orders", "1.0.0")
+    try:
+        static = graylb.StaticDiscovery(
+            {
+                "orders": [
+                    {"host": s.host, "port": s.port, "version": "1.0.0", "id": name}
+                    for name, s in (("leaving", leaving), ("staying", staying))
+                ]
+            }
+        )
+        channel = GrayChannel(graylb.Balancer(static), "orders")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        stub.Say(echo_pb2.SayRequest(text="warm"))  # served while not draining: counted, released
+        assert leaving_drain.in_flight == 0
+        assert leaving_drain.drain().clean
+        served = [stub.Say.with_call(echo_pb2.SayRequest(text=f"r{i}"))[1].graylb for i in range(30)]
+        assert {s.instance for s in served} == {"staying"}
+        assert leaving_drain._refused <= 1 and sum(s.attempts for s in served) <= 31
+        channel.close()
+    finally:
+        leaving.stop()
+        staying.stop()
+
+
+def test_a_refused_grpc_call_carries_the_drain_marker() -> None:
+    import grpc
+
+    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb.drain_middleware import DrainServerInterceptor
+    from graylb.testing.grpc_server import serve_echo
+
+    drain = Drain(grace=0)
+    server = serve_echo("orders", "1.0.0", interceptors=[DrainServerInterceptor(drain)])
+    try:
+        with grpc.insecure_channel(server.address) as plain:
+            stub = echo_pb2_grpc.EchoStub(plain)
+            assert stub.Say(echo_pb2.SayRequest(text="x")).text
+            drain.drain()
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Say(echo_pb2.SayRequest(text="x"))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (DRAIN_HEADER, "1") in tuple(refused.value.trailing_metadata())
+    finally:
+        server.stop()
+
+
+def test_a_grpc_server_refusing_connections_is_out_of_picks_at_once() -> None:
+    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb.testing.grpc_server import serve_echo
+    from graylb.transports.grpc import GrayChannel
+
+    gone, staying = serve_echo("orders", "1.0.0"), serve_echo("orders", "1.0.0")
+    gone.stop()  # nothing listens at its port any more
+    try:
+        static = graylb.StaticDiscovery(
+            {
+                "orders": [
+                    {"host": s.host, "port": s.port, "version": "1.0.0", "id": name}
+                    for name, s in (("gone", gone), ("staying", staying))
+                ]
+            }
+        )
+        channel = GrayChannel(graylb.Balancer(static), "orders")
+        stub = echo_pb2_grpc.EchoStub(channel)
+        served = [stub.Say.with_call(echo_pb2.SayRequest(text=f"r{i}"))[1].graylb for i in range(30)]
+        assert {s.instance for s in served} == {"staying"}
+        assert sum(s.attempts for s in served) <= 31  # refused once, then never picked again
+        channel.close()
+    finally:
+        staying.stop()
