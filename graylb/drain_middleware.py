@@ -11,7 +11,8 @@ refuses (its grace period over), a request is answered ``503`` with the drain ma
 (:data:`~graylb.drain.DRAIN_HEADER`), ``Retry-After: 0`` and ``Connection: close``, without
 reaching the app: a graylb caller resends it to another instance, whatever its method.
 
-**gRPC** (a ``grpc.server``): ``grpc.server(pool, interceptors=[DrainServerInterceptor(drain)])``.
+**gRPC**: ``grpc.server(pool, interceptors=[DrainServerInterceptor(drain)])``, and
+``grpc.aio.server(interceptors=[AioDrainServerInterceptor(drain)])``.
 A refused RPC ends ``UNAVAILABLE`` with the marker in its trailing metadata, which a graylb
 channel resends elsewhere (it resends UNAVAILABLE anyway) and takes as "this instance is leaving".
 
@@ -33,7 +34,13 @@ import grpc
 from .drain import DRAIN_HEADER, Drain, DrainResult
 from .propagation.trust import Trust, trust_check, trust_networks
 
-__all__ = ["DrainASGIMiddleware", "DrainWSGIMiddleware", "DrainServerInterceptor", "HOOK_PATH"]
+__all__ = [
+    "DrainASGIMiddleware",
+    "DrainWSGIMiddleware",
+    "DrainServerInterceptor",
+    "AioDrainServerInterceptor",
+    "HOOK_PATH",
+]
 
 HOOK_PATH = "/graylb/drain"
 _LOOPBACK = trust_networks("127.0.0.0/8", "::1/128")
@@ -204,7 +211,7 @@ class DrainServerInterceptor(grpc.ServerInterceptor):
         def counted(request: Any, context: grpc.ServicerContext) -> Any:
             if not drain.admit():
                 context.set_trailing_metadata(((DRAIN_HEADER, "1"),))
-                context.abort(grpc.StatusCode.UNAVAILABLE, "draining: not processed, send it to another instance")
+                context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSAL)
             if not streaming_out:
                 try:
                     return behavior(request, context)
@@ -212,17 +219,66 @@ class DrainServerInterceptor(grpc.ServerInterceptor):
                     drain.release()
             return _released_when_done(behavior, request, context, drain)
 
-        make = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(bool(handler.request_streaming), bool(streaming_out))]
-        return make(
-            counted,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return _handler_like(handler, counted)
+
+
+def _handler_like(handler: Any, behavior: Any) -> Any:
+    """A method handler of ``handler``'s kind and (de)serializers, running ``behavior``."""
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return make(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+_REFUSAL = "draining: not processed, send it to another instance"
+
+
+class AioDrainServerInterceptor(grpc.aio.ServerInterceptor):
+    """The ``grpc.aio`` twin of :class:`DrainServerInterceptor`."""
+
+    def __init__(self, drain: Drain) -> None:
+        self.drain = drain
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        drain = self.drain
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+        if not handler.response_streaming:
+
+            async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if not drain.admit():
+                    context.set_trailing_metadata(((DRAIN_HEADER, "1"),))
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSAL)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    drain.release()
+
+            return _handler_like(handler, counted)
+
+        async def counted_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if not drain.admit():
+                context.set_trailing_metadata(((DRAIN_HEADER, "1"),))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSAL)
+            try:
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for message in result:
+                        yield message
+                else:  # a handler that writes with context.write() and returns nothing
+                    await result
+            finally:
+                drain.release()
+
+        return _handler_like(handler, counted_stream)
 
 
 def _released_when_done(behavior: Any, request: Any, context: Any, drain: Drain) -> Iterator[Any]:

@@ -220,19 +220,22 @@ def test_a_grpc_call_refused_by_a_draining_server_runs_once_elsewhere_and_the_se
         staying.stop()
 
 
-def test_a_refused_grpc_call_carries_the_drain_marker() -> None:
+@pytest.mark.parametrize("aio", [False, True], ids=["grpc-server", "grpc-aio-server"])
+def test_a_refused_grpc_call_carries_the_drain_marker(aio: bool) -> None:
     import grpc
 
     from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
-    from graylb.drain_middleware import DrainServerInterceptor
+    from graylb.drain_middleware import AioDrainServerInterceptor, DrainServerInterceptor
     from graylb.testing.grpc_server import serve_echo
 
     drain = Drain(grace=0)
-    server = serve_echo("orders", "1.0.0", interceptors=[DrainServerInterceptor(drain)])
+    interceptor = AioDrainServerInterceptor(drain) if aio else DrainServerInterceptor(drain)
+    server = serve_echo("orders", "1.0.0", aio=aio, interceptors=[interceptor])
     try:
         with grpc.insecure_channel(server.address) as plain:
             stub = echo_pb2_grpc.EchoStub(plain)
             assert stub.Say(echo_pb2.SayRequest(text="x")).text
+            assert drain.in_flight == 0  # counted while it ran, released after
             drain.drain()
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Say(echo_pb2.SayRequest(text="x"))
@@ -266,3 +269,31 @@ def test_a_grpc_server_refusing_connections_is_out_of_picks_at_once() -> None:
         channel.close()
     finally:
         staying.stop()
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["grpc-server", "grpc-aio-server"])
+def test_a_streamed_grpc_response_is_in_flight_until_its_last_message(aio: bool) -> None:
+    import grpc
+
+    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb.drain_middleware import AioDrainServerInterceptor, DrainServerInterceptor
+    from graylb.testing.grpc_server import serve_echo
+
+    drain = Drain(grace=0, timeout=10)
+    interceptor = AioDrainServerInterceptor(drain) if aio else DrainServerInterceptor(drain)
+    server = serve_echo("orders", "1.0.0", aio=aio, interceptors=[interceptor])
+    try:
+        with grpc.insecure_channel(server.address) as plain:
+            stream = echo_pb2_grpc.EchoStub(plain).Count(echo_pb2.CountRequest(count=3, interval_ms=50))
+            first = next(stream)
+            wait_until(lambda: drain.in_flight == 1)
+            results: list[Any] = []
+            drainer = threading.Thread(target=lambda: results.append(drain.drain()))
+            drainer.start()
+            wait_until(lambda: drain.state == REFUSING)
+            rest = list(stream)  # the stream in flight runs to its end while the drain waits
+            drainer.join(10)
+        assert [first.seq, *(r.seq for r in rest)] == [0, 1, 2]
+        assert results[0].clean and drain.state == DRAINED
+    finally:
+        server.stop()
