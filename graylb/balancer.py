@@ -585,7 +585,13 @@ class Balancer:
         """(instance id -> share of its weight, for instances still warming up; when the next
         step of the ramp is due). The ramp climbs in :data:`WARMUP_STEPS` steps, each one a
         rebuild that the first call after it triggers. Instances of this caller's first snapshot
-        are warm; an instance that leaves and comes back is new again. Under ``entry.lock``."""
+        (or there when the rules turn warm-up on) are warm; an instance that leaves and comes
+        back is new again. Nothing is tracked while warm-up is off. Under ``entry.lock``."""
+        if policy is None:  # off: nothing tracked (turned on later, what is there then is warm)
+            if entry.seen_snapshot:
+                entry.first_seen.clear()
+                entry.seen_snapshot = False
+            return None, None
         if snapshot is None:
             return None, None
         now = self._clock()
@@ -597,8 +603,6 @@ class Balancer:
             seen[instance_id] = born
         for instance_id in seen.keys() - ids:
             del seen[instance_id]
-        if policy is None:
-            return None, None
         window = policy.window
         warm: dict[str, float] = {}
         next_step: float | None = None

@@ -123,3 +123,16 @@ def test_an_instance_that_leaves_and_comes_back_warms_up_again(clock: Clock) -> 
     clock.now += 1000
     static.add(inst("new"), "orders")
     assert new_instance_share(balancer) == pytest.approx(0.1 / 2.1, abs=0.012)
+
+
+def test_turning_warmup_on_later_leaves_the_instances_already_there_warm(clock: Clock) -> None:
+    static = graylb.StaticDiscovery({"orders": [inst("a"), inst("b")]})
+    source = graylb.StaticRules({"services": {"orders": {}}})
+    balancer = graylb.Balancer(static, source, clock=clock)
+    shares(balancer, 10)
+    static.add(inst("new"), "orders")
+    shares(balancer, 10)
+    source.apply(rules())
+    assert new_instance_share(balancer) == pytest.approx(1 / 3, abs=0.012)  # was there: warm
+    static.add(inst("newer"), "orders")
+    assert shares(balancer)["newer"] / N == pytest.approx(0.1 / 3.1, abs=0.012)
