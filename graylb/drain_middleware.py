@@ -76,37 +76,35 @@ class _Hook:
         return self._check is None or self._check(carrier)
 
 
-class DrainASGIMiddleware:
-    """ASGI middleware: counts ``http`` requests for the drain, refuses them once it refuses, and
-    serves the pre-stop hook (see the module docstring). Other scopes pass through."""
+class _DrainMiddleware:
+    """What the ASGI and WSGI twins share: the app, the drain, the pre-stop hook."""
 
     def __init__(
-        self,
-        app: Callable[..., Awaitable[None]],
-        drain: Drain,
-        *,
-        hook_path: str | None = HOOK_PATH,
-        hook_trust: Trust = _LOOPBACK,
+        self, app: Callable[..., Any], drain: Drain, *, hook_path: str | None = HOOK_PATH, hook_trust: Trust = _LOOPBACK
     ) -> None:
         self.app = app
         self.drain = drain
         self._hook = _Hook(hook_path, hook_trust)
 
+
+class DrainASGIMiddleware(_DrainMiddleware):
+    """ASGI middleware: counts ``http`` requests for the drain, refuses them once it refuses, and
+    serves the pre-stop hook (see the module docstring). Other scopes pass through."""
+
     async def __call__(
         self, scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
     ) -> None:
         if scope.get("type") != "http":
-            return await self.app(scope, receive, send)
-        if self._hook.path is not None and scope.get("path") == self._hook.path:
-            return await self._hook_call(scope, send)
-        drain = self.drain
-        if not drain.admit():
+            await self.app(scope, receive, send)
+        elif self._hook.path is not None and scope.get("path") == self._hook.path:
+            await self._hook_call(scope, send)
+        elif not self.drain.admit():
             await _asgi_respond(send, 503, _REFUSED_HEADERS, _REFUSED_BODY)
-            return None
-        try:
-            return await self.app(scope, receive, send)
-        finally:
-            drain.release()
+        else:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.drain.release()
 
     async def _hook_call(self, scope: MutableMapping[str, Any], send: Callable[..., Any]) -> None:
         if scope.get("method") != "POST":
@@ -129,21 +127,9 @@ async def _asgi_respond(send: Callable[..., Any], status: int, headers: list[tup
     await send({"type": "http.response.body", "body": body})
 
 
-class DrainWSGIMiddleware:
+class DrainWSGIMiddleware(_DrainMiddleware):
     """WSGI twin of :class:`DrainASGIMiddleware`: a request counts until the server closes its
     response iterable (the whole body sent)."""
-
-    def __init__(
-        self,
-        app: Callable[..., Iterable[bytes]],
-        drain: Drain,
-        *,
-        hook_path: str | None = HOOK_PATH,
-        hook_trust: Trust = _LOOPBACK,
-    ) -> None:
-        self.app = app
-        self.drain = drain
-        self._hook = _Hook(hook_path, hook_trust)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self._hook.path is not None and environ.get("PATH_INFO") == self._hook.path:

@@ -188,26 +188,28 @@ def test_registration_drain_deregisters_first_and_waits_the_grace_period() -> No
 # -- gRPC ------------------------------------------------------------------------------------------
 
 
+def grpc_pair(first: Any, second: Any) -> Any:
+    """A GrayChannel stub over two Echo servers, named ``first`` / ``second`` by their ids."""
+    from graylb._proto.graylb.demo.v1 import echo_pb2_grpc
+    from graylb.transports.grpc import GrayChannel
+
+    static = graylb.StaticDiscovery(
+        {"orders": [{"host": s.host, "port": s.port, "version": "1.0.0", "id": n} for n, s in (first, second)]}
+    )
+    channel = GrayChannel(graylb.Balancer(static), "orders")
+    return channel, echo_pb2_grpc.EchoStub(channel)
+
+
 def test_a_grpc_call_refused_by_a_draining_server_runs_once_elsewhere_and_the_server_is_out_of_picks() -> None:
-    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb._proto.graylb.demo.v1 import echo_pb2
     from graylb.drain_middleware import DrainServerInterceptor
     from graylb.testing.grpc_server import serve_echo
-    from graylb.transports.grpc import GrayChannel
 
     leaving_drain = Drain(grace=0)
     leaving = serve_echo("orders", "1.0.0", interceptors=[DrainServerInterceptor(leaving_drain)])
     staying = serve_echo("orders", "1.0.0")
     try:
-        static = graylb.StaticDiscovery(
-            {
-                "orders": [
-                    {"host": s.host, "port": s.port, "version": "1.0.0", "id": name}
-                    for name, s in (("leaving", leaving), ("staying", staying))
-                ]
-            }
-        )
-        channel = GrayChannel(graylb.Balancer(static), "orders")
-        stub = echo_pb2_grpc.EchoStub(channel)
+        channel, stub = grpc_pair(("leaving", leaving), ("staying", staying))
         stub.Say(echo_pb2.SayRequest(text="warm"))  # served while not draining: counted, released
         assert leaving_drain.in_flight == 0
         assert leaving_drain.drain().clean
@@ -246,23 +248,13 @@ def test_a_refused_grpc_call_carries_the_drain_marker(aio: bool) -> None:
 
 
 def test_a_grpc_server_refusing_connections_is_out_of_picks_at_once() -> None:
-    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb._proto.graylb.demo.v1 import echo_pb2
     from graylb.testing.grpc_server import serve_echo
-    from graylb.transports.grpc import GrayChannel
 
     gone, staying = serve_echo("orders", "1.0.0"), serve_echo("orders", "1.0.0")
     gone.stop()  # nothing listens at its port any more
     try:
-        static = graylb.StaticDiscovery(
-            {
-                "orders": [
-                    {"host": s.host, "port": s.port, "version": "1.0.0", "id": name}
-                    for name, s in (("gone", gone), ("staying", staying))
-                ]
-            }
-        )
-        channel = GrayChannel(graylb.Balancer(static), "orders")
-        stub = echo_pb2_grpc.EchoStub(channel)
+        channel, stub = grpc_pair(("gone", gone), ("staying", staying))
         served = [stub.Say.with_call(echo_pb2.SayRequest(text=f"r{i}"))[1].graylb for i in range(30)]
         assert {s.instance for s in served} == {"staying"}
         assert sum(s.attempts for s in served) <= 31  # refused once, then never picked again
