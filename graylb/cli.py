@@ -439,6 +439,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drain(args: argparse.Namespace) -> int:
+    """POST the drain hook of a local instance and wait for its answer: an orchestrator's
+    pre-stop (``graylb drain http://127.0.0.1:8080``)."""
+    import httpx
+
+    from .drain_middleware import HOOK_PATH
+
+    url = args.url.rstrip("/") + (args.path or HOOK_PATH)
+    try:
+        answer = httpx.post(url, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"graylb: could not drain at {url}: {exc}", file=sys.stderr)
+        return 2
+    if answer.status_code != 200:
+        print(f"graylb: {url} answered {answer.status_code}: {answer.text.strip()}", file=sys.stderr)
+        return 2
+    try:
+        result = answer.json()
+        drained = result["drained"]
+    except (ValueError, KeyError, TypeError):
+        print(f"graylb: {url} is not a graylb drain hook (answered {answer.text[:80]!r})", file=sys.stderr)
+        return 2
+    print(
+        f"drained: {result['drained']} in {result['seconds']}s (grace {result['grace']}s; "
+        f"{result['refused']} refused for callers to resend; {result['in_flight_left']} still in flight; "
+        f"deregistered: {result['deregistered']})"
+    )
+    return 0 if drained else 1
+
+
 def _key_option(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--key",
@@ -547,6 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("service")
     _key_option(st, required=False)
     st.set_defaults(func=_cmd_status)
+
+    dr = sub.add_parser(
+        "drain",
+        help="drain a local instance through its drain hook (deregister, grace, refuse, finish in flight); "
+        "exits 0 once drained, 1 if requests were still in flight at its timeout",
+    )
+    dr.add_argument("url", help="the instance's base URL, e.g. http://127.0.0.1:8080 (the hook serves loopback only)")
+    dr.add_argument("--path", default=None, help="the hook's path, if mounted elsewhere (default /graylb/drain)")
+    dr.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer (default 120)")
+    dr.set_defaults(func=_cmd_drain)
 
     ro = sub.add_parser(
         "rollout", help="a progressive rollout: start, status, promote, pause, resume, abort, retry, run"

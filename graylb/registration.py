@@ -31,13 +31,31 @@ from .build_info import MISSING_VERSION_HINT, BuildInfo, resolve_build_info
 from .drain import DRAINED, SERVING, Drain, DrainResult
 from .errors import MissingVersion, NotReady
 
-__all__ = ["Registration"]
+__all__ = ["Registration", "grpc_serving"]
 
 R = TypeVar("R", bound="Registration")
 
 #: A readiness probe: a callable (ready when it returns true) or an HTTP path on the instance
 #: (ready on 2xx), or None (always ready).
 Readiness = Callable[[], object] | str | None
+
+
+def grpc_serving(target: str, timeout: float = 1.0) -> Callable[[], bool]:
+    """A readiness probe for a gRPC service (``ready=grpc_serving("127.0.0.1:50051")``): ready
+    once a plaintext channel to ``target`` connects within ``timeout`` seconds."""
+
+    def serving() -> bool:
+        import grpc
+
+        with grpc.insecure_channel(target) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=timeout)
+            except grpc.FutureTimeoutError:
+                return False
+        return True
+
+    serving.__qualname__ = f"grpc_serving({target!r})"
+    return serving
 
 
 class Registration:

@@ -289,3 +289,81 @@ def test_a_streamed_grpc_response_is_in_flight_until_its_last_message(aio: bool)
         assert results[0].clean and drain.state == DRAINED
     finally:
         server.stop()
+
+
+# -- warm-up over real servers ---------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+WARMUP_RULES = {"services": {"orders": {"warmup": {"window": "100s", "min_share": 0.1}}}}
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_new_instance_warms_up_over_real_servers(transport: str, backends: list[Backend]) -> None:
+    import random
+
+    from graylb._proto.graylb.demo.v1 import echo_pb2, echo_pb2_grpc
+    from graylb.testing.grpc_server import serve_echo
+    from graylb.transports.grpc import GrayChannel
+
+    random.seed(3)  # the picks draw from random.random: the same draws every run
+    clock = FakeClock()
+    if transport == "http":
+        servers = [Backend(n) for n in ("a", "b", "new")]
+        backends += servers
+        addresses = [(s.name, s.server.port) for s in servers]
+    else:
+        echo = {n: serve_echo("orders", "1.0.0") for n in ("a", "b", "new")}
+        addresses = [(n, s.port) for n, s in echo.items()]
+    static = graylb.StaticDiscovery(
+        {"orders": [{"host": "127.0.0.1", "port": p, "version": "1.0.0", "id": n} for n, p in addresses[:2]]}
+    )
+    balancer = graylb.Balancer(static, WARMUP_RULES, clock=clock)
+    if transport == "http":
+        client = httpx.Client(transport=graylb.GrayTransport(balancer), timeout=10)
+
+        def served_by() -> str:
+            return client.get("http://orders/").extensions["graylb"].instance
+    else:
+        channel = GrayChannel(balancer, "orders")
+        stub = echo_pb2_grpc.EchoStub(channel)
+
+        def served_by() -> str:
+            return stub.Say.with_call(echo_pb2.SayRequest(text="x"))[1].graylb.instance
+
+    try:
+        served_by()
+        name, port = addresses[2]
+        static.add({"host": "127.0.0.1", "port": port, "version": "1.0.0", "id": name}, "orders")
+        shares = []
+        for elapsed in (0, 50, 100):
+            clock.now = 1000.0 + elapsed
+            picks = Counter(served_by() for _ in range(1500))
+            shares.append(picks["new"] / 1500)
+        # weight share 0.1 -> 4.8 % of calls, 0.5 -> 20 %, 1 -> 33 %
+        assert shares == [pytest.approx(x, abs=0.03) for x in (0.1 / 2.1, 0.5 / 2.5, 1 / 3)]
+    finally:
+        if transport == "http":
+            client.close()
+        else:
+            channel.close()
+            for s in echo.values():
+                s.stop()
+
+
+def test_graylb_drain_from_the_command_line(backends: list[Backend], capsys: pytest.CaptureFixture[str]) -> None:
+    from graylb.cli import main
+
+    a, b = Backend("a", Drain(grace=0)), Backend("b")
+    backends += [a, b]
+    assert main(["drain", a.server.url]) == 0
+    assert "drained: True in" in capsys.readouterr().out and a.drain.state == DRAINED
+    assert main(["drain", b.server.url, "--path", "/elsewhere"]) == 2  # the app's own 200 is no drain answer
+    assert "not a graylb drain hook" in capsys.readouterr().err and b.drain.state == "serving"

@@ -315,3 +315,34 @@ def test_the_registry_reflects_readiness_after_registering(registry: ConsulRegis
         wait_until(lambda: not registry.passing(reg))
         ready.set()
         wait_until(lambda: registry.passing(reg))
+
+
+def test_a_grpc_service_registers_once_its_server_accepts(registry: ConsulRegistry | NacosRegistry) -> None:
+    from graylb.errors import NotReady
+    from graylb.registration import grpc_serving
+    from graylb.testing.grpc_server import serve_echo
+
+    with pytest.raises(NotReady, match="grpc_serving"):
+        registry.make(ready=grpc_serving("127.0.0.1:1", timeout=0.05), ready_timeout=0.2).register()
+    started: list[Any] = []
+    probes: list[bool] = []
+
+    def probe() -> bool:
+        probes.append(bool(started) and grpc_serving(started[0].address, timeout=0.5)())
+        return probes[-1]
+
+    reg = registry.make(ready=probe)
+    registering = threading.Thread(target=reg.register)
+    registering.start()
+    try:
+        wait_until(lambda: len(probes) >= 2)
+        assert registry.listed() == []
+        started.append(serve_echo("orders", "2.0.0"))
+        registering.join(10)
+        assert len(registry.listed()) == 1 and probes[-1] is True
+    finally:
+        if not started:
+            started.append(serve_echo("orders", "2.0.0"))
+        registering.join(10)
+        reg.close()
+        started[0].stop()
