@@ -235,6 +235,8 @@ def test_a_document_nested_too_deep_is_one_counted_rejection_and_the_watch_waits
         consul.clear_requests()
         consul.kv_put("graylb/rules", RULES.replace("to: [{subset: canary}]", "to: [{subset: stable}]"))
         wait_until(lambda: rules.current.revision != good, message="the next good document applied")
+        # The read that brought it may have started before clear_requests(): wait for the next.
+        wait_until(lambda: any(r.path.startswith("/v1/kv/") for r in consul.requests), message="the next read")
         reads = [r for r in consul.requests if r.path.startswith("/v1/kv/")]
         assert reads and all("index" in r.query for r in reads), (
             "after the rejection the watch only blocks for the next change"
