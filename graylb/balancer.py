@@ -147,10 +147,7 @@ class Balancer:
 
     # -- which hosts are ours -------------------------------------------------------------
     def is_service(self, host: str) -> bool:
-        if host in self._known:
-            return True
-        suffix = self._host_suffix
-        return suffix is not None and host.endswith(suffix)
+        return self.routed_service(host) is not None
 
     def routed_service(self, host: str) -> str | None:
         """The registry name calls to ``host`` route to, or None when ``host`` is not ours:
@@ -164,10 +161,8 @@ class Balancer:
 
     def service_name(self, host: str) -> str:
         """The registry name for a URL host (``orders.svc`` -> ``orders`` with suffix ``.svc``)."""
-        suffix = self._host_suffix
-        if suffix and host.endswith(suffix) and host not in self._known:
-            return host[: -len(suffix)]
-        return host
+        name = self.routed_service(host)
+        return host if name is None else name
 
     @property
     def rules(self) -> CompiledRules:

@@ -84,7 +84,7 @@ class Registration:
             raise ValueError(f"ready_timeout must be positive, got {ready_timeout!r}")
         self.ready = ready
         self.ready_timeout = ready_timeout
-        self._not_ready_since: float | None = None
+        self._not_ready = False  # the probe failed at the last heartbeat (say it once)
         self._lock = threading.RLock()  # reentrant: close() may run in a signal handler mid-call
         self._registered = False
         self._stop = threading.Event()
@@ -351,12 +351,12 @@ class Registration:
             return True
         ok, last = self.probe()
         if ok:
-            if self._not_ready_since is not None:
-                self._not_ready_since = None
+            if self._not_ready:
+                self._not_ready = False
                 self._log.info("graylb: %s ready again: heartbeat resumed", self._log_id)
             return True
-        if self._not_ready_since is None:
-            self._not_ready_since = time.monotonic()
+        if not self._not_ready:
+            self._not_ready = True
             self._log.warning(
                 "graylb: %s not ready (%s: %s): %s no longer sees it healthy",
                 self._log_id,
